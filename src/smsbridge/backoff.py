@@ -1,0 +1,26 @@
+"""Retry delays: one pure function, exponential with jitter and a cap."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+
+def compute_backoff(
+    attempt: int,
+    *,
+    base: float,
+    cap: float,
+    requested: float | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before retry number `attempt` (0 for the first retry).
+
+    The delay doubles each attempt up to `cap`; "equal jitter" keeps it within [d/2, d] so
+    retries from many messages spread out but never collapse to zero. A delay the other side
+    asked for (`requested`, e.g. Retry-After) wins over our own schedule.
+    """
+    if requested is not None and requested >= 0:
+        return requested
+    ceiling = min(cap, base * (2 ** max(attempt, 0)))
+    return ceiling / 2 + rand() * ceiling / 2

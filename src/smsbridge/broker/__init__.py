@@ -1,0 +1,1 @@
+"""RabbitMQ: topology, confirmed publishing and the consumer loop (ack policy, retries, dead letters)."""

@@ -1,0 +1,217 @@
+"""The consumer loop every stage shares: decode, handle, then ack, retry or dead-letter.
+
+Ack policy: a message is acked only after its effect is durable (the handler returned, which
+means it published its next message with a confirm or got its answer), or after it has been
+republished with a confirm to the delay or dead-letter exchange. If even that publish fails we
+nack with requeue; the quorum queue's delivery limit stops that from looping forever.
+The attempt count and first-seen time travel in the message headers, never in process memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from smsbridge.backoff import compute_backoff
+from smsbridge.broker import names
+from smsbridge.broker.publisher import Publisher, now_ms
+from smsbridge.config import RetryPolicy
+from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
+from smsbridge.metrics import Metrics
+
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+log = structlog.get_logger("smsbridge.consumer")
+
+
+class Handler(Protocol[T_contra]):
+    async def handle(self, event: T_contra) -> None: ...
+
+    async def given_up(self, event: T_contra, reason: str, code: str) -> None:
+        """Called once when a decoded message is dead-lettered (e.g. to publish a `failed` status)."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int  # retries so far: 0 on the first delivery
+    first_seen_ms: int
+
+    @classmethod
+    def from_headers(cls, headers: dict[str, Any]) -> Attempt:
+        number = headers.get(names.H_ATTEMPT, 0)
+        first = headers.get(names.H_FIRST_SEEN)
+        return cls(
+            number=number if isinstance(number, int) else 0,
+            first_seen_ms=first if isinstance(first, int) else now_ms(),
+        )
+
+    def age_s(self, at_ms: int) -> float:
+        return max(0.0, (at_ms - self.first_seen_ms) / 1000)
+
+
+def retry_decision(attempt: Attempt, policy: RetryPolicy, *, now: int, requested: float | None,
+                   rand: Callable[[], float]) -> float | str:
+    """Seconds to wait before the next try, or why there is no next try."""
+    if attempt.number + 1 >= policy.max_attempts:
+        return f"gave up after {attempt.number + 1} attempts"
+    delay = compute_backoff(
+        attempt.number, base=policy.base_delay_s, cap=policy.max_delay_s, requested=requested, rand=rand
+    )
+    if attempt.age_s(now) + delay > policy.max_age_s:
+        return f"gave up: older than the {policy.max_age_s:g} s maximum age"
+    return min(delay, names.MAX_DELAY_S)
+
+
+class StageConsumer(Generic[T]):
+    """Consumes one stage queue with bounded concurrency (prefetch) and drains on stop."""
+
+    def __init__(
+        self,
+        *,
+        stage: str,
+        queue_name: str,
+        prefix: str,
+        decoder: msgspec.json.Decoder[T],
+        handler: Handler[T],
+        publisher: Publisher,
+        policy: RetryPolicy,
+        metrics: Metrics,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        import random
+
+        self.stage = stage
+        self.queue_name = queue_name
+        self._prefix = prefix
+        self._decoder = decoder
+        self._handler = handler
+        self._publisher = publisher
+        self._policy = policy
+        self._metrics = metrics
+        self._rand = rand or random.random
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+
+    async def start(self, channel: AbstractChannel) -> None:
+        self._queue = await channel.get_queue(self.queue_name, ensure=True)
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def cancel(self) -> None:
+        """Stop intake: no new deliveries; in-flight ones carry on."""
+        if self._queue is not None and self._tag is not None:
+            await self._queue.cancel(self._tag)
+            self._tag = None
+
+    async def drain(self, drain_timeout: float) -> None:
+        """Give in-flight messages `drain_timeout` seconds, then cancel the rest.
+
+        A cancelled message is neither acked nor rejected: the broker redelivers it.
+        """
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight.add(task)
+        try:
+            with structlog.contextvars.bound_contextvars(stage=self.stage):
+                await self._process(message)
+        finally:
+            self._inflight.discard(task)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        attempt = Attempt.from_headers(dict(message.headers or {}))
+        structlog.contextvars.bind_contextvars(attempt=attempt.number + 1, amqp_message_id=message.message_id)
+        try:
+            event = self._decoder.decode(message.body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            await self._dead_letter(message, attempt, f"undecodable message: {exc}", "undecodable", None)
+            return
+        await self._run(message, attempt, event)
+
+    async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
+        started = time.perf_counter()
+        try:
+            await self._handler.handle(event)
+        except PermanentError as exc:
+            await self._dead_letter(message, attempt, exc.reason, exc.code, event)
+        except RetryableError as exc:
+            await self._retry(message, attempt, exc.reason, exc.retry_after, event)
+        except BrokerUnavailable as exc:
+            await self._requeue(message, f"broker unavailable: {exc}")
+        except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
+            log.exception("handler crashed", error=repr(exc))
+            await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
+        else:
+            await self._settle(message.ack, "done", time.perf_counter() - started)
+
+    async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
+                     requested: float | None, event: T) -> None:
+        decision = retry_decision(attempt, self._policy, now=now_ms(), requested=requested, rand=self._rand)
+        if isinstance(decision, str):
+            await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
+            return
+        headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
+                   names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision))}
+        try:
+            await self._publisher.publish(
+                names.delay_exchange(self._prefix), message.routing_key or self.queue_name, message.body,
+                headers=headers, message_id=message.message_id, expiration_s=decision,
+            )
+        except BrokerUnavailable as exc:
+            await self._requeue(message, f"could not schedule retry: {exc}")
+            return
+        self._metrics.retried.labels(self.stage).inc()
+        log.warning("message will be retried", outcome="retry", reason=reason, retry_in_s=round(decision, 3))
+        await self._settle(message.ack, None, None)
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
+                           code: str, event: T | None) -> None:
+        headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
+                   names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
+                   names.H_ROUTING_KEY: message.routing_key or self.queue_name}
+        headers.pop(names.H_DELAY_TIER, None)
+        try:
+            await self._publisher.publish(
+                names.dead_exchange(self._prefix), message.routing_key or self.queue_name, message.body,
+                headers=headers, message_id=message.message_id,
+            )
+            if event is not None:
+                await self._handler.given_up(event, reason, code)
+        except BrokerUnavailable as exc:
+            await self._requeue(message, f"could not dead-letter: {exc}")
+            return
+        self._metrics.dead_lettered.labels(self.stage, code).inc()
+        log.error("message dead-lettered", outcome="dead_letter", reason=reason, reason_code=code)
+        await self._settle(message.ack, None, None)
+
+    async def _requeue(self, message: AbstractIncomingMessage, reason: str) -> None:
+        log.warning("message requeued", outcome="requeue", reason=reason)
+        await self._settle(lambda: message.nack(requeue=True), None, None)
+
+    async def _settle(self, action: Callable[[], Awaitable[None]], outcome: str | None,
+                      seconds: float | None) -> None:
+        try:
+            await action()
+        except Exception as exc:  # channel gone: the broker redelivers the message, nothing is lost
+            log.warning("could not settle message; the broker will redeliver it", error=repr(exc))
+            return
+        if outcome is not None:
+            self._metrics.processed.labels(self.stage, outcome).inc()
+            log.info("message processed", outcome=outcome, seconds=round(seconds or 0.0, 4))

@@ -1,0 +1,81 @@
+"""Every exchange, queue, routing key and header name, from small pure functions.
+
+Layout for a prefix `p` (default `smsbridge`):
+- `p.work` (direct): stage queues `p.<stage>`, routing key = the queue name.
+- `p.delay` (headers): delay tiers `p.delay.<k>`, chosen by the tier header; each holds delays in
+  [2^k, 2^(k+1)) s (tier 0: under 2 s) and dead-letters expired messages back to `p.work` with the
+  original routing key, i.e. back to their stage.
+- `p.dlx` (fanout) → `p.dead-letters`: what cannot be processed, with why in the headers.
+- `p.status` (topic): status events for the PBX, key `status.<tenant>.<state>`; what nobody
+  is bound for goes to `p.unrouted` (via the alternate exchange) instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import math
+
+MAX_TIER = 13  # 2^13 s ≈ 2.3 h: the longest single wait
+MAX_DELAY_S = float(2 ** (MAX_TIER + 1) - 1)
+
+H_ATTEMPT = "x-smsbridge-attempt"
+H_FIRST_SEEN = "x-smsbridge-first-seen-ms"
+# No "x-" prefix: a headers exchange ignores x- headers when matching, so a binding on an
+# x- header would match every message and copy it into every tier.
+H_DELAY_TIER = "smsbridge-delay-tier"
+H_STAGE = "x-smsbridge-stage"
+H_REASON = "x-smsbridge-reason"
+H_REASON_CODE = "x-smsbridge-reason-code"
+H_DEAD_AT = "x-smsbridge-dead-at-ms"
+H_ROUTING_KEY = "x-smsbridge-routing-key"
+H_CONFIG = "x-smsbridge-config"
+
+
+def work_exchange(prefix: str) -> str:
+    return f"{prefix}.work"
+
+
+def delay_exchange(prefix: str) -> str:
+    return f"{prefix}.delay"
+
+
+def dead_exchange(prefix: str) -> str:
+    return f"{prefix}.dlx"
+
+
+def dead_queue(prefix: str) -> str:
+    return f"{prefix}.dead-letters"
+
+
+def status_exchange(prefix: str) -> str:
+    return f"{prefix}.status"
+
+
+def unrouted_exchange(prefix: str) -> str:
+    return f"{prefix}.unrouted"
+
+
+def unrouted_queue(prefix: str) -> str:
+    return f"{prefix}.unrouted"
+
+
+def stage_queue(prefix: str, stage: str) -> str:
+    return f"{prefix}.{stage}"
+
+
+def delay_queue(prefix: str, tier: int) -> str:
+    return f"{prefix}.delay.{tier}"
+
+
+def status_routing_key(tenant: str, state: str) -> str:
+    return f"status.{tenant}.{state}"
+
+
+def pbx_routing_key(tenant: str, extension: str) -> str:
+    return f"{tenant}.{extension}"
+
+
+def delay_tier(seconds: float) -> int:
+    """The tier whose range holds `seconds`: tier k holds [2^k, 2^(k+1)), tier 0 holds [0, 2)."""
+    if seconds < 2:
+        return 0
+    return min(int(math.log2(seconds)), MAX_TIER)

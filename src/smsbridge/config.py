@@ -1,0 +1,145 @@
+"""Settings and SMS configurations, read from one TOML file.
+
+The shape follows PortSIP's "Flowroute SMS Integration": an SMS configuration holds the
+Flowroute Access Key and Secret Key, an optional Sender ID, the DIDs it owns and the token of
+its webhook URL; inbound rules route texts to extensions; each tenant names its PBX target.
+Secrets are never written in the file: they are references (`{ env = "NAME" }` or
+`{ file = "path" }`) resolved at load time into `Secret` values.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+from smsbridge.secret import Secret
+
+Ident = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+E164 = Annotated[str, msgspec.Meta(pattern=r"^\+1[2-9]\d{2}[2-9]\d{6}$")]
+Extension = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class BrokerSettings(_Section, kw_only=True):
+    urls: list[str] = msgspec.field(default_factory=lambda: ["amqp://guest:guest@127.0.0.1:5672/"])
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "smsbridge"
+    prefetch: PositiveInt = 32
+    publish_timeout_s: PositiveFloat = 5.0
+    delivery_limit: PositiveInt = 20
+
+
+class ReceiverSettings(_Section, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: PositiveInt = 256 * 1024
+    allowed_source_ips: list[str] = []
+
+
+class RetryPolicy(_Section, kw_only=True):
+    max_attempts: PositiveInt = 10
+    max_age_s: PositiveFloat = 24 * 3600.0
+    base_delay_s: PositiveFloat = 1.0
+    max_delay_s: PositiveFloat = 300.0
+
+
+def _inbound_policy() -> RetryPolicy:
+    return RetryPolicy(max_attempts=10, base_delay_s=1.0, max_delay_s=60.0)
+
+
+def _delivery_policy() -> RetryPolicy:
+    # A PBX down for a maintenance window must still get every text: retry for a day.
+    return RetryPolicy(max_attempts=60, base_delay_s=2.0, max_delay_s=300.0)
+
+
+class RetrySettings(_Section, kw_only=True):
+    inbound: RetryPolicy = msgspec.field(default_factory=_inbound_policy)
+    delivery: RetryPolicy = msgspec.field(default_factory=_delivery_policy)
+
+
+class LoggingSettings(_Section, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    show_pii: bool = False
+
+
+class SmsConfig(_Section, kw_only=True):
+    """One Flowroute SMS configuration: credentials, DIDs and one webhook URL."""
+
+    id: Ident
+    tenant: Ident
+    access_key: Secret
+    secret_key: Secret
+    webhook_token: Secret
+    sender_id: str = ""
+    dids: list[E164]
+    fallback_extensions: list[Extension] = []
+    help_reply: str = ""
+
+
+class InboundRule(_Section, kw_only=True):
+    """Route texts to one DID (or `*`, every DID of the configuration) to extensions.
+
+    `from_pattern` is a shell-style glob on the sender in E.164 (`+1206*`).
+    Rules are tried in file order; the first match wins.
+    """
+
+    config: Ident
+    did: Literal["*"] | E164 = "*"
+    extensions: Annotated[list[Extension], msgspec.Meta(min_length=1)]
+    from_pattern: str | None = None
+    name: str = ""
+
+
+class HttpTarget(_Section, kw_only=True, tag="http", tag_field="kind"):
+    """POST each delivery as JSON to the tenant's PBX."""
+
+    tenant: Ident
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    auth_header: str = "Authorization"
+    auth_value: Secret | None = None
+    timeout_s: PositiveFloat = 10.0
+
+
+class AmqpTarget(_Section, kw_only=True, tag="amqp", tag_field="kind"):
+    """Publish each delivery to an exchange the PBX consumes, key `<tenant>.<extension>`."""
+
+    tenant: Ident
+    exchange: str = "smsbridge.pbx"
+
+
+PbxTarget = HttpTarget | AmqpTarget
+
+
+class Settings(_Section, kw_only=True):
+    broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
+    receiver: ReceiverSettings = msgspec.field(default_factory=ReceiverSettings)
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
+    drain_timeout_s: PositiveFloat = 20.0
+    sms_configs: list[SmsConfig] = []
+    inbound_rules: list[InboundRule] = []
+    pbx_targets: list[PbxTarget] = []
+
+    def sms_config(self, config_id: str) -> SmsConfig | None:
+        return next((c for c in self.sms_configs if c.id == config_id), None)
+
+    def pbx_target(self, tenant: str) -> PbxTarget | None:
+        return next((t for t in self.pbx_targets if t.tenant == tenant), None)
+
+    def rules_for(self, config_id: str) -> list[InboundRule]:
+        return [r for r in self.inbound_rules if r.config == config_id]
+
+    def webhook_url(self, config: SmsConfig) -> str:
+        base = self.receiver.public_url.rstrip("/")
+        return f"{base}/webhooks/flowroute/{config.id}/{config.webhook_token.reveal()}"
+
+
+GLOB_CHARS = re.compile(r"^[+0-9*?\[\]!-]+$")

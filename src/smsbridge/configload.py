@@ -1,0 +1,193 @@
+"""Loading and checking the TOML configuration, reporting every problem with where it is.
+
+msgspec stops at the first error of a value, so we walk the Struct fields ourselves and convert
+each one, collecting a `Problem` per bad field; semantic checks (references between sections,
+duplicate DIDs, weak tokens) run once the shapes are right.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgspec
+
+from smsbridge.config import Settings, SmsConfig
+from smsbridge.secret import Secret
+
+MIN_TOKEN_LENGTH = 24
+
+
+class Problem(NamedTuple):
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+DecHook = Callable[[type, Any], Any]
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, validate and resolve a configuration file; raise `ConfigError` listing every problem."""
+    settings, problems = check_file(path, env)
+    if settings is None or problems:
+        raise ConfigError(str(path), problems)
+    return settings
+
+
+def check_file(
+    path: str | Path, env: Mapping[str, str] | None = None
+) -> tuple[Settings | None, list[Problem]]:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return None, [Problem("", f"cannot read the file: {exc.strerror or exc}")]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [Problem("", f"not valid TOML: {exc}")]
+    hook = _secret_hook(os.environ if env is None else env, path.parent)
+    settings, problems = collect(raw, Settings, "", hook)
+    if settings is None:
+        return None, problems
+    return settings, semantic_problems(settings)
+
+
+def _secret_hook(env: Mapping[str, str], base_dir: Path) -> DecHook:
+    def hook(typ: type, obj: Any) -> Any:
+        if typ is Secret:
+            return resolve_secret(obj, env, base_dir)
+        raise TypeError(f"unsupported type {typ!r}")
+
+    return hook
+
+
+def resolve_secret(ref: Any, env: Mapping[str, str], base_dir: Path) -> Secret:
+    """Turn `{ env = "NAME" }` or `{ file = "path" }` into a `Secret`; never accept a literal."""
+    if not isinstance(ref, dict) or len(ref) != 1 or not ({"env", "file"} & ref.keys()):
+        raise ValueError('write a secret as { env = "NAME" } or { file = "path" }, never inline')
+    if "env" in ref:
+        value = env.get(str(ref["env"]), "")
+        if not value:
+            raise ValueError(f"environment variable {ref['env']} is not set or empty")
+        return Secret(value)
+    file = base_dir / str(ref["file"])
+    try:
+        value = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read secret file {file}: {exc.strerror or exc}") from None
+    if not value:
+        raise ValueError(f"secret file {file} is empty")
+    return Secret(value)
+
+
+def collect(value: Any, typ: Any, where: str, hook: DecHook) -> tuple[Any, list[Problem]]:
+    """Convert `value` to `typ`, descending into Structs and lists to report every bad field."""
+    target = _unwrap(typ)
+    if isinstance(target, type) and issubclass(target, msgspec.Struct) and isinstance(value, dict):
+        problems = _struct_problems(value, target, where, hook)
+    elif typing.get_origin(target) is list and isinstance(value, list):
+        (item_type,) = typing.get_args(target)
+        problems = [
+            p for i, item in enumerate(value) for p in collect(item, item_type, f"{where}[{i}]", hook)[1]
+        ]
+    else:
+        problems = []
+    if problems:
+        return None, problems
+    return _convert(value, typ, where, hook)
+
+
+def _struct_problems(value: dict[str, Any], typ: type, where: str, hook: DecHook) -> list[Problem]:
+    fields = msgspec.structs.fields(typ)
+    known = {f.encode_name for f in fields} | {typ.__struct_config__.tag_field}
+    prefix = f"{where}." if where else ""
+    problems = [Problem(f"{prefix}{key}", "unknown key (a typo?)") for key in value if key not in known]
+    for f in fields:
+        if f.encode_name in value:
+            problems += collect(value[f.encode_name], f.type, prefix + f.encode_name, hook)[1]
+        elif f.required:
+            problems.append(Problem(where or "(top level)", f"missing required key '{f.encode_name}'"))
+    return problems
+
+
+def _convert(value: Any, typ: Any, where: str, hook: DecHook) -> tuple[Any, list[Problem]]:
+    try:
+        return msgspec.convert(value, typ, dec_hook=hook), []
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).partition(" - at `$")
+        return None, [Problem(where + at.rstrip("`"), message)]
+
+
+def _unwrap(typ: Any) -> Any:
+    return typing.get_args(typ)[0] if typing.get_origin(typ) is typing.Annotated else typ
+
+
+def semantic_problems(settings: Settings) -> list[Problem]:
+    """Checks across sections, once every section has the right shape."""
+    problems: list[Problem] = []
+    problems += _config_problems(settings)
+    problems += _rule_problems(settings)
+    problems += _target_problems(settings)
+    return problems
+
+
+def _config_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    seen_ids: set[str] = set()
+    did_owner: dict[str, str] = {}
+    for i, cfg in enumerate(settings.sms_configs):
+        where = f"sms_configs[{i}]"
+        if cfg.id in seen_ids:
+            problems.append(Problem(f"{where}.id", f"duplicate SMS configuration id '{cfg.id}'"))
+        seen_ids.add(cfg.id)
+        if not cfg.dids:
+            problems.append(Problem(f"{where}.dids", "an SMS configuration needs at least one DID"))
+        for did in cfg.dids:
+            if did in did_owner:
+                problems.append(Problem(f"{where}.dids", f"{did} is already owned by '{did_owner[did]}'"))
+            did_owner.setdefault(did, cfg.id)
+        if len(cfg.webhook_token.reveal()) < MIN_TOKEN_LENGTH:
+            problems.append(
+                Problem(f"{where}.webhook_token", f"too short: use at least {MIN_TOKEN_LENGTH} random characters")
+            )
+        if settings.pbx_target(cfg.tenant) is None:
+            problems.append(Problem(f"{where}.tenant", f"no pbx_targets entry for tenant '{cfg.tenant}'"))
+    if not settings.sms_configs:
+        problems.append(Problem("sms_configs", "no SMS configuration: the bridge would have nothing to do"))
+    return problems
+
+
+def _rule_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    for i, rule in enumerate(settings.inbound_rules):
+        cfg: SmsConfig | None = settings.sms_config(rule.config)
+        where = f"inbound_rules[{i}]"
+        if cfg is None:
+            problems.append(Problem(f"{where}.config", f"no SMS configuration with id '{rule.config}'"))
+        elif rule.did != "*" and rule.did not in cfg.dids:
+            problems.append(Problem(f"{where}.did", f"{rule.did} is not a DID of configuration '{cfg.id}'"))
+    return problems
+
+
+def _target_problems(settings: Settings) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, target in enumerate(settings.pbx_targets):
+        if target.tenant in seen:
+            problems.append(Problem(f"pbx_targets[{i}].tenant", f"tenant '{target.tenant}' has two targets"))
+        seen.add(target.tenant)
+    return problems

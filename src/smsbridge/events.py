@@ -1,0 +1,116 @@
+"""The contracts between smsbridge and the PBX side, and between the bridge's own stages.
+
+Every event is a frozen msgspec Struct, JSON on the wire, tagged by `kind`, carrying a schema
+`version`, an `event_id`, `occurred_at`, the `tenant` and the SMS configuration id.
+Evolution rule: add fields only with defaults; never rename or retype one (bump `version` instead).
+`docs/contracts.md` is generated from these classes (`python -m smsbridge.contracts`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Keyword = Literal["STOP", "UNSTOP", "START", "HELP"]
+DeliveryState = Literal["accepted", "sent", "buffered", "delivered", "failed"]
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Media(msgspec.Struct, frozen=True, kw_only=True):
+    """One attachment of an MMS. Flowroute's URLs expire (about 7 days): fetch promptly."""
+
+    url: str
+    mime_type: str | None = None
+    file_name: str | None = None
+    size: int | None = None
+    media_id: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    version: int = SCHEMA_VERSION
+    event_id: str = msgspec.field(default_factory=new_event_id)
+    occurred_at: datetime = msgspec.field(default_factory=utcnow)
+    tenant: str
+    config_id: str
+
+
+class InboundMessage(Event, kw_only=True, tag="inbound_message"):
+    """An SMS or MMS Flowroute delivered to one of our DIDs, normalised (receiver → inbound)."""
+
+    mdr_id: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    body: str = ""
+    is_mms: bool = False
+    media: tuple[Media, ...] = ()
+    encoding: int | None = None
+    flowroute_timestamp: datetime | None = None
+    payload_shape: Literal["jsonapi", "legacy"] = "jsonapi"
+
+
+class DeliveryReceipt(Event, kw_only=True, tag="delivery_receipt"):
+    """A Flowroute DLR for one of our outbound messages (receiver → inbound)."""
+
+    mdr_id: str
+    level: int | None = None
+    status: str = ""
+    status_code: int | None = None
+    description: str | None = None
+    flowroute_timestamp: datetime | None = None
+    to: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    client_message_id: str | None = None
+
+
+class InboundDelivery(Event, kw_only=True, tag="inbound_delivery"):
+    """A text for one PBX extension (bridge → PBX). One event per target extension."""
+
+    mdr_id: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    extension: str
+    extensions: tuple[str, ...] = ()
+    body: str = ""
+    is_mms: bool = False
+    media: tuple[Media, ...] = ()
+    keyword: Keyword | None = None
+    received_at: datetime
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and redeliveries: the same text to the same extension."""
+        return f"{self.mdr_id}:{self.extension}"
+
+
+class StatusEvent(Event, kw_only=True, tag="status"):
+    """A state change of an outbound message (bridge → PBX)."""
+
+    client_message_id: str | None = None
+    mdr_id: str | None = None
+    state: DeliveryState
+    reason_code: str | None = None
+    reason: str | None = None
+    dlr_level: int | None = None
+    dlr_code: int | None = None
+    segments: int | None = None
+
+
+ExtensionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")]
+
+# One decoder per stream, built once: a decode error is permanent (straight to dead letters).
+InboundStageEvent = InboundMessage | DeliveryReceipt
+inbound_stage_decoder = msgspec.json.Decoder(InboundStageEvent)
+delivery_stage_decoder = msgspec.json.Decoder(InboundDelivery)
+encoder = msgspec.json.Encoder()

@@ -1,0 +1,1 @@
+"""Everything that speaks Flowroute: webhook payloads, the API client, the simulator."""

@@ -1,0 +1,61 @@
+"""structlog set-up: JSON when not on a terminal, one line per outcome, secrets and PII masked.
+
+Secrets are masked by key (token, secret, password, authorization) and by type (`Secret`
+prints a mask anyway). Message bodies and full phone numbers are personal data: they are masked
+unless the operator turns `logging.show_pii` on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+from smsbridge.config import LoggingSettings
+from smsbridge.numbers import mask
+from smsbridge.secret import MASK, Secret
+
+SECRET_KEYS = frozenset({"token", "secret", "secret_key", "access_key", "password", "authorization", "auth_value"})
+NUMBER_KEYS = frozenset({"from", "to", "from_", "number", "did"})
+BODY_KEYS = frozenset({"body", "text"})
+
+
+def redactor(show_pii: bool) -> structlog.types.Processor:
+    def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, Secret) or key.lower() in SECRET_KEYS:
+                event[key] = MASK
+            elif show_pii:
+                continue
+            elif key in NUMBER_KEYS and isinstance(value, str):
+                event[key] = mask(value)
+            elif key in BODY_KEYS and isinstance(value, str):
+                event[key] = f"<{len(value)} chars>"
+        return event
+
+    return redact
+
+
+def configure(settings: LoggingSettings, *, stream: Any = None) -> None:
+    """Configure structlog once, in the entry point."""
+    stream = stream or sys.stderr
+    json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redactor(settings.show_pii),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, settings.level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,54 @@
+"""Phone numbers as Flowroute sends and takes them.
+
+Webhooks deliver 11-digit NANP numbers without `+` (sometimes 10 digits); our canonical form
+is E.164 with `+`. Everything here is a pure function.
+"""
+
+from __future__ import annotations
+
+import re
+
+from smsbridge.errors import InvalidNumber
+
+_NON_DIGITS = re.compile(r"[\s().\-]")
+_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
+
+
+def to_e164(raw: str) -> str:
+    """Normalise a NANP number to `+1NPANXXXXXX`, or raise `InvalidNumber` saying why."""
+    cleaned = _NON_DIGITS.sub("", raw.strip())
+    digits = cleaned.removeprefix("+")
+    if not digits.isdigit():
+        raise InvalidNumber(raw, "contains characters other than digits")
+    if len(digits) == 10:
+        digits = "1" + digits
+    if len(digits) != 11 or not digits.startswith("1"):
+        raise InvalidNumber(raw, "is not a 10- or 11-digit North American number")
+    number = "+" + digits
+    if not _NANP.match(number):
+        raise InvalidNumber(raw, "area code and exchange must not start with 0 or 1")
+    return number
+
+
+def sender_e164(raw: str) -> str:
+    """Best-effort normalisation of an inbound sender, which may be a short code.
+
+    Senders are never refused: a short code or an odd format is kept as its digits.
+    """
+    try:
+        return to_e164(raw)
+    except InvalidNumber:
+        cleaned = _NON_DIGITS.sub("", raw.strip())
+        return cleaned or raw
+
+
+def flowroute_format(e164: str) -> str:
+    """The form we send to Flowroute v2.2: E.164 with `+` (accepted per the v2.2 docs)."""
+    return to_e164(e164)
+
+
+def mask(number: str) -> str:
+    """Hide all but the last four digits, for logs that must not carry full numbers."""
+    if len(number) <= 4:
+        return "*" * len(number)
+    return number[:2] + "*" * (len(number) - 6) + number[-4:]

@@ -1,0 +1,68 @@
+"""HTTP delivery: POST the delivery as JSON to the tenant's PBX URL.
+
+2xx delivered; 408, 429, 5xx, timeouts and refused connections are retried (a Retry-After in
+seconds is honoured); any other 4xx is permanent and dead-lettered with the PBX's answer.
+Every request carries `Idempotency-Key: <flowroute id>:<extension>` so a PBX can drop repeats.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+
+from smsbridge.config import HttpTarget
+from smsbridge.errors import PermanentError, RetryableError
+from smsbridge.events import InboundDelivery, encoder
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+ANSWER_EXCERPT = 300
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None  # an HTTP date: rare from a PBX, fall back to our own backoff
+    return seconds if seconds >= 0 else None
+
+
+def classify_pbx_answer(status: int, body: str, retry_after: str | None) -> None:
+    """Raise the right error for a PBX answer; return quietly for success."""
+    if 200 <= status < 300:
+        return
+    excerpt = body[:ANSWER_EXCERPT].strip()
+    if status in RETRYABLE_STATUSES or status >= 500:
+        raise RetryableError(f"PBX answered {status}: {excerpt}", retry_after=retry_after_seconds(retry_after))
+    raise PermanentError(f"PBX refused the delivery with {status}: {excerpt}", code=f"pbx_{status}")
+
+
+class HttpAdapter:
+    kind = "http"
+
+    def __init__(self, target: HttpTarget, session: aiohttp.ClientSession) -> None:
+        self._target = target
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+
+    def _headers(self, delivery: InboundDelivery) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": delivery.idempotency_key}
+        if self._target.auth_value is not None:
+            headers[self._target.auth_header] = self._target.auth_value.reveal()
+        return headers
+
+    async def deliver(self, delivery: InboundDelivery) -> None:
+        try:
+            async with self._session.post(
+                self._target.url, data=encoder.encode(delivery), headers=self._headers(delivery),
+                timeout=self._timeout,
+            ) as response:
+                body = await response.text(errors="replace")
+                classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
+        except TimeoutError:
+            raise RetryableError(f"PBX did not answer within {self._target.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,150 @@
+"""The webhook receiver: one URL per SMS configuration, 200 only after the broker confirms.
+
+    POST /webhooks/flowroute/{config_id}/{token}   inbound SMS, MMS and DLRs, both shapes
+    GET  /healthz   the process is alive
+    GET  /readyz    the broker is connected and the topology declared
+    GET  /metrics   Prometheus
+
+Answers: 200 accepted (published) or parked (stored in the dead-letter queue for people to
+look at); 400 not JSON; 404 unknown configuration or wrong token (the same answer for both);
+413 too large; 503 the broker did not confirm (Flowroute resends). Every error body is JSON
+`{"error": code, "detail": text}` and never contains a secret.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from smsbridge.broker import names
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import Settings, SmsConfig
+from smsbridge.errors import BrokerUnavailable
+from smsbridge.events import DeliveryReceipt, InboundMessage, encoder
+from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
+from smsbridge.intake import Unroutable, to_event
+from smsbridge.metrics import Metrics
+from smsbridge.secret import Secret
+
+log = structlog.get_logger("smsbridge.receiver")
+
+SETTINGS = web.AppKey("settings", Settings)
+PUBLISHER = web.AppKey("publisher", Publisher)
+METRICS = web.AppKey("metrics", Metrics)
+READY = web.AppKey("ready", Callable[[], dict[str, bool]])
+
+# Compared against when the configuration id is unknown, so both 404s take the same time.
+_DUMMY_TOKEN = Secret("x" * 48)
+WEBHOOK_PATH = "/webhooks/flowroute/{config_id}/{token}"
+
+
+def json_error(status: int, code: str, detail: str) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+def make_app(
+    settings: Settings, publisher: Publisher, metrics: Metrics, ready: Callable[[], dict[str, bool]]
+) -> web.Application:
+    app = web.Application(client_max_size=settings.receiver.max_body_bytes)
+    app[SETTINGS] = settings
+    app[PUBLISHER] = publisher
+    app[METRICS] = metrics
+    app[READY] = ready
+    app.router.add_post(WEBHOOK_PATH, webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    return app
+
+
+def _authenticate(settings: Settings, config_id: str, token: str) -> SmsConfig | None:
+    config = settings.sms_config(config_id)
+    expected = config.webhook_token if config else _DUMMY_TOKEN
+    return config if expected.matches(token) and config is not None else None
+
+
+async def webhook(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    config_id = request.match_info["config_id"]
+    config = _authenticate(settings, config_id, request.match_info["token"])
+    with structlog.contextvars.bound_contextvars(config=config_id, source_ip=request.remote):
+        if config is None:
+            log.warning("webhook refused: unknown configuration or wrong token")
+            metrics.webhooks.labels("unknown", "not_found").inc()
+            return json_error(404, "not_found", "no such webhook")
+        response = await _accept(request, config)
+        metrics.webhooks.labels(config.id, str(response.status)).inc()
+        metrics.webhook_seconds.observe(time.perf_counter() - started)
+        return response
+
+
+async def _accept(request: web.Request, config: SmsConfig) -> web.Response:
+    settings = request.app[SETTINGS]
+    allowed = settings.receiver.allowed_source_ips
+    if allowed and request.remote not in allowed:
+        log.warning("webhook refused: source address not allowed")
+        return json_error(403, "forbidden", "source address not allowed")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        log.warning("webhook refused: body too large", limit=settings.receiver.max_body_bytes)
+        return json_error(413, "too_large", f"body exceeds {settings.receiver.max_body_bytes} bytes")
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        log.warning("webhook refused: body is not JSON", error=str(exc))
+        return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
+    try:
+        event = to_event(parse_webhook(doc), config, client_message_id=request.query.get("cmid"))
+    except UnknownShape as exc:
+        return await _park(request, config, raw, exc.reason, "unknown_shape")
+    except Unroutable as exc:
+        return await _park(request, config, raw, exc.reason, exc.code)
+    return await _publish(request, event)
+
+
+async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt) -> web.Response:
+    settings, publisher = request.app[SETTINGS], request.app[PUBLISHER]
+    kind = "dlr" if isinstance(event, DeliveryReceipt) else ("mms" if event.is_mms else "sms")
+    with structlog.contextvars.bound_contextvars(mdr_id=event.mdr_id, event_id=event.event_id, kind=kind):
+        try:
+            await publisher.to_stage(settings.broker.prefix, "inbound", encoder.encode(event), message_id=event.event_id)
+        except BrokerUnavailable as exc:
+            log.error("webhook not accepted: broker unavailable", error=str(exc))
+            return json_error(503, "unavailable", "could not store the message; please retry")
+        log.info("webhook accepted", outcome="published")
+        return web.json_response({"status": "accepted", "event_id": event.event_id})
+
+
+async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str, code: str) -> web.Response:
+    """Valid JSON we cannot process: keep it in the dead-letter queue, say so, answer 200."""
+    settings, publisher, metrics = request.app[SETTINGS], request.app[PUBLISHER], request.app[METRICS]
+    extra: dict[str, Any] = {names.H_CONFIG: config.id, names.H_ROUTING_KEY: "receiver"}
+    try:
+        await publisher.park(settings.broker.prefix, "receiver", raw, reason=reason, code=code, extra=extra)
+    except BrokerUnavailable as exc:
+        log.error("webhook not accepted: broker unavailable while parking", error=str(exc), reason=reason)
+        return json_error(503, "unavailable", "could not store the message; please retry")
+    metrics.parked.labels(config.id, code).inc()
+    log.warning("webhook parked in the dead-letter queue", outcome="parked", reason=reason, reason_code=code)
+    return web.json_response({"status": "parked", "reason": reason})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = request.app[READY]()
+    ok = all(checks.values())
+    return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].render(), content_type="text/plain", charset="utf-8")

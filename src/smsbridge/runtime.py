@@ -1,0 +1,148 @@
+"""Wiring: one `Bridge` runs any set of roles in one process, sharing nothing in memory.
+
+Start order: connect, declare topology, open the publisher, then consumers, then the receiver
+(intake last, so nothing is accepted before it can be stored). Stop order is the reverse:
+stop intake (receiver, then consumer subscriptions), drain in-flight work within the timeout,
+cancel the rest (unacked, so the broker redelivers), close adapters, channels, connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from typing import Any
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiohttp import web
+
+from smsbridge.broker import names, topology
+from smsbridge.broker.consumer import StageConsumer
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import AmqpTarget, HttpTarget, Settings
+from smsbridge.connection import connect
+from smsbridge.events import delivery_stage_decoder, inbound_stage_decoder
+from smsbridge.metrics import Metrics
+from smsbridge.pbx.amqp import AmqpAdapter
+from smsbridge.pbx.base import DeliveryAdapter
+from smsbridge.pbx.http import HttpAdapter
+from smsbridge.receiver import make_app
+from smsbridge.workers.delivery import DeliveryHandler
+from smsbridge.workers.inbound import InboundHandler
+
+ROLES = ("receiver", "inbound", "delivery")
+BROKER_STEP_TIMEOUT_S = 5.0
+log = structlog.get_logger("smsbridge.runtime")
+
+
+class Bridge:
+    def __init__(self, settings: Settings, roles: Iterable[str] = ROLES, metrics: Metrics | None = None) -> None:
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown role(s): {', '.join(sorted(unknown))}; known: {', '.join(ROLES)}")
+        self.settings = settings
+        self.roles = tuple(r for r in ROLES if r in set(roles))
+        self.metrics = metrics or Metrics()
+        self.connection: AbstractRobustConnection | None = None
+        self.publisher: Publisher | None = None
+        self.receiver_url: str | None = None
+        self._channels: list[AbstractChannel] = []
+        self._consumers: list[StageConsumer[Any]] = []
+        self._adapters: dict[str, DeliveryAdapter] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._declared = False
+
+    def readiness(self) -> dict[str, bool]:
+        conn = self.connection
+        connected = conn is not None and not conn.is_closed and conn.connected.is_set()
+        return {"broker_connected": connected, "topology_declared": self._declared}
+
+    async def start(self, *, connect_attempts: int | None = None) -> None:
+        broker = self.settings.broker
+        self.connection = await connect(broker.urls, attempts=connect_attempts)
+        channel = await self._channel(publisher_confirms=True, on_return_raises=True)
+        pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
+        await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
+                               pbx_exchanges=pbx_exchanges)
+        self._declared = True
+        self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        if "inbound" in self.roles:
+            await self._consume("inbound", inbound_stage_decoder, InboundHandler(self.settings, self.publisher))
+        if "delivery" in self.roles:
+            await self._consume("delivery", delivery_stage_decoder, DeliveryHandler(self._build_adapters(),
+                                                                                    self.metrics))
+        if "receiver" in self.roles:
+            await self._start_receiver()
+        log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url)
+
+    async def _channel(self, **kwargs: Any) -> AbstractChannel:
+        assert self.connection is not None
+        channel = await self.connection.channel(**kwargs)
+        self._channels.append(channel)
+        return channel
+
+    async def _consume(self, stage: str, decoder: Any, handler: Any) -> None:
+        assert self.publisher is not None
+        channel = await self._channel()
+        await channel.set_qos(prefetch_count=self.settings.broker.prefetch)
+        policy = getattr(self.settings.retry, stage)
+        consumer: StageConsumer[Any] = StageConsumer(
+            stage=stage, queue_name=names.stage_queue(self.settings.broker.prefix, stage),
+            prefix=self.settings.broker.prefix, decoder=decoder, handler=handler, publisher=self.publisher,
+            policy=policy, metrics=self.metrics,
+        )
+        await consumer.start(channel)
+        self._consumers.append(consumer)
+
+    def _build_adapters(self) -> dict[str, DeliveryAdapter]:
+        assert self.publisher is not None
+        for target in self.settings.pbx_targets:
+            if isinstance(target, HttpTarget):
+                if self._http is None:
+                    self._http = aiohttp.ClientSession()
+                self._adapters[target.tenant] = HttpAdapter(target, self._http)
+            else:
+                self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
+        return self._adapters
+
+    async def _start_receiver(self) -> None:
+        assert self.publisher is not None
+        app = make_app(self.settings, self.publisher, self.metrics, self.readiness)
+        # No access log: the webhook path carries the configuration's secret token.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
+        await self._runner.setup()
+        receiver = self.settings.receiver
+        await web.TCPSite(self._runner, receiver.host, receiver.port).start()
+        host, port = self._runner.addresses[0][:2]
+        self.receiver_url = f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop in order; every broker call is bounded, so SIGTERM works even while the broker is down."""
+        timeout = self.settings.drain_timeout_s
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops accepting, lets running webhooks finish
+            self._runner = None
+        for consumer in self._consumers:
+            await _bounded(consumer.cancel(), "cancel consumer")
+        await asyncio.gather(*(consumer.drain(timeout) for consumer in self._consumers))
+        self._consumers.clear()
+        for adapter in self._adapters.values():
+            await adapter.close()
+        if self._http is not None:
+            await self._http.close()
+        for channel in reversed(self._channels):
+            if not channel.is_closed:
+                await _bounded(channel.close(), "close channel")
+        self._channels.clear()
+        if self.connection is not None:
+            await _bounded(self.connection.close(), "close connection")
+        log.info("bridge stopped")
+
+
+async def _bounded(step: Awaitable[Any], what: str, seconds: float = BROKER_STEP_TIMEOUT_S) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except (TimeoutError, Exception) as exc:  # broker gone: unacked messages are redelivered anyway
+        log.warning("shutdown step skipped", step=what, error=repr(exc))

@@ -1,0 +1,1 @@
+"""Loopback stand-ins for the outside world, for `make run --sandbox`, demos and tests."""

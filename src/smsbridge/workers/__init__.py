@@ -1,0 +1,1 @@
+"""Stage handlers: what each worker role does with one message."""

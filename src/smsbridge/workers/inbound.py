@@ -1,0 +1,90 @@
+"""Inbound stage: route each text to its extensions; turn DLRs into status events."""
+
+from __future__ import annotations
+
+import structlog
+
+from smsbridge.broker import names
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import Settings
+from smsbridge.errors import PermanentError
+from smsbridge.events import DeliveryReceipt, InboundDelivery, InboundMessage, StatusEvent, encoder
+from smsbridge.flowroute.dlr import classify_dlr
+from smsbridge.rules import keyword_of, route
+
+log = structlog.get_logger("smsbridge.inbound")
+
+
+def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list[InboundDelivery]:
+    """One delivery per extension, each carrying the whole target list (like a ring group)."""
+    keyword = keyword_of(message.body)
+    return [
+        InboundDelivery(
+            tenant=message.tenant,
+            config_id=message.config_id,
+            mdr_id=message.mdr_id,
+            from_=message.from_,
+            to=message.to,
+            extension=extension,
+            extensions=extensions,
+            body=message.body,
+            is_mms=message.is_mms,
+            media=message.media,
+            keyword=keyword,
+            received_at=message.occurred_at,
+        )
+        for extension in extensions
+    ]
+
+
+def status_for(receipt: DeliveryReceipt) -> StatusEvent:
+    outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code)
+    return StatusEvent(
+        tenant=receipt.tenant,
+        config_id=receipt.config_id,
+        client_message_id=receipt.client_message_id,
+        mdr_id=receipt.mdr_id,
+        state=outcome.state,
+        reason_code=outcome.reason_code,
+        reason=outcome.reason,
+        dlr_level=receipt.level,
+        dlr_code=receipt.status_code,
+    )
+
+
+class InboundHandler:
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._prefix = settings.broker.prefix
+
+    async def handle(self, event: InboundMessage | DeliveryReceipt) -> None:
+        structlog.contextvars.bind_contextvars(mdr_id=event.mdr_id, event_id=event.event_id)
+        if isinstance(event, DeliveryReceipt):
+            await self._status(event)
+        else:
+            await self._route(event)
+
+    async def given_up(self, event: InboundMessage | DeliveryReceipt, reason: str, code: str) -> None:
+        return None
+
+    async def _route(self, message: InboundMessage) -> None:
+        config = self._settings.sms_config(message.config_id)
+        if config is None:
+            raise PermanentError(f"unknown SMS configuration '{message.config_id}'", code="unknown_config")
+        chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
+        deliveries = deliveries_for(message, chosen.extensions)
+        for delivery in deliveries:
+            await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
+                                           message_id=delivery.event_id)
+        log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
+                 keyword=deliveries[0].keyword, media=len(message.media))
+
+    async def _status(self, receipt: DeliveryReceipt) -> None:
+        status = status_for(receipt)
+        key = names.status_routing_key(status.tenant, status.state)
+        # mandatory=False: the status exchange's alternate exchange keeps what nobody is bound for.
+        await self._publisher.publish(names.status_exchange(self._prefix), key, encoder.encode(status),
+                                      message_id=status.event_id, mandatory=False)
+        log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
+                 client_message_id=receipt.client_message_id)

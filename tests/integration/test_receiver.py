@@ -1,0 +1,105 @@
+"""The receiver's answers: 200 only after the confirm, plain errors otherwise."""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+from aio_pika.abc import AbstractChannel
+
+from smsbridge.broker import names
+from smsbridge.sandbox.pbx import FakePbx
+from tests.conftest import StartBridge
+from tests.support.broker import header, take
+from tests.support.fixtures import raw_payload
+from tests.support.settings import TOKEN, settings
+from tests.support.tcpproxy import TcpProxy
+from tests.integration.test_inbound_flow import hook_url, post
+
+
+async def test_wrong_token_and_unknown_config_get_the_same_404(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    wrong_token = await post(http, hook_url(bridge.receiver_url, token="x" * len(TOKEN)), b"{}")
+    unknown = await post(http, hook_url(bridge.receiver_url, config="nope"), b"{}")
+    assert wrong_token == unknown == (404, {"error": "not_found", "detail": "no such webhook"})
+
+
+async def test_not_json_is_400_with_a_json_body(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    status, body = await post(http, hook_url(bridge.receiver_url), b"to=1206&from=1425")
+    assert status == 400 and body["error"] == "invalid_json"
+
+
+async def test_oversized_body_is_413(start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    status, body = await post(http, hook_url(bridge.receiver_url), b'{"x": "' + b"a" * 70_000 + b'"}')
+    assert status == 413 and body == {"error": "too_large", "detail": "body exceeds 65536 bytes"}
+
+
+async def test_unknown_shape_is_parked_with_raw_body_and_reason(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, channel: AbstractChannel
+) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    raw = b'{"event": "number.ported", "number": "12065550100"}'
+    status, body = await post(http, hook_url(bridge.receiver_url), raw)
+    assert status == 200 and body["status"] == "parked"
+    (dead,) = await take(channel, names.dead_queue(prefix))
+    assert dead.body == raw
+    assert header(dead, names.H_STAGE) == "receiver" and header(dead, names.H_CONFIG) == "main"
+    assert header(dead, names.H_REASON_CODE) == "unknown_shape"
+    assert "neither a Flowroute message nor a delivery receipt" in header(dead, names.H_REASON)
+    metrics = bridge.metrics.render().decode()
+    assert 'smsbridge_webhooks_parked_total{config="main",reason="unknown_shape"} 1.0' in metrics
+
+
+async def test_text_to_a_did_of_another_configuration_is_parked(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, channel: AbstractChannel
+) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    raw = raw_payload("sms_jsonapi_2024").replace(b'"12065550100"', b'"13125550100"')
+    status, _ = await post(http, hook_url(bridge.receiver_url), raw)
+    assert status == 200
+    (dead,) = await take(channel, names.dead_queue(prefix))
+    assert header(dead, names.H_REASON) == "+13125550100 is not a DID of SMS configuration 'main'"
+
+
+async def test_health_readiness_and_metrics(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    bridge = await start_bridge(settings(prefix=prefix))
+    async with http.get(f"{bridge.receiver_url}/healthz") as r:
+        assert r.status == 200
+    async with http.get(f"{bridge.receiver_url}/readyz") as r:
+        assert r.status == 200
+        assert await r.json() == {"ready": True, "checks": {"broker_connected": True, "topology_declared": True}}
+    async with http.get(f"{bridge.receiver_url}/metrics") as r:
+        assert "smsbridge_webhooks_total" in await r.text()
+
+
+async def test_broker_down_gives_503_and_the_same_webhook_succeeds_once_it_is_back(
+    start_bridge: StartBridge, pbx: FakePbx, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5672)
+    await proxy.start()
+    base = settings(prefix=prefix, pbx_url=pbx.url)
+    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
+        base.broker, urls=[proxy.url], publish_timeout_s=1.0)))
+    url, raw = hook_url(bridge.receiver_url), raw_payload("legacy_flat_mdr1")
+    await proxy.cut()
+    status, body = await post(http, url, raw)
+    assert status == 503 and body["error"] == "unavailable"
+    async with http.get(f"{bridge.receiver_url}/readyz") as r:
+        assert r.status == 503
+    await proxy.restore()
+    for _ in range(100):  # the robust connection reconnects on its own
+        status, _ = await post(http, url, raw)
+        if status == 200:
+            break
+        await __import__("asyncio").sleep(0.2)
+    assert status == 200
+    (delivery,) = await pbx.wait_for(1, timeout=15)
+    assert delivery["mdr_id"] == "mdr1-febb118b9b034338adfc662a8c02fd88"
+    await proxy.cut()

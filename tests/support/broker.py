@@ -1,0 +1,36 @@
+"""Reading what the bridge left in RabbitMQ: dead letters, status events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+
+async def take(channel: AbstractChannel, queue_name: str, count: int = 1,
+               timeout: float = 10.0) -> list[AbstractIncomingMessage]:
+    """Get (and ack) `count` messages from a queue, waiting up to `timeout` seconds."""
+    queue = await channel.get_queue(queue_name, ensure=False)
+    found: list[AbstractIncomingMessage] = []
+    deadline = time.monotonic() + timeout
+    while len(found) < count and time.monotonic() < deadline:
+        message = await queue.get(fail=False, no_ack=True)
+        if message is None:
+            await asyncio.sleep(0.05)
+        else:
+            found.append(message)
+    assert len(found) == count, f"expected {count} message(s) in {queue_name}, got {len(found)}"
+    return found
+
+
+async def depth(channel: AbstractChannel, queue_name: str) -> int:
+    queue = await channel.declare_queue(queue_name, passive=True)
+    count = queue.declaration_result.message_count
+    return int(count or 0)
+
+
+def header(message: AbstractIncomingMessage, name: str) -> Any:
+    value = (message.headers or {}).get(name)
+    return value.decode() if isinstance(value, bytes) else value

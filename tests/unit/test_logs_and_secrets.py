@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+
+from smsbridge import logs
+from smsbridge.config import LoggingSettings
+from smsbridge.secret import Secret
+
+
+def capture(show_pii: bool, **fields: object) -> dict[str, object]:
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json", show_pii=show_pii), stream=stream)
+    structlog.get_logger("t").info("line", **fields)
+    return json.loads(stream.getvalue())
+
+
+def test_secrets_never_reach_a_log_line() -> None:
+    line = capture(True, token="abc123", secret_key="s3cr3t", header=Secret("Bearer xyz"))
+    text = json.dumps(line)
+    assert "abc123" not in text and "s3cr3t" not in text and "xyz" not in text
+
+
+def test_bodies_and_numbers_are_masked_by_default() -> None:
+    line = capture(False, body="my PIN is 1234", to="+12065550100", mdr_id="mdr2-1")
+    assert line["body"] == "<14 chars>" and line["to"] == "+1******0100" and line["mdr_id"] == "mdr2-1"
+
+
+def test_pii_shown_when_the_operator_asks() -> None:
+    line = capture(True, body="hello", to="+12065550100")
+    assert line["body"] == "hello" and line["to"] == "+12065550100"
+
+
+def test_secret_hides_in_every_rendering() -> None:
+    secret = Secret("hunter2")
+    assert "hunter2" not in f"{secret} {secret!r} {secret:>20} {[secret]}"
+    assert secret.reveal() == "hunter2"
+    assert secret.matches("hunter2") and not secret.matches("hunter3")

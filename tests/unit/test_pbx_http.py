@@ -1,0 +1,75 @@
+"""The HTTP delivery adapter's client side, against aioresponses (unit tests of the client only)."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+
+from smsbridge.config import HttpTarget
+from smsbridge.errors import PermanentError, RetryableError
+from smsbridge.events import InboundDelivery, utcnow
+from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer, retry_after_seconds
+from smsbridge.secret import Secret
+from tests.support.aioresponses_compat import CompatResponse
+
+URL = "http://pbx.test/sms"
+
+
+def delivery() -> InboundDelivery:
+    return InboundDelivery(tenant="acme", config_id="main", mdr_id="mdr2-9", from_="+12065550199",
+                           to="+12065550100", extension="101", body="hi", received_at=utcnow())
+
+
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_2xx_is_delivered(status: int) -> None:
+    classify_pbx_answer(status, "", None)
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_transient_answers_are_retried(status: int) -> None:
+    with pytest.raises(RetryableError):
+        classify_pbx_answer(status, "busy", None)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410, 422])
+def test_other_4xx_are_permanent_with_the_pbx_answer(status: int) -> None:
+    with pytest.raises(PermanentError) as info:
+        classify_pbx_answer(status, '{"error":"unknown extension 999"}', None)
+    assert info.value.code == f"pbx_{status}" and "unknown extension 999" in info.value.reason
+
+
+def test_retry_after_is_honoured() -> None:
+    with pytest.raises(RetryableError) as info:
+        classify_pbx_answer(503, "", "7")
+    assert info.value.retry_after == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+async def test_request_carries_auth_and_idempotency_key() -> None:
+    target = HttpTarget(tenant="acme", url=URL, auth_header="X-Api-Key", auth_value=Secret("k-123"))
+    async with aiohttp.ClientSession() as session:
+        with aioresponses() as mocked:
+            mocked.post(URL, status=200, response_class=CompatResponse)
+            await HttpAdapter(target, session).deliver(delivery())
+            ((_, url), calls), = mocked.requests.items()
+    headers = calls[0].kwargs["headers"]
+    assert headers["X-Api-Key"] == "k-123" and headers["Idempotency-Key"] == "mdr2-9:101"
+
+
+async def test_connection_errors_are_retryable() -> None:
+    target = HttpTarget(tenant="acme", url=URL)
+    async with aiohttp.ClientSession() as session:
+        with aioresponses() as mocked:
+            mocked.post(URL, exception=aiohttp.ClientConnectionError("refused"))
+            with pytest.raises(RetryableError, match="PBX unreachable"):
+                await HttpAdapter(target, session).deliver(delivery())
+
+
+async def test_timeouts_are_retryable() -> None:
+    target = HttpTarget(tenant="acme", url=URL, timeout_s=1.5)
+    async with aiohttp.ClientSession() as session:
+        with aioresponses() as mocked:
+            mocked.post(URL, exception=TimeoutError())
+            with pytest.raises(RetryableError, match="within 1.5 s"):
+                await HttpAdapter(target, session).deliver(delivery())
