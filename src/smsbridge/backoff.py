@@ -23,4 +23,4 @@ def compute_backoff(
     if requested is not None and requested >= 0:
         return requested
     ceiling = min(cap, base * (2 ** max(attempt, 0)))
-    return ceiling / 2 + rand() * ceiling / 2
+    return float(ceiling / 2 + rand() * ceiling / 2)

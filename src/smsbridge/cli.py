@@ -106,8 +106,10 @@ async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = Fal
 async def _start_sandbox(settings: Settings) -> list[FakePbx]:
     started = []
     for target in settings.pbx_targets:
-        parts = urlsplit(target.url) if isinstance(target, HttpTarget) else None
-        if parts is None or parts.hostname not in LOOPBACK:
+        if not isinstance(target, HttpTarget):
+            continue
+        parts = urlsplit(target.url)
+        if parts.hostname not in LOOPBACK:
             continue
         expect = (target.auth_header, target.auth_value.reveal()) if target.auth_value else None
         pbx = FakePbx(path=parts.path or "/", expect_auth=expect)

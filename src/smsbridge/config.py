@@ -27,7 +27,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pass
 
 
-class BrokerSettings(_Section, kw_only=True):
+class BrokerSettings(_Section, frozen=True, kw_only=True):
     urls: list[str] = msgspec.field(default_factory=lambda: ["amqp://guest:guest@127.0.0.1:5672/"])
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "smsbridge"
     prefetch: PositiveInt = 32
@@ -35,7 +35,7 @@ class BrokerSettings(_Section, kw_only=True):
     delivery_limit: PositiveInt = 20
 
 
-class ReceiverSettings(_Section, kw_only=True):
+class ReceiverSettings(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
     public_url: str = "http://127.0.0.1:8080"
@@ -43,7 +43,7 @@ class ReceiverSettings(_Section, kw_only=True):
     allowed_source_ips: list[str] = []
 
 
-class RetryPolicy(_Section, kw_only=True):
+class RetryPolicy(_Section, frozen=True, kw_only=True):
     max_attempts: PositiveInt = 10
     max_age_s: PositiveFloat = 24 * 3600.0
     base_delay_s: PositiveFloat = 1.0
@@ -59,18 +59,18 @@ def _delivery_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=60, base_delay_s=2.0, max_delay_s=300.0)
 
 
-class RetrySettings(_Section, kw_only=True):
+class RetrySettings(_Section, frozen=True, kw_only=True):
     inbound: RetryPolicy = msgspec.field(default_factory=_inbound_policy)
     delivery: RetryPolicy = msgspec.field(default_factory=_delivery_policy)
 
 
-class LoggingSettings(_Section, kw_only=True):
+class LoggingSettings(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     show_pii: bool = False
 
 
-class SmsConfig(_Section, kw_only=True):
+class SmsConfig(_Section, frozen=True, kw_only=True):
     """One Flowroute SMS configuration: credentials, DIDs and one webhook URL."""
 
     id: Ident
@@ -84,7 +84,7 @@ class SmsConfig(_Section, kw_only=True):
     help_reply: str = ""
 
 
-class InboundRule(_Section, kw_only=True):
+class InboundRule(_Section, frozen=True, kw_only=True):
     """Route texts to one DID (or `*`, every DID of the configuration) to extensions.
 
     `from_pattern` is a shell-style glob on the sender in E.164 (`+1206*`).
@@ -98,7 +98,7 @@ class InboundRule(_Section, kw_only=True):
     name: str = ""
 
 
-class HttpTarget(_Section, kw_only=True, tag="http", tag_field="kind"):
+class HttpTarget(_Section, frozen=True, kw_only=True, tag="http", tag_field="kind"):
     """POST each delivery as JSON to the tenant's PBX."""
 
     tenant: Ident
@@ -108,7 +108,7 @@ class HttpTarget(_Section, kw_only=True, tag="http", tag_field="kind"):
     timeout_s: PositiveFloat = 10.0
 
 
-class AmqpTarget(_Section, kw_only=True, tag="amqp", tag_field="kind"):
+class AmqpTarget(_Section, frozen=True, kw_only=True, tag="amqp", tag_field="kind"):
     """Publish each delivery to an exchange the PBX consumes, key `<tenant>.<extension>`."""
 
     tenant: Ident
@@ -118,7 +118,7 @@ class AmqpTarget(_Section, kw_only=True, tag="amqp", tag_field="kind"):
 PbxTarget = HttpTarget | AmqpTarget
 
 
-class Settings(_Section, kw_only=True):
+class Settings(_Section, frozen=True, kw_only=True):
     broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
     receiver: ReceiverSettings = msgspec.field(default_factory=ReceiverSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)

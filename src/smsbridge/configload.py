@@ -111,7 +111,9 @@ def collect(value: Any, typ: Any, where: str, hook: DecHook) -> tuple[Any, list[
     return _convert(value, typ, where, hook)
 
 
-def _struct_problems(value: dict[str, Any], typ: type, where: str, hook: DecHook) -> list[Problem]:
+def _struct_problems(
+    value: dict[str, Any], typ: type[msgspec.Struct], where: str, hook: DecHook
+) -> list[Problem]:
     fields = msgspec.structs.fields(typ)
     known = {f.encode_name for f in fields} | {typ.__struct_config__.tag_field}
     prefix = f"{where}." if where else ""

@@ -46,7 +46,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     config_id: str
 
 
-class InboundMessage(Event, kw_only=True, tag="inbound_message"):
+class InboundMessage(Event, frozen=True, kw_only=True, tag="inbound_message"):
     """An SMS or MMS Flowroute delivered to one of our DIDs, normalised (receiver → inbound)."""
 
     mdr_id: str
@@ -59,8 +59,12 @@ class InboundMessage(Event, kw_only=True, tag="inbound_message"):
     flowroute_timestamp: datetime | None = None
     payload_shape: Literal["jsonapi", "legacy"] = "jsonapi"
 
+    @property
+    def conversation(self) -> str:
+        return f"{self.config_id}:{self.to}:{self.from_}"
 
-class DeliveryReceipt(Event, kw_only=True, tag="delivery_receipt"):
+
+class DeliveryReceipt(Event, frozen=True, kw_only=True, tag="delivery_receipt"):
     """A Flowroute DLR for one of our outbound messages (receiver → inbound)."""
 
     mdr_id: str
@@ -74,7 +78,7 @@ class DeliveryReceipt(Event, kw_only=True, tag="delivery_receipt"):
     client_message_id: str | None = None
 
 
-class InboundDelivery(Event, kw_only=True, tag="inbound_delivery"):
+class InboundDelivery(Event, frozen=True, kw_only=True, tag="inbound_delivery"):
     """A text for one PBX extension (bridge → PBX). One event per target extension."""
 
     mdr_id: str
@@ -89,12 +93,16 @@ class InboundDelivery(Event, kw_only=True, tag="inbound_delivery"):
     received_at: datetime
 
     @property
+    def conversation(self) -> str:
+        return f"{self.config_id}:{self.to}:{self.from_}:{self.extension}"
+
+    @property
     def idempotency_key(self) -> str:
         """Stable across retries and redeliveries: the same text to the same extension."""
         return f"{self.mdr_id}:{self.extension}"
 
 
-class StatusEvent(Event, kw_only=True, tag="status"):
+class StatusEvent(Event, frozen=True, kw_only=True, tag="status"):
     """A state change of an outbound message (bridge → PBX)."""
 
     client_message_id: str | None = None

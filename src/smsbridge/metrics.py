@@ -16,14 +16,16 @@ class Metrics:
             "smsbridge_webhook_seconds", "Webhook handling time, publish confirm included", registry=r
         )
         self.parked = Counter(
-            "smsbridge_webhooks_parked_total", "Webhooks parked in the dead-letter queue", ["config", "reason"], registry=r
+            "smsbridge_webhooks_parked_total", "Webhooks parked in the dead-letter queue", ["config", "reason"],
+            registry=r,
         )
         self.processed = Counter(
             "smsbridge_messages_total", "Messages finished by stage and outcome", ["stage", "outcome"], registry=r
         )
         self.retried = Counter("smsbridge_retries_total", "Messages scheduled for retry", ["stage"], registry=r)
         self.dead_lettered = Counter(
-            "smsbridge_dead_lettered_total", "Messages dead-lettered by stage and reason", ["stage", "reason"], registry=r
+            "smsbridge_dead_lettered_total", "Messages dead-lettered by stage and reason", ["stage", "reason"],
+            registry=r,
         )
         self.delivered = Counter(
             "smsbridge_delivered_total", "Texts delivered to the PBX by tenant and adapter", ["tenant", "adapter"],

@@ -36,7 +36,8 @@ log = structlog.get_logger("smsbridge.receiver")
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
 METRICS = web.AppKey("metrics", Metrics)
-READY = web.AppKey("ready", Callable[[], dict[str, bool]])
+ReadyCheck = Callable[[], dict[str, bool]]
+READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 
 # Compared against when the configuration id is unknown, so both 404s take the same time.
 _DUMMY_TOKEN = Secret("x" * 48)
@@ -114,7 +115,8 @@ async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt
     kind = "dlr" if isinstance(event, DeliveryReceipt) else ("mms" if event.is_mms else "sms")
     with structlog.contextvars.bound_contextvars(mdr_id=event.mdr_id, event_id=event.event_id, kind=kind):
         try:
-            await publisher.to_stage(settings.broker.prefix, "inbound", encoder.encode(event), message_id=event.event_id)
+            body = encoder.encode(event)
+            await publisher.to_stage(settings.broker.prefix, "inbound", body, message_id=event.event_id)
         except BrokerUnavailable as exc:
             log.error("webhook not accepted: broker unavailable", error=str(exc))
             return json_error(503, "unavailable", "could not store the message; please retry")

@@ -69,10 +69,11 @@ class Bridge:
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         if "inbound" in self.roles:
-            await self._consume("inbound", inbound_stage_decoder, InboundHandler(self.settings, self.publisher))
+            await self._consume("inbound", inbound_stage_decoder, InboundHandler(self.settings, self.publisher),
+                                order_key=_conversation)
         if "delivery" in self.roles:
-            await self._consume("delivery", delivery_stage_decoder, DeliveryHandler(self._build_adapters(),
-                                                                                    self.metrics))
+            await self._consume("delivery", delivery_stage_decoder,
+                                DeliveryHandler(self._build_adapters(), self.metrics), order_key=_conversation)
         if "receiver" in self.roles:
             await self._start_receiver()
         log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url)
@@ -83,7 +84,7 @@ class Bridge:
         self._channels.append(channel)
         return channel
 
-    async def _consume(self, stage: str, decoder: Any, handler: Any) -> None:
+    async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None) -> None:
         assert self.publisher is not None
         channel = await self._channel()
         await channel.set_qos(prefetch_count=self.settings.broker.prefetch)
@@ -91,7 +92,7 @@ class Bridge:
         consumer: StageConsumer[Any] = StageConsumer(
             stage=stage, queue_name=names.stage_queue(self.settings.broker.prefix, stage),
             prefix=self.settings.broker.prefix, decoder=decoder, handler=handler, publisher=self.publisher,
-            policy=policy, metrics=self.metrics,
+            policy=policy, metrics=self.metrics, order_key=order_key,
         )
         await consumer.start(channel)
         self._consumers.append(consumer)
@@ -139,6 +140,11 @@ class Bridge:
         if self.connection is not None:
             await _bounded(self.connection.close(), "close connection")
         log.info("bridge stopped")
+
+
+def _conversation(event: Any) -> str | None:
+    """Texts between the same two numbers (and extension) are handled in arrival order."""
+    return getattr(event, "conversation", None)
 
 
 async def _bounded(step: Awaitable[Any], what: str, seconds: float = BROKER_STEP_TIMEOUT_S) -> None:

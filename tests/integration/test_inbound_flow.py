@@ -195,3 +195,17 @@ async def test_undecodable_stage_message_is_dead_lettered_not_requeued(
     assert header(dead, names.H_REASON_CODE) == "undecodable"
     assert "undecodable message" in header(dead, names.H_REASON)
     assert dead.body == b'{"kind": "nonsense"}'
+
+
+async def test_texts_of_one_conversation_reach_the_pbx_in_order(
+    start_bridge: StartBridge, pbx: FakePbx, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    rules = [InboundRule(config="main", extensions=["101"])]
+    bridge = await start_bridge(settings(prefix=prefix, pbx_url=pbx.url, rules=rules))
+    template = raw_payload("legacy_flat_mdr1")
+    for n in range(20):
+        body = template.replace(b"Hello there from Flowroute!", f"part {n}".encode()).replace(
+            b"mdr1-febb118b9b034338adfc662a8c02fd88", f"mdr1-{n:032d}".encode())
+        assert (await post(http, hook_url(bridge.receiver_url), body))[0] == 200
+    received = await pbx.wait_for(20)
+    assert [d["body"] for d in received] == [f"part {n}" for n in range(20)]

@@ -9,11 +9,11 @@ from aio_pika.abc import AbstractChannel
 from smsbridge.broker import names
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
+from tests.integration.test_inbound_flow import hook_url, post
 from tests.support.broker import header, take
 from tests.support.fixtures import raw_payload
 from tests.support.settings import TOKEN, settings
 from tests.support.tcpproxy import TcpProxy
-from tests.integration.test_inbound_flow import hook_url, post
 
 
 async def test_wrong_token_and_unknown_config_get_the_same_404(

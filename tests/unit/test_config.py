@@ -145,7 +145,9 @@ def test_run_refuses_to_start_on_a_bad_file(tmp_path: Path, capsys: pytest.Captu
     assert "refusing to start" in capsys.readouterr().err
 
 
-def test_webhook_url_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_url_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AK", "a")
     monkeypatch.setenv("TOKEN", "x" * 30)
     path = str(write(tmp_path, GOOD))

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt, UnknownShape, parse_webhook, parse_timestamp
+from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt, UnknownShape, parse_timestamp, parse_webhook
 from tests.support.fixtures import payload
 
 

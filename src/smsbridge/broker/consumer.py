@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from smsbridge.backoff import compute_backoff
 from smsbridge.broker import names
+from smsbridge.broker.ordering import KeyedLocks
 from smsbridge.broker.publisher import Publisher, now_ms
 from smsbridge.config import RetryPolicy
 from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
@@ -84,6 +85,7 @@ class StageConsumer(Generic[T]):
         policy: RetryPolicy,
         metrics: Metrics,
         rand: Callable[[], float] | None = None,
+        order_key: Callable[[T], str | None] | None = None,
     ) -> None:
         import random
 
@@ -99,6 +101,8 @@ class StageConsumer(Generic[T]):
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
+        self._order_key = order_key
+        self._locks = KeyedLocks()
 
     async def start(self, channel: AbstractChannel) -> None:
         self._queue = await channel.get_queue(self.queue_name, ensure=True)
@@ -147,8 +151,10 @@ class StageConsumer(Generic[T]):
 
     async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
         started = time.perf_counter()
+        key = self._order_key(event) if self._order_key else None
         try:
-            await self._handler.handle(event)
+            async with self._locks.hold(key):
+                await self._handler.handle(event)
         except PermanentError as exc:
             await self._dead_letter(message, attempt, exc.reason, exc.code, event)
         except RetryableError as exc:

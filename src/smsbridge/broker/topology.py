@@ -40,10 +40,9 @@ async def declare(
     pbx_exchanges: Iterable[str] = (),
 ) -> None:
     """Declare the whole topology for `prefix`; safe to run from every process at every start."""
-    durable = {"durable": True}
-    work = await channel.declare_exchange(names.work_exchange(prefix), aio_pika.ExchangeType.DIRECT, **durable)
-    delay = await channel.declare_exchange(names.delay_exchange(prefix), aio_pika.ExchangeType.HEADERS, **durable)
-    dlx = await channel.declare_exchange(names.dead_exchange(prefix), aio_pika.ExchangeType.FANOUT, **durable)
+    work = await channel.declare_exchange(names.work_exchange(prefix), aio_pika.ExchangeType.DIRECT, durable=True)
+    delay = await channel.declare_exchange(names.delay_exchange(prefix), aio_pika.ExchangeType.HEADERS, durable=True)
+    dlx = await channel.declare_exchange(names.dead_exchange(prefix), aio_pika.ExchangeType.FANOUT, durable=True)
     dead = await channel.declare_queue(names.dead_queue(prefix), durable=True, arguments={"x-queue-type": "quorum"})
     await dead.bind(dlx, routing_key="#")
     await _declare_status(channel, prefix)
@@ -54,7 +53,7 @@ async def declare(
         queue = await channel.declare_queue(names.delay_queue(prefix, tier), durable=True, arguments=args)
         await queue.bind(delay, arguments={"x-match": "all", names.H_DELAY_TIER: str(tier)})
     for exchange in pbx_exchanges:
-        await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, **durable)
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
 async def declare_stage(
