@@ -17,7 +17,7 @@ from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.runtime import Bridge
 from smsbridge.sandbox.pbx import FakePbx
-from tests.support.settings import unique_prefix
+from tests.support.settings import ACCOUNT, unique_prefix
 
 AMQP_URL = os.environ.get("SMSBRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -57,7 +57,7 @@ async def channel(amqp: AbstractRobustConnection, prefix: str) -> AsyncIterator[
     ch = await amqp.channel()
     yield ch
     cleanup = await amqp.channel()
-    await topology.delete(cleanup, prefix)
+    await topology.delete(cleanup, prefix, accounts=[ACCOUNT])
     await cleanup.close()
 
 

@@ -24,3 +24,14 @@ def compute_backoff(
         return requested
     ceiling = min(cap, base * (2 ** max(attempt, 0)))
     return float(ceiling / 2 + rand() * ceiling / 2)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A `Retry-After` header in seconds; an HTTP date or garbage gives None (use our own backoff)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

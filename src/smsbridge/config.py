@@ -9,6 +9,7 @@ Secrets are never written in the file: they are references (`{ env = "NAME" }` o
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Literal
 
@@ -59,9 +60,16 @@ def _delivery_policy() -> RetryPolicy:
     return RetryPolicy(max_attempts=60, base_delay_s=2.0, max_delay_s=300.0)
 
 
+def _dispatch_policy() -> RetryPolicy:
+    # A text that could not go out within an hour is usually no longer wanted: fail it visibly.
+    return RetryPolicy(max_attempts=12, max_age_s=3600.0, base_delay_s=2.0, max_delay_s=300.0)
+
+
 class RetrySettings(_Section, frozen=True, kw_only=True):
     inbound: RetryPolicy = msgspec.field(default_factory=_inbound_policy)
     delivery: RetryPolicy = msgspec.field(default_factory=_delivery_policy)
+    outbound: RetryPolicy = msgspec.field(default_factory=_inbound_policy)
+    dispatch: RetryPolicy = msgspec.field(default_factory=_dispatch_policy)
 
 
 class LoggingSettings(_Section, frozen=True, kw_only=True):
@@ -70,18 +78,46 @@ class LoggingSettings(_Section, frozen=True, kw_only=True):
     show_pii: bool = False
 
 
+class FlowrouteSettings(_Section, frozen=True, kw_only=True):
+    api_base: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.flowroute.com"
+    timeout_s: PositiveFloat = 15.0
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.04
+    request_dlrs: bool = True
+
+
+class OutboundSettings(_Section, frozen=True, kw_only=True):
+    replace_smart_punctuation: bool = True
+    max_segments: PositiveInt = 10
+    max_media: PositiveInt = 10
+    max_rate_limited_waits: PositiveInt = 5
+
+
 class SmsConfig(_Section, frozen=True, kw_only=True):
-    """One Flowroute SMS configuration: credentials, DIDs and one webhook URL."""
+    """One Flowroute SMS configuration: credentials, DIDs and one webhook URL.
+
+    `account` names the Flowroute account for its dispatch queue; configurations with the same
+    Access Key share one account and so one rate limit. Empty: derived from the Access Key.
+    """
 
     id: Ident
     tenant: Ident
     access_key: Secret
     secret_key: Secret
     webhook_token: Secret
-    sender_id: str = ""
+    sender_id: Annotated[str, msgspec.Meta(pattern=r"^(\+1[2-9]\d{2}[2-9]\d{6})?$")] = ""  # empty: the DID
     dids: list[E164]
     fallback_extensions: list[Extension] = []
     help_reply: str = ""
+    account: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$|^$")] = ""
+    sms_per_second: PositiveInt = 5
+    mms_per_second: PositiveInt = 1
+
+    @property
+    def account_name(self) -> str:
+        if self.account:
+            return self.account
+        digest = hashlib.sha256(self.access_key.reveal().encode()).hexdigest()[:12]
+        return f"acct-{digest}"
 
 
 class InboundRule(_Section, frozen=True, kw_only=True):
@@ -95,6 +131,22 @@ class InboundRule(_Section, frozen=True, kw_only=True):
     did: Literal["*"] | E164 = "*"
     extensions: Annotated[list[Extension], msgspec.Meta(min_length=1)]
     from_pattern: str | None = None
+    name: str = ""
+
+
+class OutboundRule(_Section, frozen=True, kw_only=True):
+    """Which extensions may text out, from which DIDs, to which numbers (deny by default).
+
+    `extensions = ["*"]` means every extension; `dids` are the DIDs they may send from (all of
+    the configuration's when empty); `default_did` is used when the request names none;
+    `destinations` are globs on the E.164 destination (every NANP number when empty).
+    """
+
+    config: Ident
+    extensions: Annotated[list[Literal["*"] | Extension], msgspec.Meta(min_length=1)]
+    dids: list[E164] = []
+    default_did: E164 | None = None
+    destinations: list[str] = []
     name: str = ""
 
 
@@ -124,8 +176,11 @@ class Settings(_Section, frozen=True, kw_only=True):
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     drain_timeout_s: PositiveFloat = 20.0
+    flowroute: FlowrouteSettings = msgspec.field(default_factory=FlowrouteSettings)
+    outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []
+    outbound_rules: list[OutboundRule] = []
     pbx_targets: list[PbxTarget] = []
 
     def sms_config(self, config_id: str) -> SmsConfig | None:
@@ -133,6 +188,16 @@ class Settings(_Section, frozen=True, kw_only=True):
 
     def pbx_target(self, tenant: str) -> PbxTarget | None:
         return next((t for t in self.pbx_targets if t.tenant == tenant), None)
+
+    def configs_of(self, tenant: str) -> list[SmsConfig]:
+        return [c for c in self.sms_configs if c.tenant == tenant]
+
+    def accounts(self) -> dict[str, SmsConfig]:
+        """One SMS configuration per Flowroute account (its credentials and limits)."""
+        found: dict[str, SmsConfig] = {}
+        for config in self.sms_configs:
+            found.setdefault(config.account_name, config)
+        return found
 
     def rules_for(self, config_id: str) -> list[InboundRule]:
         return [r for r in self.inbound_rules if r.config == config_id]

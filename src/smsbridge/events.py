@@ -115,10 +115,43 @@ class StatusEvent(Event, frozen=True, kw_only=True, tag="status"):
     segments: int | None = None
 
 
+class OutboundRequest(msgspec.Struct, frozen=True, kw_only=True, tag="outbound_request", tag_field="kind"):
+    """A text a PBX extension wants sent (PBX → bridge), published to the requests exchange with
+    routing key `outbound.<tenant>`. `client_message_id` is the PBX's id and the idempotency key."""
+
+    version: int = SCHEMA_VERSION
+    tenant: str
+    client_message_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    from_extension: str
+    to: str
+    body: str = ""
+    from_did: str | None = None
+    media_urls: tuple[str, ...] = ()
+    config_id: str | None = None
+    requested_at: datetime | None = None
+
+
+class DispatchRequest(Event, frozen=True, kw_only=True, tag="dispatch"):
+    """A request the outbound rules allowed, ready for Flowroute (outbound → dispatcher)."""
+
+    client_message_id: str
+    from_extension: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    body: str = ""
+    media_urls: tuple[str, ...] = ()
+    is_mms: bool = False
+    segments: int = 1
+    encoding: Literal["ascii", "ucs2"] = "ascii"
+    dlr_callback: str | None = None
+
+
 ExtensionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")]
 
 # One decoder per stream, built once: a decode error is permanent (straight to dead letters).
 InboundStageEvent = InboundMessage | DeliveryReceipt
 inbound_stage_decoder = msgspec.json.Decoder(InboundStageEvent)
 delivery_stage_decoder = msgspec.json.Decoder(InboundDelivery)
+outbound_stage_decoder = msgspec.json.Decoder(OutboundRequest)
+dispatch_stage_decoder = msgspec.json.Decoder(DispatchRequest)
 encoder = msgspec.json.Encoder()

@@ -32,5 +32,11 @@ class Metrics:
             registry=r,
         )
 
+        self.flowroute_answers = Counter(
+            "smsbridge_flowroute_answers_total", "Flowroute send answers by account and outcome",
+            ["account", "outcome"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,18 +20,26 @@ from aiohttp import web
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, Settings
+from smsbridge.config import AmqpTarget, HttpTarget, RetryPolicy, Settings
 from smsbridge.connection import connect
-from smsbridge.events import delivery_stage_decoder, inbound_stage_decoder
+from smsbridge.events import (
+    delivery_stage_decoder,
+    dispatch_stage_decoder,
+    inbound_stage_decoder,
+    outbound_stage_decoder,
+)
+from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.receiver import make_app
 from smsbridge.workers.delivery import DeliveryHandler
+from smsbridge.workers.dispatcher import DispatchHandler, limiters_for
 from smsbridge.workers.inbound import InboundHandler
+from smsbridge.workers.outbound import OutboundHandler
 
-ROLES = ("receiver", "inbound", "delivery")
+ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 BROKER_STEP_TIMEOUT_S = 5.0
 log = structlog.get_logger("smsbridge.runtime")
 
@@ -65,7 +73,7 @@ class Bridge:
         channel = await self._channel(publisher_confirms=True, on_return_raises=True)
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
-                               pbx_exchanges=pbx_exchanges)
+                               accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         if "inbound" in self.roles:
@@ -74,6 +82,10 @@ class Bridge:
         if "delivery" in self.roles:
             await self._consume("delivery", delivery_stage_decoder,
                                 DeliveryHandler(self._build_adapters(), self.metrics), order_key=_conversation)
+        if "outbound" in self.roles:
+            await self._consume("outbound", outbound_stage_decoder, OutboundHandler(self.settings, self.publisher))
+        if "dispatcher" in self.roles:
+            await self._start_dispatcher()
         if "receiver" in self.roles:
             await self._start_receiver()
         log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url)
@@ -84,11 +96,12 @@ class Bridge:
         self._channels.append(channel)
         return channel
 
-    async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None) -> None:
+    async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None,
+                       prefetch: int | None = None, policy: RetryPolicy | None = None) -> None:
         assert self.publisher is not None
         channel = await self._channel()
-        await channel.set_qos(prefetch_count=self.settings.broker.prefetch)
-        policy = getattr(self.settings.retry, stage)
+        await channel.set_qos(prefetch_count=prefetch or self.settings.broker.prefetch)
+        policy = policy or getattr(self.settings.retry, stage)
         consumer: StageConsumer[Any] = StageConsumer(
             stage=stage, queue_name=names.stage_queue(self.settings.broker.prefix, stage),
             prefix=self.settings.broker.prefix, decoder=decoder, handler=handler, publisher=self.publisher,
@@ -97,13 +110,28 @@ class Bridge:
         await consumer.start(channel)
         self._consumers.append(consumer)
 
+    async def _start_dispatcher(self) -> None:
+        """One consumer per account queue (single active consumer), each on its own channel."""
+        assert self.publisher is not None and self.connection is not None
+        client = FlowrouteClient(self._http_session(), base_url=self.settings.flowroute.api_base,
+                                 timeout_s=self.settings.flowroute.timeout_s)
+        handler = DispatchHandler(self.settings, self.publisher, client, limiters_for(self.settings), self.metrics)
+        self.connection.reconnect_callbacks.add(lambda *_args, **_kw: handler.subscribed())
+        for account, config in self.settings.accounts().items():
+            # A small prefetch: what is prefetched but unsent is all a dying dispatcher hands over.
+            await self._consume(names.dispatch_stage(account), dispatch_stage_decoder, handler,
+                                prefetch=2 * config.sms_per_second, policy=self.settings.retry.dispatch)
+
+    def _http_session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+        return self._http
+
     def _build_adapters(self) -> dict[str, DeliveryAdapter]:
         assert self.publisher is not None
         for target in self.settings.pbx_targets:
             if isinstance(target, HttpTarget):
-                if self._http is None:
-                    self._http = aiohttp.ClientSession()
-                self._adapters[target.tenant] = HttpAdapter(target, self._http)
+                self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
             else:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
         return self._adapters

@@ -13,6 +13,7 @@ from smsbridge.secret import Secret
 TOKEN = "test-token-abcdefghijklmnopqrstuvwxyz"
 DID_MAIN = "+12065550100"
 DID_BILLING = "+12065550101"
+ACCOUNT = "test"
 
 
 def unique_prefix(tag: str = "t") -> str:
@@ -22,7 +23,7 @@ def unique_prefix(tag: str = "t") -> str:
 def sms_config(**overrides: Any) -> SmsConfig:
     fields: dict[str, Any] = dict(
         id="main", tenant="acme", access_key=Secret("AK-test"), secret_key=Secret("SK-test"),
-        webhook_token=Secret(TOKEN), dids=[DID_MAIN, DID_BILLING], fallback_extensions=[],
+        webhook_token=Secret(TOKEN), dids=[DID_MAIN, DID_BILLING], fallback_extensions=[], account=ACCOUNT,
     )
     fields.update(overrides)
     return SmsConfig(**fields)

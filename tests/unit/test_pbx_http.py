@@ -6,10 +6,11 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
+from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, utcnow
-from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer, retry_after_seconds
+from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer
 from smsbridge.secret import Secret
 from tests.support.aioresponses_compat import CompatResponse
 

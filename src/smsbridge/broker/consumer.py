@@ -32,8 +32,14 @@ T_contra = TypeVar("T_contra", contravariant=True)
 log = structlog.get_logger("smsbridge.consumer")
 
 
+@dataclass(frozen=True)
+class MessageContext:
+    origin_key: str  # the routing key the message was first published with (e.g. outbound.<tenant>)
+    attempt: int  # 1 on the first delivery
+
+
 class Handler(Protocol[T_contra]):
-    async def handle(self, event: T_contra) -> None: ...
+    async def handle(self, event: T_contra, context: MessageContext) -> None: ...
 
     async def given_up(self, event: T_contra, reason: str, code: str) -> None:
         """Called once when a decoded message is dead-lettered (e.g. to publish a `failed` status)."""
@@ -149,12 +155,18 @@ class StageConsumer(Generic[T]):
             return
         await self._run(message, attempt, event)
 
+    def _origin_key(self, message: AbstractIncomingMessage) -> str:
+        origin = (message.headers or {}).get(names.H_ORIGIN_KEY)
+        if isinstance(origin, bytes):
+            origin = origin.decode()
+        return origin if isinstance(origin, str) else (message.routing_key or self.queue_name)
+
     async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
         started = time.perf_counter()
         key = self._order_key(event) if self._order_key else None
         try:
             async with self._locks.hold(key):
-                await self._handler.handle(event)
+                await self._handler.handle(event, MessageContext(self._origin_key(message), attempt.number + 1))
         except PermanentError as exc:
             await self._dead_letter(message, attempt, exc.reason, exc.code, event)
         except RetryableError as exc:
@@ -174,10 +186,13 @@ class StageConsumer(Generic[T]):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
         headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
-                   names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision))}
+                   names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
+                   names.H_ORIGIN_KEY: self._origin_key(message)}
         try:
+            # Always the stage queue's own key: the delay queue dead-letters into the direct work
+            # exchange, where any other key would be unroutable and silently dropped.
             await self._publisher.publish(
-                names.delay_exchange(self._prefix), message.routing_key or self.queue_name, message.body,
+                names.delay_exchange(self._prefix), self.queue_name, message.body,
                 headers=headers, message_id=message.message_id, expiration_s=decision,
             )
         except BrokerUnavailable as exc:
@@ -191,11 +206,11 @@ class StageConsumer(Generic[T]):
                            code: str, event: T | None) -> None:
         headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
-                   names.H_ROUTING_KEY: message.routing_key or self.queue_name}
+                   names.H_ROUTING_KEY: self.queue_name, names.H_ORIGIN_KEY: self._origin_key(message)}
         headers.pop(names.H_DELAY_TIER, None)
         try:
             await self._publisher.publish(
-                names.dead_exchange(self._prefix), message.routing_key or self.queue_name, message.body,
+                names.dead_exchange(self._prefix), self.queue_name, message.body,
                 headers=headers, message_id=message.message_id,
             )
             if event is not None:

@@ -6,6 +6,9 @@ Layout for a prefix `p` (default `smsbridge`):
   [2^k, 2^(k+1)) s (tier 0: under 2 s) and dead-letters expired messages back to `p.work` with the
   original routing key, i.e. back to their stage.
 - `p.dlx` (fanout) → `p.dead-letters`: what cannot be processed, with why in the headers.
+- `p.requests` (topic): PBXs publish outbound requests with key `outbound.<tenant>`; bound to
+  the `p.outbound` stage queue.
+- `p.dispatch.<account>`: one stage per Flowroute account, single active consumer.
 - `p.status` (topic): status events for the PBX, key `status.<tenant>.<state>`; what nobody
   is bound for goes to `p.unrouted` (via the alternate exchange) instead of vanishing.
 """
@@ -28,6 +31,7 @@ H_REASON_CODE = "x-smsbridge-reason-code"
 H_DEAD_AT = "x-smsbridge-dead-at-ms"
 H_ROUTING_KEY = "x-smsbridge-routing-key"
 H_CONFIG = "x-smsbridge-config"
+H_ORIGIN_KEY = "x-smsbridge-origin-key"
 
 
 def work_exchange(prefix: str) -> str:
@@ -68,6 +72,24 @@ def delay_queue(prefix: str, tier: int) -> str:
 
 def status_routing_key(tenant: str, state: str) -> str:
     return f"status.{tenant}.{state}"
+
+
+def requests_exchange(prefix: str) -> str:
+    """Where PBXs publish outbound requests, routing key `outbound.<tenant>`."""
+    return f"{prefix}.requests"
+
+
+def request_routing_key(tenant: str) -> str:
+    return f"outbound.{tenant}"
+
+
+def tenant_of_request_key(routing_key: str) -> str | None:
+    head, _, tenant = routing_key.partition(".")
+    return tenant if head == "outbound" and tenant and "." not in tenant else None
+
+
+def dispatch_stage(account: str) -> str:
+    return f"dispatch.{account}"
 
 
 def pbx_routing_key(tenant: str, extension: str) -> str:

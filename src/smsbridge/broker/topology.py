@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 
-STAGES = ("inbound", "delivery")
+STAGES = ("inbound", "delivery", "outbound")
 
 
 def quorum_arguments(*, dead_letter_exchange: str, delivery_limit: int | None) -> dict[str, Any]:
@@ -37,6 +37,7 @@ async def declare(
     *,
     delivery_limit: int,
     stages: Iterable[str] = STAGES,
+    accounts: Iterable[str] = (),
     pbx_exchanges: Iterable[str] = (),
 ) -> None:
     """Declare the whole topology for `prefix`; safe to run from every process at every start."""
@@ -48,6 +49,16 @@ async def declare(
     await _declare_status(channel, prefix)
     for stage in stages:
         await declare_stage(channel, prefix, stage, delivery_limit=delivery_limit)
+    requests = await channel.declare_exchange(
+        names.requests_exchange(prefix), aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    outbound = await channel.get_queue(names.stage_queue(prefix, "outbound"), ensure=False)
+    await outbound.bind(requests, routing_key="outbound.*")
+    for account in accounts:
+        # Single active consumer: one dispatcher sends for an account at a time, so its limiter
+        # alone decides the account's rate; the others stand by and take over when it dies.
+        await declare_stage(channel, prefix, names.dispatch_stage(account), delivery_limit=delivery_limit,
+                            single_active=True)
     for tier in range(names.MAX_TIER + 1):
         args = quorum_arguments(dead_letter_exchange=work.name, delivery_limit=None)
         queue = await channel.declare_queue(names.delay_queue(prefix, tier), durable=True, arguments=args)
@@ -84,13 +95,16 @@ async def _declare_status(channel: AbstractChannel, prefix: str) -> None:
     )
 
 
-async def delete(channel: AbstractChannel, prefix: str, stages: Iterable[str] = STAGES) -> None:
+async def delete(channel: AbstractChannel, prefix: str, stages: Iterable[str] = STAGES,
+                 accounts: Iterable[str] = ()) -> None:
     """Remove everything `declare` made for `prefix` (tests and `smsbridge` teardown tools)."""
+    stages = [*stages, *(names.dispatch_stage(a) for a in accounts)]
     queues = [names.stage_queue(prefix, s) for s in stages]
     queues += [names.delay_queue(prefix, t) for t in range(names.MAX_TIER + 1)]
     queues += [names.dead_queue(prefix), names.unrouted_queue(prefix)]
     for queue in queues:
         await channel.queue_delete(queue)
-    exchanges = [names.work_exchange, names.delay_exchange, names.dead_exchange, names.status_exchange]
+    exchanges = [names.work_exchange, names.delay_exchange, names.dead_exchange, names.status_exchange,
+                 names.requests_exchange]
     for exchange in [f(prefix) for f in exchanges] + [names.unrouted_exchange(prefix)]:
         await channel.exchange_delete(exchange)

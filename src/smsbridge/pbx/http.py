@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import aiohttp
 
+from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, encoder
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 ANSWER_EXCERPT = 300
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None  # an HTTP date: rare from a PBX, fall back to our own backoff
-    return seconds if seconds >= 0 else None
 
 
 def classify_pbx_answer(status: int, body: str, retry_after: str | None) -> None:

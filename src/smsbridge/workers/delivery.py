@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import structlog
 
+from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import PermanentError
 from smsbridge.events import InboundDelivery
 from smsbridge.metrics import Metrics
@@ -19,7 +20,7 @@ class DeliveryHandler:
         self._adapters = adapters
         self._metrics = metrics
 
-    async def handle(self, delivery: InboundDelivery) -> None:
+    async def handle(self, delivery: InboundDelivery, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(
             mdr_id=delivery.mdr_id, event_id=delivery.event_id, extension=delivery.extension, tenant=delivery.tenant
         )

@@ -5,12 +5,22 @@ from __future__ import annotations
 import structlog
 
 from smsbridge.broker import names
+from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import Settings
+from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import PermanentError
-from smsbridge.events import DeliveryReceipt, InboundDelivery, InboundMessage, StatusEvent, encoder
+from smsbridge.events import (
+    DeliveryReceipt,
+    DispatchRequest,
+    InboundDelivery,
+    InboundMessage,
+    StatusEvent,
+    encoder,
+)
 from smsbridge.flowroute.dlr import classify_dlr
 from smsbridge.rules import keyword_of, route
+from smsbridge.segments import body_info
+from smsbridge.workers.status import publish_status
 
 log = structlog.get_logger("smsbridge.inbound")
 
@@ -52,13 +62,23 @@ def status_for(receipt: DeliveryReceipt) -> StatusEvent:
     )
 
 
+def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
+    """The configured HELP auto-reply, from the DID that was texted back to the sender."""
+    info = body_info(config.help_reply)
+    return DispatchRequest(
+        tenant=message.tenant, config_id=config.id, client_message_id=f"help-reply:{message.mdr_id}",
+        from_extension="(auto-reply)", from_=message.to, to=message.from_, body=config.help_reply,
+        segments=info.segments, encoding=info.encoding,
+    )
+
+
 class InboundHandler:
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self._settings = settings
         self._publisher = publisher
         self._prefix = settings.broker.prefix
 
-    async def handle(self, event: InboundMessage | DeliveryReceipt) -> None:
+    async def handle(self, event: InboundMessage | DeliveryReceipt, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(mdr_id=event.mdr_id, event_id=event.event_id)
         if isinstance(event, DeliveryReceipt):
             await self._status(event)
@@ -77,14 +97,15 @@ class InboundHandler:
         for delivery in deliveries:
             await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
                                            message_id=delivery.event_id)
+        if deliveries[0].keyword == "HELP" and config.help_reply:
+            reply = help_reply(message, config)
+            await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
+                                           encoder.encode(reply), message_id=reply.event_id)
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
                  keyword=deliveries[0].keyword, media=len(message.media))
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
         status = status_for(receipt)
-        key = names.status_routing_key(status.tenant, status.state)
-        # mandatory=False: the status exchange's alternate exchange keeps what nobody is bound for.
-        await self._publisher.publish(names.status_exchange(self._prefix), key, encoder.encode(status),
-                                      message_id=status.event_id, mandatory=False)
+        await publish_status(self._publisher, self._prefix, status)
         log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
                  client_message_id=receipt.client_message_id)

@@ -1,0 +1,329 @@
+"""A Flowroute simulator: a real aiohttp server that behaves as flowroute-api.md describes.
+
+- `POST /v2.1/messages`, `POST /v2.2/messages`: Basic auth (Access Key / Secret Key), JSON:API or
+  compact body, Flowroute-shaped errors, `202` with an `mdr2-…` id.
+- Rate limits counted the way Flowroute counts them: every attempt of an account inside a
+  1000 ms window, rejected ones included; over the limit → `429`.
+- `GET /v2.2/messages/{id}` (one MDR) and `GET /v2.2/messages?start_date=…` (list, paged).
+- DLRs to the message's `dlr_callback`: level 1 (`smsc submit`) then level 2, the outcome chosen
+  per destination number (`behaviours`).
+- Inbound injection (`inject_inbound`, `POST /_sim/inbound`) in both payload shapes, resent like
+  Flowroute does when the webhook does not answer 200.
+- Fault injection (`faults`, `POST /_sim/faults`): latency, a 5xx ratio, dropped connections, and
+  a script of statuses for the next sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+import structlog
+from aiohttp import web
+
+from smsbridge.flowroute.payloads import dlr_payload, error_body, flowroute_number, inbound_payload, new_mdr_id
+from smsbridge.segments import body_info
+
+log = structlog.get_logger("smsbridge.simulator")
+WINDOW_S = 1.0
+
+# Destination behaviours: what happens to a message sent to that number.
+DLR_OUTCOMES: dict[str, tuple[str, int, str]] = {
+    "delivered": ("delivered", 1004, "Message delivered to handset"),
+    "buffered": ("message buffered", 1003, "Message accepted by Carrier"),
+    "dlr_failed": ("delivery failed", 1007, "Message failed"),
+    "dlr_opted_out": ("delivery failed", 1110, "User Opted Out (STOP)"),
+    "dlr_spam": ("delivery failed", 1150, "Spam"),
+}
+API_OUTCOMES = {"opted_out", "unregistered", "invalid"}
+
+
+@dataclass
+class Faults:
+    latency_s: float = 0.0
+    error_ratio: float = 0.0
+    drop_ratio: float = 0.0
+    script: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Account:
+    secret: str
+    sms_per_second: int | None = 5
+    mms_per_second: int | None = 1
+    attempts: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic time, is_mms)
+
+
+class FlowrouteSimulator:
+    def __init__(self, accounts: dict[str, str], *, sms_per_second: int | None = 5, mms_per_second: int | None = 1,
+                 behaviours: dict[str, str] | None = None, dlr_delay_s: float = 0.05,
+                 webhook_resend_interval_s: float = 30.0, seed: int | None = None) -> None:
+        self.accounts = {key: Account(secret, sms_per_second, mms_per_second) for key, secret in accounts.items()}
+        self.behaviours = dict(behaviours or {})
+        self.faults = Faults()
+        self.messages: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []  # every authenticated send: body, auth user, status
+        self.dlr_posts: list[tuple[str, int]] = []
+        self.dlr_delay_s = dlr_delay_s
+        self.webhook_resend_interval_s = webhook_resend_interval_s
+        self._random = random.Random(seed)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # ----- lifecycle -------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        for version in ("v2.1", "v2.2"):
+            app.router.add_post(f"/{version}/messages", self._send)
+            app.router.add_get(f"/{version}/messages", self._list)
+            app.router.add_get(f"/{version}/messages/{{mdr_id}}", self._lookup)
+        app.router.add_post("/_sim/inbound", self._inject_view)
+        app.router.add_post("/_sim/faults", self._faults_view)
+        app.router.add_get("/_sim/stats", self._stats_view)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._session = aiohttp.ClientSession()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ----- figures for tests and benchmarks -----------------------------------------------------
+    def max_in_window(self, access_key: str, *, mms_only: bool = False, window_s: float = WINDOW_S) -> int:
+        """The most attempts any `window_s` window of this account held."""
+        times = [t for t, is_mms in self.accounts[access_key].attempts if is_mms or not mms_only]
+        best, start = 0, 0
+        for end, t in enumerate(times):
+            while t - times[start] >= window_s:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
+    def statuses(self) -> list[int]:
+        return [r["status"] for r in self.requests]
+
+    # ----- sending ---------------------------------------------------------------------------
+    def _authenticate(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        account = self.accounts.get(user)
+        return user if account is not None and account.secret == password else None
+
+    def _over_limit(self, account: Account, now: float, is_mms: bool) -> bool:
+        recent = [m for t, m in account.attempts if now - t < WINDOW_S]
+        if account.sms_per_second is not None and len(recent) >= account.sms_per_second:
+            return True
+        return is_mms and account.mms_per_second is not None and sum(recent) >= account.mms_per_second
+
+    async def _send(self, request: web.Request) -> web.StreamResponse:
+        user = self._authenticate(request)
+        if user is None:
+            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
+        raw = await request.read()
+        attributes = _attributes(raw)
+        is_mms = bool(attributes and (attributes.get("media_urls") or str(attributes.get("is_mms")).lower() == "true"))
+        account, now = self.accounts[user], time.monotonic()
+        limited = self._over_limit(account, now, is_mms)
+        account.attempts.append((now, is_mms))  # Flowroute counts every attempt, rejected ones too
+        if self.faults.latency_s:
+            await asyncio.sleep(self.faults.latency_s)
+        if self.faults.drop_ratio and self._random.random() < self.faults.drop_ratio:
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
+        response = self._answer(attributes, limited)
+        self.requests.append({"user": user, "body": msgspec.json.decode(raw) if attributes is not None else None,
+                              "status": response.status, "content_type": request.headers.get("Content-Type")})
+        return response
+
+    def _answer(self, attributes: dict[str, Any] | None, limited: bool) -> web.Response:
+        if self.faults.script:
+            status = self.faults.script.pop(0)
+            return web.json_response(error_body(status, "Scripted", f"scripted {status}"), status=status)
+        if limited:
+            return web.json_response(error_body(429, "Too Many Requests", "rate limit exceeded"), status=429)
+        if self.faults.error_ratio and self._random.random() < self.faults.error_ratio:
+            return web.json_response(error_body(503, "Service Unavailable", "try again later"), status=503)
+        if attributes is None:
+            return web.json_response(error_body(400, "Bad Request", "could not parse the request body"), status=400)
+        problem = _invalid(attributes)
+        if problem:
+            return web.json_response(error_body(422, "Unprocessable Entity", problem), status=422)
+        behaviour = self.behaviours.get(_plus(attributes["to"]), "delivered")
+        if behaviour in API_OUTCOMES:
+            return _api_refusal(behaviour)
+        return self._accept(attributes, behaviour)
+
+    def _accept(self, attributes: dict[str, Any], behaviour: str) -> web.Response:
+        mdr_id = new_mdr_id()
+        body = attributes.get("body") or ""
+        segments = body_info(body).segments
+        self.messages[mdr_id] = {
+            "id": mdr_id, "type": "message",
+            "attributes": {"to": flowroute_number(_plus(attributes["to"])), "from": flowroute_number(
+                _plus(attributes["from"])), "body": body, "direction": "outbound", "is_mms": bool(
+                attributes.get("media_urls")), "status": "smsc submit", "timestamp": _now(), "delivery_receipts": [],
+                "message_encoding": 0 if body.isascii() else 8, "message_type": "longcode"},
+        }
+        callback = attributes.get("dlr_callback")
+        if callback:
+            self._spawn(self._post_dlrs(str(callback), mdr_id, behaviour))
+        return web.json_response(
+            {"data": {"type": "message", "id": mdr_id, "links": {"self": f"/v2.2/messages/{mdr_id}"},
+                      "price_details": {"base_rate": 0.0025, "surcharge_rate": 0.003, "segment_count": segments}}},
+            status=202)
+
+    async def _post_dlrs(self, url: str, mdr_id: str, behaviour: str) -> None:
+        await asyncio.sleep(self.dlr_delay_s)
+        await self._post_dlr(url, mdr_id, dlr_payload(mdr_id, level=1, status="smsc submit", code=None,
+                                                     description="Message has been sent"))
+        status, code, description = DLR_OUTCOMES.get(behaviour, DLR_OUTCOMES["delivered"])
+        await asyncio.sleep(self.dlr_delay_s)
+        self.messages[mdr_id]["attributes"]["status"] = status
+        await self._post_dlr(url, mdr_id, dlr_payload(mdr_id, level=2, status=status, code=code,
+                                                     description=description))
+
+    async def _post_dlr(self, url: str, mdr_id: str, payload: dict[str, Any]) -> None:
+        self.messages[mdr_id]["attributes"]["delivery_receipts"].insert(0, payload["data"]["attributes"])
+        status = await self._post_webhook(url, payload)
+        self.dlr_posts.append((mdr_id, status))
+
+    # ----- webhooks, lookups, control ------------------------------------------------------------
+    async def _post_webhook(self, url: str, payload: dict[str, Any], resends: int = 4) -> int:
+        """POST like Flowroute: anything but 200 is resent, `resends` more times."""
+        assert self._session is not None
+        status = 0
+        for attempt in range(resends + 1):
+            try:
+                async with self._session.post(url, json=payload) as response:
+                    status = response.status
+            except aiohttp.ClientError:
+                status = 0
+            if status == 200:
+                break
+            if attempt < resends:
+                await asyncio.sleep(self.webhook_resend_interval_s)
+        return status
+
+    async def inject_inbound(self, webhook_url: str, *, sender: str, did: str, body: str | None,
+                             media: list[dict[str, Any]] | None = None, shape: str = "jsonapi",
+                             resends: int = 0) -> tuple[str, int]:
+        """Post an inbound SMS/MMS to a webhook; returns (mdr id, final HTTP status)."""
+        payload = inbound_payload(sender=sender, did=did, body=body, media=media, shape=shape)
+        mdr_id = payload["data"]["id"] if "data" in payload else payload["id"]
+        return mdr_id, await self._post_webhook(webhook_url, payload, resends=resends)
+
+    async def _inject_view(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        mdr_id, status = await self.inject_inbound(
+            spec["webhook_url"], sender=spec["from"], did=spec["to"], body=spec.get("body"),
+            media=spec.get("media"), shape=spec.get("shape", "jsonapi"))
+        return web.json_response({"mdr_id": mdr_id, "webhook_status": status})
+
+    async def _faults_view(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        self.faults = Faults(**{k: v for k, v in spec.items() if k in Faults.__dataclass_fields__})
+        return web.json_response({"faults": self.faults.__dict__})
+
+    async def _stats_view(self, request: web.Request) -> web.Response:
+        per_account = {key: {"attempts": len(a.attempts), "max_in_window": self.max_in_window(key)}
+                       for key, a in self.accounts.items()}
+        counts: dict[int, int] = defaultdict(int)
+        for status in self.statuses():
+            counts[status] += 1
+        return web.json_response({"accounts": per_account, "statuses": counts, "messages": len(self.messages)})
+
+    async def _lookup(self, request: web.Request) -> web.Response:
+        if self._authenticate(request) is None:
+            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
+        record = self.messages.get(request.match_info["mdr_id"])
+        if record is None:
+            return web.json_response(error_body(404, "Not Found", "Could not find that resource on your account."),
+                                     status=404)
+        return web.json_response({"data": record})
+
+    async def _list(self, request: web.Request) -> web.Response:
+        if self._authenticate(request) is None:
+            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
+        if "start_date" not in request.query:
+            return web.json_response(error_body(400, "Bad Request", "start_date is required"), status=400)
+        limit = int(request.query.get("limit", "250"))
+        offset = int(request.query.get("offset", "0"))
+        start, end = request.query["start_date"], request.query.get("end_date", "9999")
+        rows = [m for m in self.messages.values() if start <= m["attributes"]["timestamp"] <= end]
+        page = rows[offset:offset + limit]
+        links = {"next": str(request.url.update_query(offset=offset + limit))} if offset + limit < len(rows) else {}
+        return web.json_response({"data": page, "links": links})
+
+
+def _attributes(raw: bytes) -> dict[str, Any] | None:
+    """The message attributes from a JSON:API or a compact body; None when unreadable."""
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None
+    if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc = doc["data"].get("attributes")
+    return doc if isinstance(doc, dict) else None
+
+
+def _invalid(attributes: dict[str, Any]) -> str | None:
+    for key in ("to", "from"):
+        value = attributes.get(key)
+        if not isinstance(value, str) or not value.lstrip("+").isdigit() or len(value.lstrip("+")) != 11:
+            return f"'{key}' must be an 11-digit number, optionally with +"
+    media = attributes.get("media_urls") or []
+    if not isinstance(media, list) or not all(isinstance(u, str) for u in media):
+        return "'media_urls' must be a list of URLs"
+    if not attributes.get("body") and not media:
+        return "'body' is required for SMS"
+    return None
+
+
+def _api_refusal(behaviour: str) -> web.Response:
+    if behaviour == "opted_out":
+        return web.json_response(error_body(400, "Bad Request", "Message not sent: 1110 User Opted Out", code=1110),
+                                 status=400)
+    if behaviour == "unregistered":
+        return web.json_response(error_body(403, "Forbidden", "Sending number is not enabled for messaging"),
+                                 status=403)
+    return web.json_response(error_body(422, "Unprocessable Entity", "Invalid value"), status=422)
+
+
+def _plus(number: str) -> str:
+    return number if number.startswith("+") else f"+{number}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"

@@ -1,0 +1,46 @@
+"""Outbound stage: apply the outbound rules to a PBX request and queue it for its account."""
+
+from __future__ import annotations
+
+import structlog
+
+from smsbridge.broker import names
+from smsbridge.broker.consumer import MessageContext
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import Settings
+from smsbridge.events import OutboundRequest, StatusEvent, encoder
+from smsbridge.outbound_rules import Refused, decide
+from smsbridge.workers.status import publish_status
+
+log = structlog.get_logger("smsbridge.outbound")
+
+
+class OutboundHandler:
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._prefix = settings.broker.prefix
+
+    async def handle(self, request: OutboundRequest, context: MessageContext) -> None:
+        structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant,
+                                               from_extension=request.from_extension)
+        key_tenant = names.tenant_of_request_key(context.origin_key)
+        if key_tenant is not None and key_tenant != request.tenant:
+            # A PBX may only publish for its own tenant (RabbitMQ topic permissions can pin the key).
+            raise Refused(f"request for tenant '{request.tenant}' published with routing key "
+                          f"'{context.origin_key}'", code="tenant_mismatch")
+        dispatch = decide(request, self._settings)
+        config = self._settings.sms_config(dispatch.config_id)
+        assert config is not None
+        stage = names.dispatch_stage(config.account_name)
+        await self._publisher.to_stage(self._prefix, stage, encoder.encode(dispatch), message_id=dispatch.event_id)
+        log.info("outbound request allowed", account=config.account_name, segments=dispatch.segments,
+                 is_mms=dispatch.is_mms, to=dispatch.to)
+
+    async def given_up(self, request: OutboundRequest, reason: str, code: str) -> None:
+        tenant = request.tenant
+        if code == "tenant_mismatch":
+            return  # do not tell another tenant's status listeners about it; the dead letter says it all
+        status = StatusEvent(tenant=tenant, config_id=request.config_id or "", state="failed",
+                             client_message_id=request.client_message_id, reason_code=code, reason=reason)
+        await publish_status(self._publisher, self._prefix, status)
