@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from smsbridge.broker import topology
 from smsbridge.config import Settings
+from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.runtime import Bridge
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.settings import ACCOUNT, unique_prefix
@@ -73,6 +74,15 @@ async def pbx() -> AsyncIterator[FakePbx]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def flowroute() -> AsyncIterator[FlowrouteSimulator]:
+    """The Flowroute simulator, with the test account's keys and Flowroute's default limits."""
+    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, dlr_delay_s=0.05, webhook_resend_interval_s=0.2)
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
 
 
 StartBridge = Callable[[Settings], Awaitable[Bridge]]

@@ -1,4 +1,5 @@
-"""`smsbridge`: run the bridge, check a configuration, print a webhook URL.
+"""`smsbridge`: run the bridge, check a configuration, print a webhook URL, send a test text,
+simulate Flowroute.
 
 Exit codes: 0 success; 1 the configuration or the operation failed (the message says why);
 2 wrong usage.
@@ -8,16 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
+import uuid
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+import aiohttp
+import msgspec
 import structlog
 
 from smsbridge import logs
-from smsbridge.config import HttpTarget, Settings
+from smsbridge.config import HttpTarget, LoggingSettings, Settings
 from smsbridge.configload import ConfigError, check_file, load_settings
+from smsbridge.connection import connect
+from smsbridge.events import OutboundRequest, encoder
+from smsbridge.flowroute.payloads import inbound_payload
+from smsbridge.flowroute.simulator import Faults, FlowrouteSimulator
+from smsbridge.pbxside import publish_request, status_queue, watch
 from smsbridge.runtime import ROLES, Bridge
 from smsbridge.sandbox.pbx import FakePbx
 
@@ -32,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", "-c", required=True, help="TOML configuration file")
     run.add_argument("--role", action="append", choices=ROLES, help="a role to run; repeat for several")
     run.add_argument("--sandbox", action="store_true",
-                     help="also start a demo PBX for every HTTP target on this machine (for trying it out)")
+                     help="try it out: start a demo PBX for every HTTP target on this machine and a Flowroute "
+                          "simulator in place of api.flowroute.com")
 
     check = sub.add_parser("check-config", help="validate a configuration; list every problem")
     check.add_argument("config", help="TOML configuration file")
@@ -40,6 +51,37 @@ def build_parser() -> argparse.ArgumentParser:
     url = sub.add_parser("webhook-url", help="print the URL to paste into Flowroute for one SMS configuration")
     url.add_argument("config_id")
     url.add_argument("--config", "-c", required=True, help="TOML configuration file")
+
+    send = sub.add_parser("send", help="publish one outbound request, as a PBX would, and print its statuses")
+    send.add_argument("--config", "-c", required=True, help="TOML configuration file (for the broker)")
+    send.add_argument("--tenant", required=True)
+    send.add_argument("--from-ext", required=True, help="the sending extension")
+    send.add_argument("--to", required=True, help="destination number")
+    send.add_argument("--body", default="")
+    send.add_argument("--from-did", help="send from this DID (the rule must allow it)")
+    send.add_argument("--media", action="append", default=[], help="https media URL (repeat for several)")
+    send.add_argument("--id", help="client_message_id (default: a new one)")
+    send.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a final status (0: do not)")
+
+    simulate = sub.add_parser("simulate", help="stand-ins for the outside world")
+    what = simulate.add_subparsers(dest="what", required=True, metavar="WHAT")
+    flowroute = what.add_parser("flowroute", help="run the Flowroute simulator")
+    flowroute.add_argument("--host", default="127.0.0.1")
+    flowroute.add_argument("--port", type=int, default=8085)
+    flowroute.add_argument("--account", action="append", default=[], metavar="KEY:SECRET",
+                           help="an account's Access Key and Secret Key (repeat; default sandbox keys)")
+    flowroute.add_argument("--sms-per-second", type=int, default=5, help="0 turns the limit off")
+    flowroute.add_argument("--mms-per-second", type=int, default=1, help="0 turns the limit off")
+    flowroute.add_argument("--latency", type=float, default=0.0, help="seconds added to every send")
+    flowroute.add_argument("--error-ratio", type=float, default=0.0, help="share of sends answered 503")
+    flowroute.add_argument("--drop-ratio", type=float, default=0.0, help="share of sends whose connection drops")
+    inbound = what.add_parser("inbound", help="post a Flowroute-shaped inbound text to a webhook URL")
+    inbound.add_argument("webhook_url")
+    inbound.add_argument("--from", dest="sender", required=True)
+    inbound.add_argument("--to", required=True, help="the DID that was texted")
+    inbound.add_argument("--body", default="hello from the simulator")
+    inbound.add_argument("--media", action="append", default=[], help="media URL (makes it an MMS)")
+    inbound.add_argument("--legacy", action="store_true", help="the flat legacy payload shape")
     return parser
 
 
@@ -47,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.config)
+    if args.command == "simulate":
+        logs.configure(LoggingSettings(show_pii=True))
+        return asyncio.run(simulate_flowroute(args) if args.what == "flowroute" else simulate_inbound(args))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -54,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.command == "webhook-url":
         return webhook_url(settings, args.config_id)
+    if args.command == "send":
+        return asyncio.run(send(settings, args))
     logs.configure(settings.logging)
     return asyncio.run(serve(settings, args.role or ROLES, sandbox=args.sandbox))
 
@@ -80,13 +127,24 @@ def webhook_url(settings: Settings, config_id: str) -> int:
     return 0
 
 
-async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = False) -> int:
-    log = structlog.get_logger("smsbridge")
+def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    pbxs = await _start_sandbox(settings) if sandbox else []
+    return stop
+
+
+async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = False) -> int:
+    log = structlog.get_logger("smsbridge")
+    stop = _stop_event()
+    pbxs: list[FakePbx] = []
+    simulator: FlowrouteSimulator | None = None
+    if sandbox:
+        pbxs = await _start_sandbox(settings)
+        simulator = await _start_simulator(settings)
+        settings = msgspec.structs.replace(
+            settings, flowroute=msgspec.structs.replace(settings.flowroute, api_base=simulator.url))
     bridge = Bridge(settings, roles)
     try:
         await bridge.start()
@@ -100,7 +158,66 @@ async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = Fal
         await bridge.stop()
         for pbx in pbxs:
             await pbx.stop()
+        if simulator is not None:
+            await simulator.stop()
     return 0
+
+
+async def _start_simulator(settings: Settings) -> FlowrouteSimulator:
+    accounts = {c.access_key.reveal(): c.secret_key.reveal() for c in settings.sms_configs}
+    simulator = FlowrouteSimulator(accounts, dlr_delay_s=0.5, webhook_resend_interval_s=5.0)
+    await simulator.start()
+    structlog.get_logger("smsbridge").info("sandbox: Flowroute simulator in place of api.flowroute.com",
+                                           url=simulator.url)
+    return simulator
+
+
+async def send(settings: Settings, args: argparse.Namespace) -> int:
+    """Publish one request like a PBX; print each status as a JSON line; exit 1 if it failed."""
+    request = OutboundRequest(
+        tenant=args.tenant, client_message_id=args.id or f"cli-{uuid.uuid4().hex[:12]}", from_extension=args.from_ext,
+        to=args.to, body=args.body, from_did=args.from_did, media_urls=tuple(args.media),
+    )
+    connection = await connect(settings.broker.urls, attempts=3)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        prefix = settings.broker.prefix
+        async with status_queue(channel, prefix, request.tenant) as queue:
+            await publish_request(channel, prefix, request)
+            print(json.dumps({"client_message_id": request.client_message_id, "published": True}), flush=True)
+            seen = await watch(queue, request.client_message_id, timeout=args.wait) if args.wait > 0 else []
+    finally:
+        await connection.close()
+    for status in seen:
+        print(encoder.encode(status).decode(), flush=True)
+    if args.wait > 0 and not seen:
+        print(f"smsbridge: no status within {args.wait:g} s (is the bridge running?)", file=sys.stderr)
+        return 1
+    return 1 if any(s.state == "failed" for s in seen) else 0
+
+
+async def simulate_flowroute(args: argparse.Namespace) -> int:
+    pairs = [a.split(":", 1) for a in args.account] or [["sandbox-access-key", "sandbox-secret-key"]]
+    simulator = FlowrouteSimulator({key: secret for key, secret in pairs},
+                                   sms_per_second=args.sms_per_second or None,
+                                   mms_per_second=args.mms_per_second or None)
+    simulator.faults = Faults(latency_s=args.latency, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio)
+    stop = _stop_event()
+    await simulator.start(args.host, args.port)
+    structlog.get_logger("smsbridge").info("Flowroute simulator listening", url=simulator.url,
+                                           accounts=[key for key, _ in pairs])
+    await stop.wait()
+    await simulator.stop()
+    return 0
+
+
+async def simulate_inbound(args: argparse.Namespace) -> int:
+    media = [{"url": url, "file_name": url.rsplit("/", 1)[-1], "mime_type": "image/jpeg"} for url in args.media]
+    payload = inbound_payload(sender=args.sender, did=args.to, body=args.body, media=media,
+                              shape="legacy" if args.legacy else "jsonapi")
+    async with aiohttp.ClientSession() as session, session.post(args.webhook_url, json=payload) as response:
+        print(f"{response.status} {await response.text()}")
+        return 0 if response.status == 200 else 1
 
 
 async def _start_sandbox(settings: Settings) -> list[FakePbx]:

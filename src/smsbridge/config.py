@@ -20,6 +20,9 @@ from smsbridge.secret import Secret
 Ident = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 E164 = Annotated[str, msgspec.Meta(pattern=r"^\+1[2-9]\d{2}[2-9]\d{6}$")]
 Extension = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")]
+# "*" or a value: msgspec cannot mix Literal["*"] with a constrained str, so one pattern each.
+E164OrAny = Annotated[str, msgspec.Meta(pattern=r"^(\*|\+1[2-9]\d{2}[2-9]\d{6})$")]
+ExtensionOrAny = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z0-9_.@+-]{1,64})$")]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 
@@ -128,7 +131,7 @@ class InboundRule(_Section, frozen=True, kw_only=True):
     """
 
     config: Ident
-    did: Literal["*"] | E164 = "*"
+    did: E164OrAny = "*"
     extensions: Annotated[list[Extension], msgspec.Meta(min_length=1)]
     from_pattern: str | None = None
     name: str = ""
@@ -143,7 +146,7 @@ class OutboundRule(_Section, frozen=True, kw_only=True):
     """
 
     config: Ident
-    extensions: Annotated[list[Literal["*"] | Extension], msgspec.Meta(min_length=1)]
+    extensions: Annotated[list[ExtensionOrAny], msgspec.Meta(min_length=1)]
     dids: list[E164] = []
     default_did: E164 | None = None
     destinations: list[str] = []

@@ -10,13 +10,23 @@ from typing import Any
 
 import msgspec
 
-from smsbridge.events import SCHEMA_VERSION, DeliveryReceipt, InboundDelivery, InboundMessage, StatusEvent
+from smsbridge.events import (
+    SCHEMA_VERSION,
+    DeliveryReceipt,
+    DispatchRequest,
+    InboundDelivery,
+    InboundMessage,
+    OutboundRequest,
+    StatusEvent,
+)
 
 PUBLIC: list[tuple[type[msgspec.Struct], str]] = [
+    (OutboundRequest, "PBX → bridge, published to the requests exchange with routing key `outbound.<tenant>`"),
     (InboundDelivery, "bridge → PBX, one per target extension (HTTP POST body, or AMQP message body)"),
     (StatusEvent, "bridge → PBX, on the status exchange with routing key `status.<tenant>.<state>`"),
     (InboundMessage, "internal: receiver → inbound stage"),
     (DeliveryReceipt, "internal: receiver → inbound stage"),
+    (DispatchRequest, "internal: outbound stage → dispatch stage of the Flowroute account"),
 ]
 
 INTRO = f"""# smsbridge event contracts (schema version {SCHEMA_VERSION})
@@ -24,6 +34,9 @@ INTRO = f"""# smsbridge event contracts (schema version {SCHEMA_VERSION})
 Generated from `src/smsbridge/events.py` by `python -m smsbridge.contracts`; do not edit by hand.
 Every event is JSON, tagged by `kind`, and carries `version`, `event_id` (unique per event; use it
 to drop repeats), `occurred_at` (RFC 3339, UTC), `tenant` and `config_id` (the SMS configuration).
+The outbound request is the PBX's own message: it needs only `kind`, `tenant`,
+`client_message_id` (your id; statuses carry it back), `from_extension`, `to` and `body`
+(or `media_urls`).
 
 Evolution: fields are only ever added, with defaults, so a consumer must ignore fields it does
 not know. A breaking change gets a new `version`. Samples of each event live in

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from typing import Any
 
 import msgspec
 
-from smsbridge.config import AmqpTarget, HttpTarget, InboundRule, RetryPolicy, RetrySettings, Settings, SmsConfig
+from smsbridge.config import (
+    AmqpTarget,
+    FlowrouteSettings,
+    HttpTarget,
+    InboundRule,
+    OutboundRule,
+    RetryPolicy,
+    RetrySettings,
+    Settings,
+    SmsConfig,
+)
 from smsbridge.secret import Secret
 
 TOKEN = "test-token-abcdefghijklmnopqrstuvwxyz"
@@ -31,7 +42,28 @@ def sms_config(**overrides: Any) -> SmsConfig:
 
 def fast_retry() -> RetrySettings:
     quick = RetryPolicy(max_attempts=5, base_delay_s=0.2, max_delay_s=1.0, max_age_s=60)
-    return RetrySettings(inbound=quick, delivery=quick)
+    return RetrySettings(inbound=quick, delivery=quick, outbound=quick, dispatch=quick)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+OUTBOUND_RULES = [OutboundRule(config="main", extensions=["101", "102"], dids=[DID_MAIN], name="front desk")]
+
+
+def with_flowroute(base: Settings, api_base: str, *, rules: list[OutboundRule] | None = None) -> Settings:
+    """Point the settings at a Flowroute simulator, with a receiver port known in advance so that
+    `dlr_callback` URLs reach this bridge."""
+    port = free_port()
+    return msgspec.structs.replace(
+        base,
+        flowroute=FlowrouteSettings(api_base=api_base, timeout_s=5.0),
+        outbound_rules=OUTBOUND_RULES if rules is None else rules,
+        receiver=msgspec.structs.replace(base.receiver, port=port, public_url=f"http://127.0.0.1:{port}"),
+    )
 
 
 def settings(

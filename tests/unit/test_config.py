@@ -155,3 +155,13 @@ def test_webhook_url_command(
     assert capsys.readouterr().out.strip() == f"http://127.0.0.1:8080/webhooks/flowroute/main/{'x' * 30}"
     assert main(["webhook-url", "other", "--config", path]) == 1
     assert "no SMS configuration 'other' (known: main)" in capsys.readouterr().err
+
+
+def test_wildcards_load_from_toml(tmp_path: Path) -> None:
+    text = GOOD.replace('did = "+12065550100"', 'did = "*"') + """
+[[outbound_rules]]
+config = "main"
+extensions = ["*"]
+"""
+    settings = load_settings(write(tmp_path, text), {"AK": "a", "TOKEN": "x" * 30})
+    assert settings.inbound_rules[0].did == "*" and settings.outbound_rules[0].extensions == ["*"]

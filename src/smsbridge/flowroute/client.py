@@ -33,10 +33,13 @@ class FlowrouteClient:
         self._timeout_s = timeout_s
 
     async def send(self, config: SmsConfig, request: DispatchRequest) -> Outcome:
-        auth = aiohttp.BasicAuth(config.access_key.reveal(), config.secret_key.reveal())
-        headers = {"Content-Type": CONTENT_TYPE, "Accept": CONTENT_TYPE}
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            "Accept": CONTENT_TYPE,
+            "Authorization": aiohttp.encode_basic_auth(config.access_key.reveal(), config.secret_key.reveal()),
+        }
         try:
-            async with self._session.post(self._url, data=msgspec.json.encode(message_body(request)), auth=auth,
+            async with self._session.post(self._url, data=msgspec.json.encode(message_body(request)),
                                           headers=headers, timeout=self._timeout) as response:
                 raw = await response.read()
                 return classify_send(response.status, _json_or_none(raw), response.headers,
