@@ -1,0 +1,74 @@
+"""The sandbox round trip `make run` promises, through the real CLI: `smsbridge run --sandbox`,
+then `smsbridge send` (statuses back) and `smsbridge simulate inbound` (the demo PBX gets it)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from tests.support.settings import free_port
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "smsbridge", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, channel: AbstractChannel) -> None:
+    receiver, pbx = free_port(), free_port()
+    sample = (ROOT / "deploy" / "sample.toml").read_text()
+    config = tmp_path / "sample.toml"
+    config.write_text(sample.replace('prefix = "smsbridge"', f'prefix = "{prefix}"')
+                      .replace("8080", str(receiver)).replace("8090", str(pbx))
+                      .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]'))
+    env = dict(os.environ)
+    for line in (ROOT / "deploy" / "sandbox.env").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value.strip('"')
+    log = tmp_path / "run.log"
+    with log.open("wb") as out:
+        bridge = await asyncio.create_subprocess_exec(sys.executable, "-m", "smsbridge", "run", "--config",
+                                                      str(config), "--sandbox", env=env, stdout=out, stderr=out)
+    try:
+        for _ in range(100):
+            if '"bridge started"' in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        code, out = await cli("send", "-c", str(config), "--tenant", "acme", "--from-ext", "101",
+                              "--to", "2065550199", "--body", "Your table is ready", "--wait", "10", env=env)
+        states = [json.loads(line).get("state") for line in out.splitlines() if line.startswith("{")]
+        assert code == 0, out
+        assert states[1:] == ["accepted", "sent", "delivered"], out
+        code, url = await cli("webhook-url", "main", "-c", str(config), env=env)
+        code, out = await cli("simulate", "inbound", url.strip(), "--from", "12065550199", "--to", "12065550101",
+                              "--body", "question about my invoice", env=env)
+        assert code == 0 and out.startswith("200 "), out
+        for _ in range(50):
+            if '"PBX received a text"' in log.read_text():
+                break
+            await asyncio.sleep(0.1)
+        assert '"extension": "201"' in log.read_text()
+    finally:
+        bridge.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(bridge.wait(), 30) == 0, log.read_text()
+    await channel.queue_delete(f"{prefix}.dispatch.acct-" + _account_digest(env["FLOWROUTE_ACCESS_KEY"]))
+
+
+def _account_digest(access_key: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(access_key.encode()).hexdigest()[:12]
