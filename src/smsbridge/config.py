@@ -75,6 +75,23 @@ class RetrySettings(_Section, frozen=True, kw_only=True):
     dispatch: RetryPolicy = msgspec.field(default_factory=_dispatch_policy)
 
 
+class LedgerSettings(_Section, frozen=True, kw_only=True):
+    """Where the ledger lives: `sqlite:///path` (one host) or `postgresql://user@host/db` (several)."""
+
+    url: str = "sqlite:///var/lib/smsbridge/ledger.sqlite3"
+    password: Secret | None = None
+    schema: str | None = None
+    retention_days: PositiveFloat = 30.0
+    prune_interval_s: PositiveFloat = 3600.0
+    migrate_on_start: bool = True
+
+
+class AdminSettings(_Section, frozen=True, kw_only=True):
+    """`GET /v1/messages` and `/v1/messages/{id}` need `Authorization: Bearer <token>`; no token: off."""
+
+    token: Secret | None = None
+
+
 class LoggingSettings(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -180,6 +197,8 @@ class Settings(_Section, frozen=True, kw_only=True):
     logging: LoggingSettings = msgspec.field(default_factory=LoggingSettings)
     drain_timeout_s: PositiveFloat = 20.0
     flowroute: FlowrouteSettings = msgspec.field(default_factory=FlowrouteSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []

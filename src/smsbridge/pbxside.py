@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 
 import aio_pika
@@ -36,9 +36,9 @@ async def publish_request(channel: AbstractChannel, prefix: str, request: Outbou
 
 @asynccontextmanager
 async def status_queue(channel: AbstractChannel, prefix: str, tenant: str) -> AsyncIterator[AbstractQueue]:
-    """A private, auto-deleted queue bound to every status of one tenant."""
-    queue = await channel.declare_queue(f"{prefix}.statuses.{uuid.uuid4().hex[:8]}", exclusive=True,
-                                        auto_delete=True)
+    """A private queue bound to every status of one tenant; gone with the connection at the latest.
+    (Not auto-delete: that would vanish between two `watch` calls.)"""
+    queue = await channel.declare_queue(f"{prefix}.statuses.{uuid.uuid4().hex[:8]}", exclusive=True)
     await queue.bind(names.status_exchange(prefix), routing_key=f"status.{tenant}.#")
     try:
         yield queue
@@ -46,9 +46,12 @@ async def status_queue(channel: AbstractChannel, prefix: str, tenant: str) -> As
         await queue.delete(if_unused=False, if_empty=False)
 
 
-async def watch(queue: AbstractQueue, client_message_id: str, *, until: frozenset[str] = FINAL_STATES,
-                timeout: float = 30.0) -> list[StatusEvent]:
-    """Statuses of one message, in order, until one of `until` arrives or `timeout` passes."""
+async def watch(queue: AbstractQueue, client_message_ids: str | Collection[str], *,
+                until: frozenset[str] = FINAL_STATES, timeout: float = 30.0) -> list[StatusEvent]:
+    """Statuses of these messages, in arrival order, until each has reached one of `until` or
+    `timeout` passes. Statuses of other messages on the queue are consumed and dropped."""
+    wanted = {client_message_ids} if isinstance(client_message_ids, str) else set(client_message_ids)
+    pending = set(wanted)
     seen: list[StatusEvent] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -60,8 +63,10 @@ async def watch(queue: AbstractQueue, client_message_id: str, *, until: frozense
                 break
             await message.ack()
             status = _status_decoder.decode(message.body)
-            if status.client_message_id == client_message_id:
+            if status.client_message_id in wanted:
                 seen.append(status)
                 if status.state in until:
-                    break
+                    pending.discard(status.client_message_id)
+                    if not pending:
+                        break
     return seen

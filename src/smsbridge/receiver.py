@@ -14,12 +14,12 @@ look at); 400 not JSON; 404 unknown configuration or wrong token (the same answe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import structlog
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
@@ -27,17 +27,15 @@ from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.events import DeliveryReceipt, InboundMessage, encoder
 from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
+from smsbridge.history_api import add_history_routes
 from smsbridge.intake import Unroutable, to_event
+from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
 from smsbridge.secret import Secret
+from smsbridge.webkeys import LEDGER, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
 
 log = structlog.get_logger("smsbridge.receiver")
 
-SETTINGS = web.AppKey("settings", Settings)
-PUBLISHER = web.AppKey("publisher", Publisher)
-METRICS = web.AppKey("metrics", Metrics)
-ReadyCheck = Callable[[], dict[str, bool]]
-READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 
 # Compared against when the configuration id is unknown, so both 404s take the same time.
 _DUMMY_TOKEN = Secret("x" * 48)
@@ -49,17 +47,19 @@ def json_error(status: int, code: str, detail: str) -> web.Response:
 
 
 def make_app(
-    settings: Settings, publisher: Publisher, metrics: Metrics, ready: Callable[[], dict[str, bool]]
+    settings: Settings, publisher: Publisher, metrics: Metrics, ready: ReadyCheck, ledger: Ledger
 ) -> web.Application:
     app = web.Application(client_max_size=settings.receiver.max_body_bytes)
     app[SETTINGS] = settings
     app[PUBLISHER] = publisher
+    app[LEDGER] = ledger
     app[METRICS] = metrics
     app[READY] = ready
     app.router.add_post(WEBHOOK_PATH, webhook)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    add_history_routes(app)
     return app
 
 
@@ -107,7 +107,31 @@ async def _accept(request: web.Request, config: SmsConfig) -> web.Response:
         return await _park(request, config, raw, exc.reason, "unknown_shape")
     except Unroutable as exc:
         return await _park(request, config, raw, exc.reason, exc.code)
-    return await _publish(request, event)
+    if isinstance(event, InboundMessage) and await _seen(request, event):
+        log.info("webhook is a resend of a text already accepted", outcome="duplicate", mdr_id=event.mdr_id)
+        return web.json_response({"status": "duplicate"})
+    response = await _publish(request, event)
+    if response.status == 200 and isinstance(event, InboundMessage):
+        await _remember(request, event)
+    return response
+
+
+async def _seen(request: web.Request, event: InboundMessage) -> bool:
+    """Was this Flowroute id accepted before (by any receiver)? A ledger outage is no reason to
+    refuse a text: then we publish, and the delivery claims still keep the PBX from a repeat."""
+    try:
+        return await request.app[LEDGER].inbound_seen(event.mdr_id)
+    except SQLAlchemyError as exc:
+        log.error("ledger unavailable: cannot check for a resend", error=repr(exc))
+        return False
+
+
+async def _remember(request: web.Request, event: InboundMessage) -> None:
+    # Recorded only after the confirm: a failed publish must leave Flowroute's resend welcome.
+    try:
+        await request.app[LEDGER].record_inbound(event)
+    except SQLAlchemyError as exc:
+        log.error("ledger unavailable: accepted text not recorded", error=repr(exc), mdr_id=event.mdr_id)
 
 
 async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt) -> web.Response:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Iterable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, RetryPolicy, Settings
+from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
 from smsbridge.connection import connect
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -29,13 +31,15 @@ from smsbridge.events import (
     outbound_stage_decoder,
 )
 from smsbridge.flowroute.client import FlowrouteClient
+from smsbridge.ledger import Ledger, open_from_settings
+from smsbridge.ledger.schema import LATEST
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.receiver import make_app
 from smsbridge.workers.delivery import DeliveryHandler
-from smsbridge.workers.dispatcher import DispatchHandler, limiters_for
+from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
 
@@ -61,6 +65,8 @@ class Bridge:
         self._http: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._declared = False
+        self.ledger: Ledger | None = None
+        self._pruner: asyncio.Task[None] | None = None
 
     def readiness(self) -> dict[str, bool]:
         conn = self.connection
@@ -69,6 +75,8 @@ class Bridge:
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         broker = self.settings.broker
+        self.ledger = await open_ledger(self.settings.ledger)
+        self._pruner = asyncio.create_task(self._prune_forever(), name="ledger-pruner")
         self.connection = await connect(broker.urls, attempts=connect_attempts)
         channel = await self._channel(publisher_confirms=True, on_return_raises=True)
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
@@ -76,14 +84,16 @@ class Bridge:
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        ledger = self.ledger
         if "inbound" in self.roles:
-            await self._consume("inbound", inbound_stage_decoder, InboundHandler(self.settings, self.publisher),
-                                order_key=_conversation)
+            await self._consume("inbound", inbound_stage_decoder,
+                                InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
         if "delivery" in self.roles:
-            await self._consume("delivery", delivery_stage_decoder,
-                                DeliveryHandler(self._build_adapters(), self.metrics), order_key=_conversation)
+            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
+            await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
         if "outbound" in self.roles:
-            await self._consume("outbound", outbound_stage_decoder, OutboundHandler(self.settings, self.publisher))
+            await self._consume("outbound", outbound_stage_decoder,
+                                OutboundHandler(self.settings, self.publisher, ledger))
         if "dispatcher" in self.roles:
             await self._start_dispatcher()
         if "receiver" in self.roles:
@@ -115,12 +125,32 @@ class Bridge:
         assert self.publisher is not None and self.connection is not None
         client = FlowrouteClient(self._http_session(), base_url=self.settings.flowroute.api_base,
                                  timeout_s=self.settings.flowroute.timeout_s)
-        handler = DispatchHandler(self.settings, self.publisher, client, limiters_for(self.settings), self.metrics)
+        assert self.ledger is not None
+        handler = DispatchHandler(self.settings, self.publisher, client, limiters_for(self.settings), self.metrics,
+                                  self.ledger)
         self.connection.reconnect_callbacks.add(lambda *_args, **_kw: handler.subscribed())
         for account, config in self.settings.accounts().items():
             # A small prefetch: what is prefetched but unsent is all a dying dispatcher hands over.
             await self._consume(names.dispatch_stage(account), dispatch_stage_decoder, handler,
-                                prefetch=2 * config.sms_per_second, policy=self.settings.retry.dispatch)
+                                prefetch=2 * config.sms_per_second, policy=self.settings.retry.dispatch,
+                                order_key=conversation_of)
+
+    def _delivery_lease_s(self) -> float:
+        """Longer than any one delivery attempt can take, so a live claim is never stolen."""
+        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
+        return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
+
+    async def _prune_forever(self) -> None:
+        ledger_settings = self.settings.ledger
+        while True:
+            try:
+                assert self.ledger is not None
+                removed = await self.ledger.prune(timedelta(days=ledger_settings.retention_days))
+                if removed:
+                    log.info("ledger pruned", removed=removed, retention_days=ledger_settings.retention_days)
+            except SQLAlchemyError as exc:
+                log.error("ledger prune failed", error=repr(exc))
+            await asyncio.sleep(ledger_settings.prune_interval_s)
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -138,7 +168,8 @@ class Bridge:
 
     async def _start_receiver(self) -> None:
         assert self.publisher is not None
-        app = make_app(self.settings, self.publisher, self.metrics, self.readiness)
+        assert self.ledger is not None
+        app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
         # No access log: the webhook path carries the configuration's secret token.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
         await self._runner.setup()
@@ -167,7 +198,26 @@ class Bridge:
         self._channels.clear()
         if self.connection is not None:
             await _bounded(self.connection.close(), "close connection")
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        if self.ledger is not None:
+            await self.ledger.close()
         log.info("bridge stopped")
+
+
+async def open_ledger(settings: LedgerSettings) -> Ledger:
+    """Open the ledger and bring its schema up to date, or refuse to start saying what to run."""
+    ledger = open_from_settings(settings)
+    if settings.migrate_on_start:
+        applied = await ledger.upgrade()
+        if applied:
+            log.info("ledger migrated", versions=applied)
+    elif (version := await ledger.version()) != LATEST:
+        await ledger.close()
+        raise RuntimeError(f"ledger schema is at version {version}, this release needs {LATEST}: "
+                           "run `smsbridge db upgrade`")
+    return ledger
 
 
 def _conversation(event: Any) -> str | None:

@@ -25,6 +25,9 @@ CONFIG = """
 urls = ["{amqp_url}"]
 prefix = "{prefix}"
 
+[ledger]
+url = "sqlite:///{ledger}"
+
 [flowroute]
 api_base = "{api_base}"
 timeout_s = 5
@@ -62,7 +65,8 @@ async def two_dispatchers(
     tmp_path: Path, amqp_url: str, prefix: str, flowroute: FlowrouteSimulator, channel: AbstractChannel
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, Path]]:
     config = tmp_path / "bridge.toml"
-    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, api_base=flowroute.url))
+    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, api_base=flowroute.url,
+                                    ledger=tmp_path / "ledger.sqlite3"))
     await topology.declare(channel, prefix, delivery_limit=20, accounts=["test"])
     log = tmp_path / "dispatchers.log"
     first = await start_dispatcher(config, log)

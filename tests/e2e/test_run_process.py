@@ -27,6 +27,9 @@ CONFIG = """
 urls = ["{amqp_url}"]
 prefix = "{prefix}"
 
+[ledger]
+url = "sqlite:///{ledger}"
+
 [receiver]
 port = {port}
 
@@ -70,7 +73,8 @@ async def bridge_process(
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, Path]]:
     port = free_port()
     config = tmp_path / "bridge.toml"
-    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, port=port, pbx_url=pbx.url))
+    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, port=port, pbx_url=pbx.url,
+                                    ledger=tmp_path / "ledger.sqlite3"))
     env = {**os.environ, "E2E_AK": "ak", "E2E_SK": "sk-e2e-secret", "E2E_TOKEN": TOKEN,
            "E2E_PBX_AUTH": "Bearer e2e"}
     log_path = tmp_path / "bridge.log"

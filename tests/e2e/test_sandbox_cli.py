@@ -33,7 +33,8 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
     config = tmp_path / "sample.toml"
     config.write_text(sample.replace('prefix = "smsbridge"', f'prefix = "{prefix}"')
                       .replace("8080", str(receiver)).replace("8090", str(pbx))
-                      .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]'))
+                      .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]')
+                      .replace("sqlite:///.smsbridge/ledger.sqlite3", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
     env = dict(os.environ)
     for line in (ROOT / "deploy" / "sandbox.env").read_text().splitlines():
         if line and not line.startswith("#"):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -13,6 +15,7 @@ from smsbridge.config import (
     FlowrouteSettings,
     HttpTarget,
     InboundRule,
+    LedgerSettings,
     OutboundRule,
     RetryPolicy,
     RetrySettings,
@@ -73,6 +76,7 @@ def settings(
     rules: list[InboundRule] | None = None,
     amqp_exchange: str | None = None,
     receiver_port: int = 0,
+    ledger: LedgerSettings | None = None,
     **config_overrides: Any,
 ) -> Settings:
     target: HttpTarget | AmqpTarget = (
@@ -91,6 +95,7 @@ def settings(
         pbx_targets=[target],
         retry=fast_retry(),
         drain_timeout_s=5.0,
+        ledger=ledger or LedgerSettings(url=f"sqlite:///{Path(tempfile.gettempdir()) / prefix}.sqlite3"),
     )
     return msgspec.structs.replace(
         raw,

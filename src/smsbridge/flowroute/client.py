@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from smsbridge.config import SmsConfig
+from smsbridge.errors import RetryableError
 from smsbridge.events import DispatchRequest
 from smsbridge.flowroute.outcome import Outcome, Retry, classify_send
 
@@ -45,9 +47,60 @@ class FlowrouteClient:
                 return classify_send(response.status, _json_or_none(raw), response.headers,
                                      from_number=request.from_)
         except TimeoutError:
-            return Retry(f"Flowroute did not answer within {self._timeout_s:g} s (it may have accepted the message)")
-        except aiohttp.ClientError as exc:
+            return Retry(f"Flowroute did not answer within {self._timeout_s:g} s (it may have accepted the message)",
+                         maybe_sent=True)
+        except aiohttp.ClientConnectorError as exc:
             return Retry(f"Flowroute unreachable: {exc.__class__.__name__}: {exc}")
+        except aiohttp.ClientError as exc:  # the request went out; the answer was lost
+            return Retry(f"Flowroute unreachable: {exc.__class__.__name__}: {exc}", maybe_sent=True)
+
+    async def find_sent(self, config: SmsConfig, request: DispatchRequest, *, since: datetime,
+                        until: datetime, max_pages: int = 10) -> str | None:
+        """The id of an outbound message with the same from, to and body sent in [since, until],
+        from Flowroute's message list; None if there is none. Raises `RetryableError` when the
+        list cannot be read (then we must not send: we could not rule out a duplicate)."""
+        headers = {"Accept": CONTENT_TYPE,
+                   "Authorization": aiohttp.encode_basic_auth(config.access_key.reveal(), config.secret_key.reveal())}
+        url: str | None = self._url
+        params: dict[str, str] | None = {"start_date": flowroute_time(since), "end_date": flowroute_time(until),
+                                         "limit": "100"}
+        for _ in range(max_pages):
+            if url is None:
+                return None
+            page = await self._get(url, params, headers)
+            for record in page.get("data") or []:
+                if _same_message(record, request):
+                    return str(record["id"])
+            url, params = (page.get("links") or {}).get("next"), None
+        return None
+
+    async def _get(self, url: str, params: dict[str, str] | None, headers: dict[str, str]) -> dict[str, Any]:
+        try:
+            async with self._session.get(url, params=params, headers=headers, timeout=self._timeout) as response:
+                body = _json_or_none(await response.read())
+                if response.status != 200 or not isinstance(body, dict):
+                    raise RetryableError(f"Flowroute message lookup answered {response.status}")
+                return body
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise RetryableError(f"Flowroute message lookup failed: {exc!r}") from None
+
+
+def flowroute_time(moment: datetime) -> str:
+    """`YYYY-MM-DDTHH:mm:ss.SSZ` in UTC, the list endpoint's date format."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-4] + "Z"
+
+
+def _digits(number: Any) -> str:
+    return str(number or "").lstrip("+")
+
+
+def _same_message(record: Any, request: DispatchRequest) -> bool:
+    attributes = record.get("attributes") if isinstance(record, dict) else None
+    if not isinstance(attributes, dict) or attributes.get("direction", "outbound") != "outbound":
+        return False
+    return (_digits(attributes.get("to")) == _digits(request.to)
+            and _digits(attributes.get("from")) == _digits(request.from_)
+            and (attributes.get("body") or "") == request.body)
 
 
 def _json_or_none(raw: bytes) -> Any:

@@ -27,6 +27,7 @@ class RateLimited(msgspec.Struct, frozen=True):
 class Retry(msgspec.Struct, frozen=True):
     reason: str
     retry_after: float | None = None
+    maybe_sent: bool = False  # no answer: Flowroute may have taken it, look before resending
 
 
 class Fail(msgspec.Struct, frozen=True):

@@ -51,6 +51,7 @@ class Faults:
     latency_s: float = 0.0
     error_ratio: float = 0.0
     drop_ratio: float = 0.0
+    respond_delay_s: float = 0.0  # accept, then wait this long before answering (a crash window)
     script: list[int] = field(default_factory=list)
 
 
@@ -163,6 +164,8 @@ class FlowrouteSimulator:
             request.transport.close()
             return web.Response(status=500)
         response = self._answer(attributes, limited)
+        if self.faults.respond_delay_s:
+            await asyncio.sleep(self.faults.respond_delay_s)
         self.requests.append({"user": user, "body": msgspec.json.decode(raw) if attributes is not None else None,
                               "status": response.status, "content_type": request.headers.get("Content-Type")})
         return response

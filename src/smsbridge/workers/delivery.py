@@ -7,8 +7,9 @@ from collections.abc import Mapping
 import structlog
 
 from smsbridge.broker.consumer import MessageContext
-from smsbridge.errors import PermanentError
+from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery
+from smsbridge.ledger import Claim, Ledger
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.base import DeliveryAdapter
 
@@ -16,9 +17,15 @@ log = structlog.get_logger("smsbridge.delivery")
 
 
 class DeliveryHandler:
-    def __init__(self, adapters: Mapping[str, DeliveryAdapter], metrics: Metrics) -> None:
+    """Each (text, extension) is claimed in the ledger before the PBX is called, so two workers
+    holding copies of one delivery never both hand it over, and a success is never repeated."""
+
+    def __init__(self, adapters: Mapping[str, DeliveryAdapter], metrics: Metrics, ledger: Ledger,
+                 lease_s: float) -> None:
         self._adapters = adapters
         self._metrics = metrics
+        self._ledger = ledger
+        self._lease_s = lease_s
 
     async def handle(self, delivery: InboundDelivery, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(
@@ -27,7 +34,18 @@ class DeliveryHandler:
         adapter = self._adapters.get(delivery.tenant)
         if adapter is None:
             raise PermanentError(f"no PBX target for tenant '{delivery.tenant}'", code="no_target")
-        await adapter.deliver(delivery)
+        claim = await self._ledger.claim_delivery(delivery.mdr_id, delivery.extension, self._lease_s)
+        if claim is Claim.DONE:
+            log.info("already delivered to this extension: not repeated", outcome="duplicate")
+            return
+        if claim is Claim.BUSY:
+            raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
+        try:
+            await adapter.deliver(delivery)
+        except BaseException:
+            await self._ledger.release_delivery(delivery.mdr_id, delivery.extension)
+            raise
+        await self._ledger.delivered(delivery.mdr_id, delivery.extension)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
         log.info("delivered to PBX", adapter=adapter.kind)
 

@@ -1,11 +1,18 @@
-"""Dispatch stage: send to Flowroute under the account's limits, and report what happened.
+"""Dispatch stage: send to Flowroute under the account's limits, once, and report what happened.
 
 One dispatch queue per Flowroute account with a single active consumer, so the active
 dispatcher's limiter is the only sender for that account. A 429 pauses the whole account and
 the message goes round the limiter again, a bounded number of times, then back to the broker.
+
+Exactly once, with the ledger:
+- a request already settled (a repeated `client_message_id`) gets its current status, no POST;
+- "sending" is committed before the POST; a message found "sending" (the process died, or the
+  answer never came) is first looked up in Flowroute's message list and only sent if absent.
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -13,14 +20,16 @@ from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import PermanentError, RetryableError
-from smsbridge.events import DispatchRequest, StatusEvent
+from smsbridge.events import DeliveryState, DispatchRequest, StatusEvent
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.flowroute.limiter import AccountLimiter
 from smsbridge.flowroute.outcome import Accepted, Fail, RateLimited, Retry
+from smsbridge.ledger import Ledger, MessageRow
 from smsbridge.metrics import Metrics
 from smsbridge.workers.status import publish_status, publish_status_after_send
 
 log = structlog.get_logger("smsbridge.dispatcher")
+LOOKUP_SLACK = timedelta(seconds=60)  # clocks differ; Flowroute stamps the MDR when it takes it
 
 
 def limiters_for(settings: Settings) -> dict[str, AccountLimiter]:
@@ -31,14 +40,20 @@ def limiters_for(settings: Settings) -> dict[str, AccountLimiter]:
     }
 
 
+def conversation_of(request: DispatchRequest) -> str:
+    """Copies of one request are handled one after the other, never side by side."""
+    return f"{request.tenant}:{request.client_message_id}"
+
+
 class DispatchHandler:
     def __init__(self, settings: Settings, publisher: Publisher, client: FlowrouteClient,
-                 limiters: dict[str, AccountLimiter], metrics: Metrics) -> None:
+                 limiters: dict[str, AccountLimiter], metrics: Metrics, ledger: Ledger) -> None:
         self._settings = settings
         self._publisher = publisher
         self._client = client
         self._limiters = limiters
         self._metrics = metrics
+        self._ledger = ledger
         self._prefix = settings.broker.prefix
         self._warm: set[str] = set()
 
@@ -52,15 +67,47 @@ class DispatchHandler:
             raise PermanentError(f"unknown SMS configuration '{request.config_id}'", code="unknown_config")
         return config
 
+    def _limiter(self, config: SmsConfig) -> AccountLimiter:
+        limiter = self._limiters[config.account_name]
+        if config.account_name not in self._warm:
+            limiter.assume_busy()
+            self._warm.add(config.account_name)
+        return limiter
+
+    async def _row(self, request: DispatchRequest) -> MessageRow:
+        row = await self._ledger.outbound(request.tenant, request.client_message_id)
+        if row is None:  # recorded by the outbound worker; absent only if pruned or written elsewhere
+            await self._ledger.record_request(request)
+            row = await self._ledger.outbound(request.tenant, request.client_message_id)
+        assert row is not None
+        return row
+
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
-        account = config.account_name
-        limiter = self._limiters[account]
-        if account not in self._warm:
-            limiter.assume_busy()
-            self._warm.add(account)
-        await self._settle(request, await self._send(config, limiter, request))
+        row = await self._row(request)
+        if row.dispatch_state == "done":
+            log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
+            await publish_status(self._publisher, self._prefix, current_status(row))
+            return
+        limiter = self._limiter(config)
+        if row.dispatch_state == "sending" and await self._already_sent(config, limiter, request, row):
+            return
+        await self._ledger.mark_sending(row.id)
+        await self._settle(request, row, await self._send(config, limiter, request))
+
+    async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
+                            row: MessageRow) -> bool:
+        """After a crash or a lost answer: did Flowroute take it? Then record it, never resend."""
+        started = row.send_started_at or row.updated_at
+        await limiter.acquire(is_mms=False)  # the list shares the endpoint's budget
+        mdr_id = await self._client.find_sent(config, request, since=started - LOOKUP_SLACK,
+                                              until=datetime.now(UTC) + LOOKUP_SLACK)
+        log.warning("message was maybe sent before: looked it up", found=mdr_id is not None, mdr_id=mdr_id)
+        if mdr_id is None:
+            return False
+        await self._accepted(request, row, Accepted(mdr_id, None))
+        return True
 
     async def _send(self, config: SmsConfig, limiter: AccountLimiter,
                     request: DispatchRequest) -> Accepted | Retry | Fail:
@@ -78,19 +125,36 @@ class DispatchHandler:
             limiter.pause(pause)
         raise RetryableError("Flowroute kept answering 429", retry_after=pause)
 
-    async def _settle(self, request: DispatchRequest, outcome: Accepted | Retry | Fail) -> None:
+    async def _settle(self, request: DispatchRequest, row: MessageRow, outcome: Accepted | Retry | Fail) -> None:
         if isinstance(outcome, Retry):
+            if not outcome.maybe_sent:
+                await self._ledger.mark_queued(row.id, outcome.reason)
             raise RetryableError(outcome.reason, retry_after=outcome.retry_after)
         if isinstance(outcome, Fail):
             raise PermanentError(outcome.reason, code=outcome.code)
+        await self._accepted(request, row, outcome)
+
+    async def _accepted(self, request: DispatchRequest, row: MessageRow, outcome: Accepted) -> None:
+        segments = outcome.segments or request.segments
+        await self._ledger.record_accepted(row.id, outcome.mdr_id, segments)
         status = StatusEvent(tenant=request.tenant, config_id=request.config_id, state="accepted",
-                             client_message_id=request.client_message_id, mdr_id=outcome.mdr_id,
-                             segments=outcome.segments or request.segments)
-        log.info("Flowroute accepted the message", mdr_id=outcome.mdr_id, segments=status.segments)
+                             client_message_id=request.client_message_id, mdr_id=outcome.mdr_id, segments=segments)
+        log.info("Flowroute accepted the message", mdr_id=outcome.mdr_id, segments=segments)
         await publish_status_after_send(self._publisher, self._prefix, status)
 
     async def given_up(self, request: DispatchRequest, reason: str, code: str) -> None:
+        row = await self._ledger.outbound(request.tenant, request.client_message_id)
+        if row is not None and row.dispatch_state != "done":
+            await self._ledger.record_failed(row.id, code, reason)
         status = StatusEvent(tenant=request.tenant, config_id=request.config_id, state="failed",
                              client_message_id=request.client_message_id, reason_code=code, reason=reason,
                              segments=request.segments)
         await publish_status(self._publisher, self._prefix, status)
+
+
+def current_status(row: MessageRow) -> StatusEvent:
+    state: DeliveryState = row.state if row.state in ("accepted", "sent", "buffered", "delivered",
+                                                      "failed") else "accepted"  # type: ignore[assignment]
+    return StatusEvent(tenant=row.tenant, config_id=row.config_id, state=state,
+                       client_message_id=row.client_message_id, mdr_id=row.mdr_id, segments=row.segments,
+                       reason_code=row.reason_code, reason=row.reason)

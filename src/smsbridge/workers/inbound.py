@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import structlog
 
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
-from smsbridge.errors import PermanentError
+from smsbridge.errors import BrokerUnavailable, PermanentError
 from smsbridge.events import (
     DeliveryReceipt,
     DispatchRequest,
@@ -18,6 +19,7 @@ from smsbridge.events import (
     encoder,
 )
 from smsbridge.flowroute.dlr import classify_dlr
+from smsbridge.ledger import Ledger
 from smsbridge.rules import keyword_of, route
 from smsbridge.segments import body_info
 from smsbridge.workers.status import publish_status
@@ -47,6 +49,12 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list
     ]
 
 
+def dlr_key(receipt: DeliveryReceipt) -> str:
+    """What makes two receipts the same receipt (flowroute-api.md §6.3)."""
+    stamp = receipt.flowroute_timestamp.isoformat() if receipt.flowroute_timestamp else ""
+    return f"{receipt.mdr_id}|{receipt.level}|{receipt.status}|{receipt.status_code}|{stamp}"
+
+
 def status_for(receipt: DeliveryReceipt) -> StatusEvent:
     outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code)
     return StatusEvent(
@@ -73,9 +81,10 @@ def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
 
 
 class InboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger) -> None:
         self._settings = settings
         self._publisher = publisher
+        self._ledger = ledger
         self._prefix = settings.broker.prefix
 
     async def handle(self, event: InboundMessage | DeliveryReceipt, context: MessageContext) -> None:
@@ -105,7 +114,21 @@ class InboundHandler:
                  keyword=deliveries[0].keyword, media=len(message.media))
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
+        key = dlr_key(receipt)
+        if not await self._ledger.claim_dlr(key, receipt.mdr_id):
+            log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
+            return
+        if receipt.client_message_id is None:  # e.g. an account-level DLR callback without our cmid
+            known = await self._ledger.find(receipt.mdr_id)
+            if known is not None:
+                receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
         status = status_for(receipt)
-        await publish_status(self._publisher, self._prefix, status)
+        try:
+            await publish_status(self._publisher, self._prefix, status)
+        except BrokerUnavailable:
+            await self._ledger.unclaim_dlr(key)  # so the retry is not mistaken for a resend
+            raise
+        await self._ledger.record_dlr(receipt.mdr_id, status.state, status.reason_code, status.reason,
+                                      receipt.level, receipt.status_code)
         log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
                  client_message_id=receipt.client_message_id)

@@ -9,6 +9,7 @@ from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
+from smsbridge.ledger import Ledger
 from smsbridge.outbound_rules import Refused, decide
 from smsbridge.workers.status import publish_status
 
@@ -16,9 +17,10 @@ log = structlog.get_logger("smsbridge.outbound")
 
 
 class OutboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger) -> None:
         self._settings = settings
         self._publisher = publisher
+        self._ledger = ledger
         self._prefix = settings.broker.prefix
 
     async def handle(self, request: OutboundRequest, context: MessageContext) -> None:
@@ -33,9 +35,12 @@ class OutboundHandler:
         config = self._settings.sms_config(dispatch.config_id)
         assert config is not None
         stage = names.dispatch_stage(config.account_name)
+        # A repeated client_message_id goes on too: the dispatcher answers it with the current
+        # status instead of sending (its queue is FIFO, so it comes after the original).
+        new = await self._ledger.record_request(dispatch)
         await self._publisher.to_stage(self._prefix, stage, encoder.encode(dispatch), message_id=dispatch.event_id)
         log.info("outbound request allowed", account=config.account_name, segments=dispatch.segments,
-                 is_mms=dispatch.is_mms, to=dispatch.to)
+                 is_mms=dispatch.is_mms, to=dispatch.to, repeated=not new)
 
     async def given_up(self, request: OutboundRequest, reason: str, code: str) -> None:
         tenant = request.tenant

@@ -1,0 +1,133 @@
+"""Tables, and the versioned migrations that create and change them.
+
+A migration is a numbered function over a connection; `upgrade` applies the missing ones in
+order inside one transaction, under a lock so that processes starting together do not race.
+Add a migration for every change; never edit an applied one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+metadata = sa.MetaData()
+When = sa.DateTime(timezone=True)
+
+schema_versions = sa.Table(
+    "smsbridge_schema", metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("applied_at", When, nullable=False),
+)
+
+messages = sa.Table(
+    "messages", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("direction", sa.String(8), nullable=False),  # inbound | outbound
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("config_id", sa.String(64), nullable=False),
+    sa.Column("client_message_id", sa.String(128)),
+    sa.Column("mdr_id", sa.String(80), unique=True),
+    sa.Column("from_number", sa.String(32), nullable=False),
+    sa.Column("to_number", sa.String(32), nullable=False),
+    sa.Column("from_extension", sa.String(64)),
+    sa.Column("body", sa.Text, nullable=False, default=""),
+    sa.Column("is_mms", sa.Boolean, nullable=False, default=False),
+    sa.Column("segments", sa.Integer),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason_code", sa.String(64)),
+    sa.Column("reason", sa.Text),
+    sa.Column("dispatch_state", sa.String(16)),  # outbound: queued | sending | done
+    sa.Column("send_started_at", When),
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+    sa.UniqueConstraint("tenant", "client_message_id", name="uq_messages_tenant_client_id"),
+)
+sa.Index("ix_messages_updated", messages.c.updated_at)
+sa.Index("ix_messages_tenant_id", messages.c.tenant, messages.c.id)
+sa.Index("ix_messages_to", messages.c.to_number)
+sa.Index("ix_messages_from", messages.c.from_number)
+
+status_history = sa.Table(
+    "status_history", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason_code", sa.String(64)),
+    sa.Column("reason", sa.Text),
+    sa.Column("dlr_level", sa.Integer),
+    sa.Column("dlr_code", sa.Integer),
+    sa.Column("at", When, nullable=False),
+)
+sa.Index("ix_status_history_message", status_history.c.message_id)
+
+deliveries = sa.Table(
+    "deliveries", metadata,
+    sa.Column("mdr_id", sa.String(80), primary_key=True),
+    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("state", sa.String(16), nullable=False),  # delivering | delivered
+    sa.Column("lease_until", When, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+)
+sa.Index("ix_deliveries_updated", deliveries.c.updated_at)
+
+dlrs_seen = sa.Table(
+    "dlrs_seen", metadata,
+    sa.Column("dedupe_key", sa.String(255), primary_key=True),
+    sa.Column("mdr_id", sa.String(80), nullable=False),
+    sa.Column("seen_at", When, nullable=False),
+)
+sa.Index("ix_dlrs_seen_at", dlrs_seen.c.seen_at)
+
+Migration = Callable[[sa.Connection], None]
+
+
+def _create(connection: sa.Connection, *tables: sa.Table) -> None:
+    """CREATE … IF NOT EXISTS: safe when two processes migrate at the same moment (no check-then-act)."""
+    for table in tables:
+        connection.execute(sa.schema.CreateTable(table, if_not_exists=True))
+        for index in table.indexes:
+            connection.execute(sa.schema.CreateIndex(index, if_not_exists=True))
+
+
+def _v1_initial(connection: sa.Connection) -> None:
+    _create(connection, messages, status_history, deliveries, dlrs_seen)
+
+
+MIGRATIONS: list[tuple[int, str, Migration]] = [
+    (1, "messages, status history, deliveries, DLR dedupe", _v1_initial),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+async def upgrade(connection: AsyncConnection) -> list[int]:
+    """Apply missing migrations; return the versions applied. Call inside a transaction."""
+    if connection.dialect.name == "postgresql":
+        # one upgrader at a time across processes; released at commit
+        await connection.execute(sa.select(sa.func.pg_advisory_xact_lock(727_001)))
+    await connection.run_sync(lambda c: _create(c, schema_versions))
+    done = set((await connection.execute(sa.select(schema_versions.c.version))).scalars())
+    insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
+    applied = []
+    for version, name, migrate in MIGRATIONS:
+        if version in done:
+            continue
+        await connection.run_sync(migrate)
+        recorded = await connection.execute(insert(schema_versions).values(
+            version=version, name=name, applied_at=datetime.now(UTC)).on_conflict_do_nothing())
+        if recorded.rowcount == 1:
+            applied.append(version)
+    return applied
+
+
+async def current_version(connection: AsyncConnection) -> int:
+    exists = await connection.run_sync(lambda c: sa.inspect(c).has_table(schema_versions.name))
+    if not exists:
+        return 0
+    value = (await connection.execute(sa.select(sa.func.max(schema_versions.c.version)))).scalar()
+    return int(value or 0)
