@@ -20,7 +20,7 @@ import aiohttp
 import msgspec
 import structlog
 
-from smsbridge import cli_ledger, logs
+from smsbridge import cli_dlq, cli_ledger, logs
 from smsbridge.config import HttpTarget, LoggingSettings, Settings
 from smsbridge.configload import ConfigError, check_file, load_settings
 from smsbridge.connection import connect
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a final status (0: do not)")
 
     cli_ledger.add_parsers(sub)
+    cli_dlq.add_parsers(sub)
 
     simulate = sub.add_parser("simulate", help="stand-ins for the outside world")
     what = simulate.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -103,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return webhook_url(settings, args.config_id)
     if args.command == "send":
         return asyncio.run(send(settings, args))
+    if args.command == "dlq":
+        return asyncio.run(cli_dlq.run(settings, args))
     if args.command == "db":
         return asyncio.run(cli_ledger.run_db(settings, args))
     if args.command == "messages":

@@ -92,6 +92,16 @@ class AdminSettings(_Section, frozen=True, kw_only=True):
     token: Secret | None = None
 
 
+class ObservabilitySettings(_Section, frozen=True, kw_only=True):
+    """A process without the receiver role serves /healthz, /readyz and /metrics here
+    (`port = 0`: any free port, logged at start-up; `enabled = false`: none)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9108
+    queue_poll_s: PositiveFloat = 15.0
+
+
 class LoggingSettings(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -199,6 +209,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     flowroute: FlowrouteSettings = msgspec.field(default_factory=FlowrouteSettings)
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
+    observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
 
 
 class Metrics:
@@ -33,9 +35,28 @@ class Metrics:
         )
 
         self.flowroute_answers = Counter(
-            "smsbridge_flowroute_answers_total", "Flowroute send answers by account and outcome",
-            ["account", "outcome"],
-            registry=r,
+            "smsbridge_flowroute_answers_total", "Flowroute send answers by account and HTTP status (0: no answer)",
+            ["account", "status"], registry=r,
+        )
+        self.limiter_wait = Counter(
+            "smsbridge_rate_limiter_wait_seconds_total", "Time sends waited for the account's rate limit",
+            ["account"], registry=r,
+        )
+        self.inbound_latency = Histogram(
+            "smsbridge_inbound_latency_seconds", "From the webhook's arrival to the PBX's acceptance",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.dispatch_latency = Histogram(
+            "smsbridge_dispatch_latency_seconds", "From the allowed request to Flowroute's acceptance",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge(
+            "smsbridge_queue_messages", "Messages ready in each queue (polled)", ["queue"], registry=r,
+        )
+        self.dispatcher_active = Gauge(
+            "smsbridge_dispatcher_active",
+            "1 once this process has received work for the account (only the active consumer does), else 0",
+            ["account"], registry=r,
         )
 
     def render(self) -> bytes:

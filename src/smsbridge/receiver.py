@@ -56,11 +56,24 @@ def make_app(
     app[METRICS] = metrics
     app[READY] = ready
     app.router.add_post(WEBHOOK_PATH, webhook)
+    add_health_routes(app)
+    add_history_routes(app)
+    return app
+
+
+def make_health_app(metrics: Metrics, ready: ReadyCheck) -> web.Application:
+    """For worker-only processes: the same probes and metrics, nothing else."""
+    app = web.Application()
+    app[METRICS] = metrics
+    app[READY] = ready
+    add_health_routes(app)
+    return app
+
+
+def add_health_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
-    add_history_routes(app)
-    return app
 
 
 def _authenticate(settings: Settings, config_id: str, token: str) -> SmsConfig | None:

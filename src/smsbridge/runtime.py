@@ -37,7 +37,7 @@ from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
-from smsbridge.receiver import make_app
+from smsbridge.receiver import make_app, make_health_app
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
@@ -67,6 +67,8 @@ class Bridge:
         self._declared = False
         self.ledger: Ledger | None = None
         self._pruner: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.health_url: str | None = None
 
     def readiness(self) -> dict[str, bool]:
         conn = self.connection
@@ -98,7 +100,11 @@ class Bridge:
             await self._start_dispatcher()
         if "receiver" in self.roles:
             await self._start_receiver()
-        log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url)
+        elif self.settings.observability.enabled:
+            await self._start_health()
+        self._poller = asyncio.create_task(self._poll_queues(), name="queue-depth-poller")
+        log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url,
+                 health=self.health_url)
 
     async def _channel(self, **kwargs: Any) -> AbstractChannel:
         assert self.connection is not None
@@ -123,8 +129,10 @@ class Bridge:
     async def _start_dispatcher(self) -> None:
         """One consumer per account queue (single active consumer), each on its own channel."""
         assert self.publisher is not None and self.connection is not None
+        answers = self.metrics.flowroute_answers
         client = FlowrouteClient(self._http_session(), base_url=self.settings.flowroute.api_base,
-                                 timeout_s=self.settings.flowroute.timeout_s)
+                                 timeout_s=self.settings.flowroute.timeout_s,
+                                 on_answer=lambda account, status: answers.labels(account, str(status)).inc())
         assert self.ledger is not None
         handler = DispatchHandler(self.settings, self.publisher, client, limiters_for(self.settings), self.metrics,
                                   self.ledger)
@@ -166,6 +174,36 @@ class Bridge:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
         return self._adapters
 
+    async def _start_health(self) -> None:
+        """Worker-only processes: /healthz, /readyz and /metrics on their own small port."""
+        self._runner = web.AppRunner(make_health_app(self.metrics, self.readiness), access_log=None)
+        await self._runner.setup()
+        observability = self.settings.observability
+        await web.TCPSite(self._runner, observability.host, observability.port).start()
+        host, port = self._runner.addresses[0][:2]
+        self.health_url = f"http://{host}:{port}"
+
+    def _queues(self) -> list[str]:
+        prefix = self.settings.broker.prefix
+        stages = [*topology.STAGES, *(names.dispatch_stage(a) for a in self.settings.accounts())]
+        return [names.stage_queue(prefix, s) for s in stages] + [names.dead_queue(prefix), names.unrouted_queue(prefix)]
+
+    async def _poll_queues(self) -> None:
+        """Queue depths for the gauges; a failed poll leaves the last values and tries again."""
+        channel = None
+        while True:
+            try:
+                if channel is None or channel.is_closed:
+                    assert self.connection is not None
+                    channel = await (await self.connection.channel()).get_underlay_channel()
+                for queue in self._queues():
+                    declared = await channel.queue_declare(queue, passive=True)
+                    self.metrics.queue_depth.labels(queue).set(declared.message_count or 0)
+            except Exception as exc:  # a missing queue closes the channel: reopen next round
+                log.debug("queue depth poll failed", error=repr(exc))
+                channel = None
+            await asyncio.sleep(self.settings.observability.queue_poll_s)
+
     async def _start_receiver(self) -> None:
         assert self.publisher is not None
         assert self.ledger is not None
@@ -198,9 +236,10 @@ class Bridge:
         self._channels.clear()
         if self.connection is not None:
             await _bounded(self.connection.close(), "close connection")
-        if self._pruner is not None:
-            self._pruner.cancel()
-            await asyncio.gather(self._pruner, return_exceptions=True)
+        for task in (self._pruner, self._poller):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self.ledger is not None:
             await self.ledger.close()
         log.info("bridge stopped")

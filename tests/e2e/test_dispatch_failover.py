@@ -28,6 +28,9 @@ prefix = "{prefix}"
 [ledger]
 url = "sqlite:///{ledger}"
 
+[observability]
+port = 0
+
 [flowroute]
 api_base = "{api_base}"
 timeout_s = 5

@@ -26,9 +26,11 @@ async def take(channel: AbstractChannel, queue_name: str, count: int = 1,
 
 
 async def depth(channel: AbstractChannel, queue_name: str) -> int:
-    queue = await channel.declare_queue(queue_name, passive=True)
-    count = queue.declaration_result.message_count
-    return int(count or 0)
+    """Ready messages, asked of the broker each time (a robust channel's declare returns its
+    cached queue object, whose count never changes)."""
+    underlying = await channel.get_underlay_channel()
+    declared = await underlying.queue_declare(queue_name, passive=True)
+    return int(declared.message_count or 0)
 
 
 def header(message: AbstractIncomingMessage, name: str) -> Any:

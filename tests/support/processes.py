@@ -36,6 +36,9 @@ timeout_s = 5
 [logging]
 format = "json"
 
+[observability]
+port = 0
+
 [retry.delivery]
 max_attempts = 5
 base_delay_s = 0.2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,13 +29,15 @@ def message_body(request: DispatchRequest) -> dict[str, Any]:
 
 
 class FlowrouteClient:
-    def __init__(self, session: aiohttp.ClientSession, *, base_url: str, timeout_s: float) -> None:
+    def __init__(self, session: aiohttp.ClientSession, *, base_url: str, timeout_s: float,
+                 on_answer: Callable[[str, int], None] = lambda account, status: None) -> None:
         self._session = session
+        self._on_answer = on_answer
         self._url = f"{base_url.rstrip('/')}/v2.2/messages"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
 
-    async def send(self, config: SmsConfig, request: DispatchRequest) -> Outcome:
+    async def _post(self, config: SmsConfig, request: DispatchRequest) -> Outcome:
         headers = {
             "Content-Type": CONTENT_TYPE,
             "Accept": CONTENT_TYPE,
@@ -44,8 +47,16 @@ class FlowrouteClient:
             async with self._session.post(self._url, data=msgspec.json.encode(message_body(request)),
                                           headers=headers, timeout=self._timeout) as response:
                 raw = await response.read()
+                self._on_answer(config.account_name, response.status)
                 return classify_send(response.status, _json_or_none(raw), response.headers,
                                      from_number=request.from_)
+        except (TimeoutError, aiohttp.ClientError):
+            self._on_answer(config.account_name, 0)
+            raise
+
+    async def send(self, config: SmsConfig, request: DispatchRequest) -> Outcome:
+        try:
+            return await self._post(config, request)
         except TimeoutError:
             return Retry(f"Flowroute did not answer within {self._timeout_s:g} s (it may have accepted the message)",
                          maybe_sent=True)

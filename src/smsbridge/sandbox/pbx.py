@@ -19,7 +19,8 @@ log = structlog.get_logger("smsbridge.sandbox.pbx")
 
 class FakePbx:
     def __init__(self, *, answers: Iterable[int] = (), path: str = "/sms/inbound",
-                 expect_auth: tuple[str, str] | None = None) -> None:
+                 expect_auth: tuple[str, str] | None = None, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s  # a slow PBX: each answer waits this long
         self._answers = list(answers)
         self._path = path
         self._expect_auth = expect_auth
@@ -35,6 +36,8 @@ class FakePbx:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = msgspec.json.decode(await request.read())
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         headers = {k: v for k, v in request.headers.items()}
         status = self._answers.pop(0) if self._answers else 200
         if self._expect_auth and request.headers.get(self._expect_auth[0]) != self._expect_auth[1]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 import structlog
 
@@ -47,6 +48,7 @@ class DeliveryHandler:
             raise
         await self._ledger.delivered(delivery.mdr_id, delivery.extension)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
+        self._metrics.inbound_latency.observe((datetime.now(UTC) - delivery.received_at).total_seconds())
         log.info("delivered to PBX", adapter=adapter.kind)
 
     async def given_up(self, event: InboundDelivery, reason: str, code: str) -> None:

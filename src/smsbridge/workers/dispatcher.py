@@ -60,6 +60,8 @@ class DispatchHandler:
     def subscribed(self) -> None:
         """Called after every (re)subscription: the next send per account waits a full window."""
         self._warm.clear()
+        for account in self._limiters:
+            self._metrics.dispatcher_active.labels(account).set(0)
 
     def _config(self, request: DispatchRequest) -> SmsConfig:
         config = self._settings.sms_config(request.config_id)
@@ -85,6 +87,7 @@ class DispatchHandler:
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
+        self._metrics.dispatcher_active.labels(config.account_name).set(1)
         row = await self._row(request)
         if row.dispatch_state == "done":
             log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
@@ -115,8 +118,8 @@ class DispatchHandler:
         pause = 1.0
         for _ in range(self._settings.outbound.max_rate_limited_waits):
             waited = await limiter.acquire(is_mms=request.is_mms)
+            self._metrics.limiter_wait.labels(config.account_name).inc(waited)
             outcome = await self._client.send(config, request)
-            self._metrics.flowroute_answers.labels(config.account_name, type(outcome).__name__).inc()
             if not isinstance(outcome, RateLimited):
                 return outcome
             pause = outcome.retry_after
@@ -139,6 +142,7 @@ class DispatchHandler:
         await self._ledger.record_accepted(row.id, outcome.mdr_id, segments)
         status = StatusEvent(tenant=request.tenant, config_id=request.config_id, state="accepted",
                              client_message_id=request.client_message_id, mdr_id=outcome.mdr_id, segments=segments)
+        self._metrics.dispatch_latency.observe((datetime.now(UTC) - request.occurred_at).total_seconds())
         log.info("Flowroute accepted the message", mdr_id=outcome.mdr_id, segments=segments)
         await publish_status_after_send(self._publisher, self._prefix, status)
 
