@@ -16,7 +16,7 @@ from smsbridge.dlq import DeadLetter, DeadLetterQueue, Filter, format_row, parse
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dlq = sub.add_parser("dlq", help="inspect, replay and purge the dead-letter queue")
     actions = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    helps = {"list": "list dead letters (newest reasons first in the queue's order)",
+    helps = {"list": "list dead letters, one line each, in queue order",
              "show": "headers and body of matching dead letters",
              "replay": "put matching dead letters back at their stage, attempts reset",
              "purge": "delete matching dead letters (asks first unless --yes)"}

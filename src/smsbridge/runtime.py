@@ -23,7 +23,7 @@ from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
-from smsbridge.connection import connect
+from smsbridge.connection import connect, failover
 from smsbridge.events import (
     delivery_stage_decoder,
     dispatch_stage_decoder,
@@ -68,6 +68,7 @@ class Bridge:
         self.ledger: Ledger | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._failover: asyncio.Task[None] | None = None
         self.health_url: str | None = None
 
     def readiness(self) -> dict[str, bool]:
@@ -80,6 +81,7 @@ class Bridge:
         self.ledger = await open_ledger(self.settings.ledger)
         self._pruner = asyncio.create_task(self._prune_forever(), name="ledger-pruner")
         self.connection = await connect(broker.urls, attempts=connect_attempts)
+        self._failover = asyncio.create_task(failover(self.connection, broker.urls), name="broker-failover")
         channel = await self._channel(publisher_confirms=True, on_return_raises=True)
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
@@ -216,27 +218,33 @@ class Bridge:
         host, port = self._runner.addresses[0][:2]
         self.receiver_url = f"http://{host}:{port}"
 
+    def _online(self) -> bool:
+        return self.connection is not None and self.connection.connected.is_set()
+
     async def stop(self) -> None:
         """Stop in order; every broker call is bounded, so SIGTERM works even while the broker is down."""
         timeout = self.settings.drain_timeout_s
         if self._runner is not None:
             await self._runner.cleanup()  # stops accepting, lets running webhooks finish
             self._runner = None
-        for consumer in self._consumers:
-            await _bounded(consumer.cancel(), "cancel consumer")
+        # With the broker gone there is nothing to cancel or close politely: unacked messages
+        # return to their queues when the connection ends, so skip straight past those steps.
+        # Each phase is bounded once for all its steps, not once per step.
+        if self._online():
+            await _bounded(asyncio.gather(*(c.cancel() for c in self._consumers)), "cancel consumers")
         await asyncio.gather(*(consumer.drain(timeout) for consumer in self._consumers))
         self._consumers.clear()
         for adapter in self._adapters.values():
             await adapter.close()
         if self._http is not None:
             await self._http.close()
-        for channel in reversed(self._channels):
-            if not channel.is_closed:
-                await _bounded(channel.close(), "close channel")
+        if self._online():
+            open_channels = [c for c in self._channels if not c.is_closed]
+            await _bounded(asyncio.gather(*(c.close() for c in open_channels)), "close channels")
         self._channels.clear()
         if self.connection is not None:
             await _bounded(self.connection.close(), "close connection")
-        for task in (self._pruner, self._poller):
+        for task in (self._pruner, self._poller, self._failover):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

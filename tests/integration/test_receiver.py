@@ -103,3 +103,27 @@ async def test_broker_down_gives_503_and_the_same_webhook_succeeds_once_it_is_ba
     (delivery,) = await pbx.wait_for(1, timeout=15)
     assert delivery["mdr_id"] == "mdr1-febb118b9b034338adfc662a8c02fd88"
     await proxy.cut()
+
+
+async def test_losing_one_broker_node_fails_over_to_the_next_url(
+    start_bridge: StartBridge, pbx: FakePbx, http: aiohttp.ClientSession, prefix: str
+) -> None:
+    node_a, node_b = TcpProxy("127.0.0.1", 5672), TcpProxy("127.0.0.1", 5672)
+    await node_a.start()
+    await node_b.start()
+    base = settings(prefix=prefix, pbx_url=pbx.url)
+    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
+        base.broker, urls=[node_a.url, node_b.url], publish_timeout_s=1.0)))
+    url, raw = hook_url(bridge.receiver_url), raw_payload("legacy_flat_mdr1")
+    await node_a.cut()  # node A is gone for good; B is still there
+    status = 0
+    for _ in range(100):
+        status, _ = await post(http, url, raw)
+        if status == 200:
+            break
+        await __import__("asyncio").sleep(0.2)
+    assert status == 200
+    assert bridge.connection is not None and str(bridge.connection.url) == node_b.url
+    (delivery,) = await pbx.wait_for(1, timeout=15)
+    assert delivery["mdr_id"] == "mdr1-febb118b9b034338adfc662a8c02fd88"
+    await node_b.cut()
