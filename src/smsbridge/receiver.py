@@ -19,7 +19,6 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from sqlalchemy.exc import SQLAlchemyError
 
 from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
@@ -120,31 +119,9 @@ async def _accept(request: web.Request, config: SmsConfig) -> web.Response:
         return await _park(request, config, raw, exc.reason, "unknown_shape")
     except Unroutable as exc:
         return await _park(request, config, raw, exc.reason, exc.code)
-    if isinstance(event, InboundMessage) and await _seen(request, event):
-        log.info("webhook is a resend of a text already accepted", outcome="duplicate", mdr_id=event.mdr_id)
-        return web.json_response({"status": "duplicate"})
-    response = await _publish(request, event)
-    if response.status == 200 and isinstance(event, InboundMessage):
-        await _remember(request, event)
-    return response
-
-
-async def _seen(request: web.Request, event: InboundMessage) -> bool:
-    """Was this Flowroute id accepted before (by any receiver)? A ledger outage is no reason to
-    refuse a text: then we publish, and the delivery claims still keep the PBX from a repeat."""
-    try:
-        return await request.app[LEDGER].inbound_seen(event.mdr_id)
-    except SQLAlchemyError as exc:
-        log.error("ledger unavailable: cannot check for a resend", error=repr(exc))
-        return False
-
-
-async def _remember(request: web.Request, event: InboundMessage) -> None:
-    # Recorded only after the confirm: a failed publish must leave Flowroute's resend welcome.
-    try:
-        await request.app[LEDGER].record_inbound(event)
-    except SQLAlchemyError as exc:
-        log.error("ledger unavailable: accepted text not recorded", error=repr(exc), mdr_id=event.mdr_id)
+    # A resend is published like any webhook: the inbound worker recognises it from the ledger.
+    # That keeps the receiver's answer independent of the database, and as fast as a publish.
+    return await _publish(request, event)
 
 
 async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt) -> web.Response:

@@ -101,6 +101,9 @@ class InboundHandler:
         config = self._settings.sms_config(message.config_id)
         if config is None:
             raise PermanentError(f"unknown SMS configuration '{message.config_id}'", code="unknown_config")
+        if await self._ledger.inbound_seen(message.mdr_id):
+            log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
+            return
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
         deliveries = deliveries_for(message, chosen.extensions)
         for delivery in deliveries:
@@ -110,6 +113,9 @@ class InboundHandler:
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
                                            encoder.encode(reply), message_id=reply.event_id)
+        # Recorded only once the deliveries are published: a failure before this point must leave
+        # the next copy welcome. Two copies racing here are stopped by the delivery claims.
+        await self._ledger.record_inbound(message)
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
                  keyword=deliveries[0].keyword, media=len(message.media))
 
