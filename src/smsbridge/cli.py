@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(cli_ledger.run_db(settings, args))
     if args.command == "messages":
         return asyncio.run(cli_ledger.run_messages(settings, args))
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, cache=True)
     return asyncio.run(serve(settings, args.role or ROLES, sandbox=args.sandbox))
 
 

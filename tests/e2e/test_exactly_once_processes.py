@@ -21,6 +21,7 @@ from smsbridge.sandbox.pbx import FakePbx
 from tests.support import processes
 from tests.support.fixtures import raw_payload
 from tests.support.ledger import BACKENDS, ledger_location
+from tests.support.processes import logged
 from tests.support.settings import free_port
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +103,7 @@ async def test_killed_after_flowroute_accepted_but_before_the_ack_sends_once(
         (accepted,) = await watch(statuses, "crash-1", until=frozenset({"accepted"}), timeout=20)
         assert len(flowroute.messages) == 1
         assert accepted.mdr_id == next(iter(flowroute.messages))
-        assert '"found": true' in (tmp_path / "second.log").read_text()  # it looked before sending
+        assert logged((tmp_path / "second.log").read_text(), found=True)  # it looked before sending
     finally:
         assert await processes.stop(second) == 0
 

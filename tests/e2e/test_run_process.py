@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.fixtures import raw_payload
+from tests.support.processes import logged
 
 pytestmark = pytest.mark.e2e
 
@@ -124,7 +125,7 @@ async def test_webhooks_in_fake_pbx_out_then_clean_sigterm(
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 30) == 0
     log = log_path.read_text()
-    assert '"event": "bridge stopped"' in log
+    assert logged(log, event="bridge stopped")
     # secrets and PII never reach the log
     for secret in (TOKEN, "sk-e2e-secret", "Bearer e2e", "Greetings on Friday evening!", "12065550199"):
         assert secret not in log

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from tests.support.processes import logged
 from tests.support.settings import free_port
 
 pytestmark = pytest.mark.e2e
@@ -46,7 +47,7 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
                                                       str(config), "--sandbox", env=env, stdout=out, stderr=out)
     try:
         for _ in range(100):
-            if '"bridge started"' in log.read_text():
+            if logged(log.read_text(), event="bridge started"):
                 break
             await asyncio.sleep(0.1)
         code, out = await cli("send", "-c", str(config), "--tenant", "acme", "--from-ext", "101",
@@ -59,10 +60,10 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
                               "--body", "question about my invoice", env=env)
         assert code == 0 and out.startswith("200 "), out
         for _ in range(50):
-            if '"PBX received a text"' in log.read_text():
+            if logged(log.read_text(), event="PBX received a text"):
                 break
             await asyncio.sleep(0.1)
-        assert '"extension": "201"' in log.read_text()
+        assert logged(log.read_text(), event="PBX received a text", extension="201"), log.read_text()
     finally:
         bridge.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(bridge.wait(), 30) == 0, log.read_text()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -91,7 +93,7 @@ async def start(config: Path, log: Path, *roles: str) -> asyncio.subprocess.Proc
 
 
 async def wait_ready(proc: asyncio.subprocess.Process, log: Path, *, url: str | None = None,
-                     marker: str = '"bridge started"', timeout: float = 20.0) -> None:
+                     marker: str = "bridge started", timeout: float = 20.0) -> None:
     """Until `url` answers 200 (a receiver's /readyz) or the log shows `marker`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -99,7 +101,7 @@ async def wait_ready(proc: asyncio.subprocess.Process, log: Path, *, url: str | 
         while loop.time() < deadline:
             if proc.returncode is not None:
                 pytest.fail(f"smsbridge exited with {proc.returncode}:\n{log.read_text()}")
-            if url is None and marker in log.read_text():
+            if url is None and logged(log.read_text(), event=marker):
                 return
             if url is not None:
                 try:
@@ -122,3 +124,21 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
             await proc.wait()
     assert proc.returncode is not None
     return proc.returncode
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process (other lines, e.g. a traceback, are skipped)."""
+    events = []
+    for line in text.splitlines():
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            events.append(parsed)
+    return events
+
+
+def logged(text: str, **fields: Any) -> bool:
+    """Did some log line carry all these fields with these values?"""
+    return any(all(event.get(k) == v for k, v in fields.items()) for event in log_events(text))

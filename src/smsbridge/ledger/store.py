@@ -4,6 +4,7 @@ caller talks to the network (the lease on a delivery is a row, not a lock)."""
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,7 +97,9 @@ class Ledger:
         if target.drivername.startswith("sqlite"):
             if target.database and target.database != ":memory:":
                 Path(target.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(target)
+            # One connection per process: SQLite has one writer at a time, and writers that queue in
+            # SQLite's busy handler sleep for milliseconds, while queueing here costs microseconds.
+            engine = create_async_engine(target, pool_size=1, max_overflow=0)
             sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         else:
             args = {"server_settings": {"search_path": schema_name}} if schema_name else {}
@@ -314,9 +317,27 @@ class Ledger:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "busy_timeout=10000", "foreign_keys=ON", "synchronous=NORMAL"):
+    cursor.execute("PRAGMA busy_timeout=10000")  # first: everything after may wait for a lock
+    _use_wal(cursor)
+    for pragma in ("foreign_keys=ON", "synchronous=NORMAL"):
         cursor.execute(f"PRAGMA {pragma}")
     cursor.close()
+
+
+def _use_wal(cursor: Any, attempts: int = 100) -> None:
+    """WAL is a property of the file: set once, by whichever process gets there first. Switching
+    needs an exclusive lock that SQLite does not wait for, so processes starting together on a new
+    file retry here (seen in the benchmarks: two workers started at once, one died "locked")."""
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode")
+            if str(cursor.fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, wrapped by SQLAlchemy's adapter
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)  # runs on the driver's own thread, not the event loop
 
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:
