@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= deploy/sample.toml
 
-.PHONY: run test unit lint typecheck check-config clean
+.PHONY: run test unit lint typecheck check-config bench bench-memory clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,15 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
+
+## bench: every benchmark beside its reference on the real RabbitMQ; table + bench/results/latest.json
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+## bench-memory: the memory benchmark alone, 100,000 messages through every role (about 30 min)
+bench-memory: $(STAMP)
+	$(BIN)/python bench/run.py --only memory --memory-messages 100000
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -1,0 +1,243 @@
+"""Processes, sinks and measurements shared by the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import msgspec
+from aiohttp import web
+
+from smsbridge.broker import names
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {"BENCH_AK": "AK-bench", "BENCH_SK": "SK-bench", "BENCH_TOKEN": "bench-token-0123456789abcdefghij"}
+
+CONFIG = """
+drain_timeout_s = 10
+[broker]
+urls = ["{amqp}"]
+prefix = "{prefix}"
+prefetch = {prefetch}
+[receiver]
+port = {port}
+public_url = "http://127.0.0.1:{port}"
+[observability]
+port = 0
+[ledger]
+url = "{ledger}"
+[logging]
+level = "info"   # production default: the per-message log lines are part of the cost
+[flowroute]
+api_base = "{api_base}"
+request_dlrs = false
+[[sms_configs]]
+id = "main"
+tenant = "acme"
+account = "bench"
+access_key = {{ env = "BENCH_AK" }}
+secret_key = {{ env = "BENCH_SK" }}
+webhook_token = {{ env = "BENCH_TOKEN" }}
+dids = ["+12065550100"]
+sms_per_second = {sms_rate}
+mms_per_second = 1
+[[inbound_rules]]
+config = "main"
+extensions = ["101"]
+[[outbound_rules]]
+config = "main"
+extensions = ["*"]
+[[pbx_targets]]
+kind = "http"
+tenant = "acme"
+url = "{pbx_url}"
+timeout_s = 10
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Env:
+    amqp: str
+    workdir: Path
+    prefix: str = field(default_factory=lambda: f"bench-{os.urandom(4).hex()}")
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    extra_queues: list[str] = field(default_factory=list)
+
+    def extra_queue(self, name: str) -> str:
+        """A queue outside the topology (the references'), deleted with it at the end."""
+        queue = f"{self.prefix}.{name}"
+        self.extra_queues.append(queue)
+        return queue
+
+    @property
+    def ledger_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'ledger.db'}"
+
+    def config(self, name: str, *, port: int = 0, api_base: str = "http://127.0.0.1:9", pbx_url: str =
+               "http://127.0.0.1:9/none", sms_rate: int = 5, prefetch: int = 64) -> Path:
+        path = self.workdir / f"{name}.toml"
+        path.write_text(CONFIG.format(amqp=self.amqp, prefix=self.prefix, port=port or free_port(),
+                                      ledger=self.ledger_url, api_base=api_base, pbx_url=pbx_url,
+                                      sms_rate=sms_rate, prefetch=prefetch))
+        return path
+
+    async def bridge(self, config: Path, *roles: str, name: str) -> asyncio.subprocess.Process:
+        log = self.workdir / f"{name}.log"
+        args = [a for role in roles for a in ("--role", role)]
+        with log.open("ab") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "smsbridge", "run", "--config", str(config), *args,
+                env={**os.environ, **ENV, "PYTHONPATH": str(ROOT / "src")}, stdout=out, stderr=out)
+        self.processes.append(proc)
+        for _ in range(300):
+            if proc.returncode is not None:
+                raise RuntimeError(f"{name} exited: {log.read_text()[-2000:]}")
+            if '"bridge started"' in log.read_text():
+                return proc
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+
+    async def fresh_ledger(self) -> None:
+        """Each benchmark starts from an empty ledger, so one's rows do not slow the next."""
+        for suffix in ("", "-wal", "-shm"):
+            (self.workdir / f"ledger.db{suffix}").unlink(missing_ok=True)
+
+    async def script(self, *args: str) -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "reference.py"), *args,
+                                                    stdout=asyncio.subprocess.PIPE)
+        self.processes.append(proc)
+        assert proc.stdout is not None
+        await asyncio.wait_for(proc.stdout.readline(), 20)
+        return proc
+
+    async def stop(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def stop_all(self) -> None:
+        for proc in self.processes:
+            await self.stop(proc)
+        self.processes.clear()
+
+
+class PbxSink:
+    """Counts deliveries and their end-to-end latency (webhook arrival → here)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.latencies: list[float] = []
+        self.first_at: float | None = None
+        self.last_at = 0.0
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _take(self, request: web.Request) -> web.Response:
+        body = msgspec.json.decode(await request.read())
+        received = msgspec.convert(body["received_at"], type=datetime)
+        self.latencies.append(time.time() - received.timestamp())
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        self.last_at = time.monotonic()
+        self.count += 1
+        return web.Response(text="ok")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/pbx", self._take)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/pbx"
+
+    def reset(self) -> None:
+        self.count = 0
+        self.latencies = []
+        self.first_at = None
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(step)
+    return bool(predicate())
+
+
+async def queue_depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
+    # The robust channel caches passive declares; ask the underlying channel for a live count.
+    underlying = await channel.get_underlay_channel()
+    return int((await underlying.queue_declare(queue, passive=True)).message_count or 0)
+
+
+async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes],
+                  batch: int = 500) -> int:
+    """Publish straight into a stage queue (confirmed, in batches), as the previous stage would."""
+    headers = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(time.time() * 1000)}
+    exchange = channel.default_exchange
+    pending: list[Any] = []
+    count = 0
+    for body in bodies:
+        message = aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                   content_type="application/json")
+        pending.append(exchange.publish(message, routing_key=queue))
+        count += 1
+        if len(pending) >= batch:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+    return count
+
+
+async def wait_for_depth(channel: aio_pika.abc.AbstractChannel, queue: str, count: int, timeout: float) -> bool:
+    """Wait until `queue` holds at least `count` ready messages (a stage's output, nobody consuming)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await queue_depth(channel, queue) >= count:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def purge(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
+    await (await channel.get_underlay_channel()).queue_purge(queue)

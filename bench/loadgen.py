@@ -1,0 +1,84 @@
+"""A webhook load generator, run in its own process so it does not share the bridge's core.
+
+Open loop (a fixed offered rate) or closed loop (`rate=None`: as fast as `connections` allow).
+Every request carries a new Flowroute id, so a receiver cannot answer from its duplicate path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+TEMPLATE = ('{"data":{"attributes":{"amount_display":"$0.0070","amount_nanodollars":"7000000",'
+            '"body":"Greetings on Friday evening! This is a benchmark text.","direction":"inbound",'
+            '"from":"1206555%04d","is_mms":false,"message_encoding":0,"message_type":"longcode",'
+            '"status":"delivered","timestamp":"2024-10-19T01:21:21.980000Z","to":"12065550100"},'
+            '"type":"message","id":"mdr2-bench%027d"}}')
+
+
+def payload(n: int, offset: int) -> bytes:
+    return (TEMPLATE % ((n % 9000) + 1000, offset + n)).encode()
+
+
+@dataclass
+class Result:
+    sent: int
+    ok: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+
+async def _run(url: str, duration: float, rate: float | None, connections: int, offset: int,
+               total: int | None) -> Result:
+    latencies: list[float] = []
+    issued = errors = 0
+    limit = total if total is not None else 2**62
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    started = time.perf_counter()
+    deadline = started + duration
+
+    def more() -> bool:
+        return time.perf_counter() < deadline and issued < limit
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal errors, issued
+        n, issued = issued, issued + 1
+        t0 = time.perf_counter()
+        try:
+            async with session.post(url, data=payload(n, offset),
+                                    headers={"Content-Type": "application/json"}) as response:
+                await response.read()
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+        except aiohttp.ClientError:
+            errors += 1
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        if rate is None:
+            async def worker() -> None:
+                while more():
+                    await one(session)
+            await asyncio.gather(*(worker() for _ in range(connections)))
+        else:
+            tasks: set[asyncio.Task[None]] = set()
+            interval, next_at = 1.0 / rate, started
+            while more():
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+                task = asyncio.create_task(one(session))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                next_at += interval
+            await asyncio.gather(*tasks)
+    return Result(issued, len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+def run(url: str, duration: float, rate: float | None, connections: int, offset: int,
+        total: int | None = None) -> Result:
+    """Entry point for a `multiprocessing` child. Stops at `duration` s or `total` requests."""
+    return asyncio.run(_run(url, duration, rate, connections, offset, total))

@@ -1,0 +1,129 @@
+"""`make bench`: every benchmark, each beside a minimal reference in the same run.
+
+Prints a table (figure, value, reference, ratio, target) and writes bench/results/latest.json
+(`--quick`: bench/results/quick.json). `--quick` runs each on a tiny load; the test suite uses it
+to check that every benchmark runs and prints its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import aio_pika
+import aiormq
+
+import bench_dispatch
+import bench_inbound
+import bench_memory
+import bench_receiver
+import bench_scaling
+from harness import Env
+from pool import Pool
+from report import HEADER, ROWS
+from smsbridge.broker import topology
+
+BENCHES = ("receiver", "inbound", "dispatch", "scaling", "memory")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much load each benchmark gets: the full run, or a tiny one that only proves it works."""
+
+    receiver_seconds: float
+    receiver_rounds: int
+    inbound_rates: tuple[int, ...]
+    inbound_seconds: float
+    inbound_max_messages: int
+    dispatch_messages: int
+    dispatch_limited_seconds: float
+    dispatch_processes: tuple[int, ...]
+    scaling_messages: int
+    scaling_processes: tuple[int, ...]
+    memory_receiver_messages: int
+    memory_worker_messages: int
+
+
+FULL = Sizes(receiver_seconds=5, receiver_rounds=2, inbound_rates=(100, 500, 1000), inbound_seconds=3,
+             inbound_max_messages=1500, dispatch_messages=2000, dispatch_limited_seconds=30,
+             dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
+             memory_receiver_messages=100_000, memory_worker_messages=10_000)
+QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 1000), inbound_seconds=0.3,
+              inbound_max_messages=100, dispatch_messages=30, dispatch_limited_seconds=1,
+              dispatch_processes=(1, 2, 3), scaling_messages=600, scaling_processes=(1, 2, 4),
+              memory_receiver_messages=300, memory_worker_messages=300)
+
+
+async def main(args: argparse.Namespace) -> int:
+    sizes = QUICK if args.quick else FULL
+    if args.memory_messages:
+        sizes = replace(sizes, memory_receiver_messages=args.memory_messages,
+                        memory_worker_messages=args.memory_messages)
+    wanted = args.only or list(BENCHES)
+    env = Env(amqp=args.amqp, workdir=Path(tempfile.mkdtemp(prefix="smsbridge-bench-")))
+    print(f"smsbridge benchmarks on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})"
+          f"{' [quick]' if args.quick else ''}", flush=True)
+    print(HEADER, flush=True)
+    connection = await aio_pika.connect_robust(args.amqp)
+    channel = await connection.channel()
+    accounts = ["bench"]
+    await topology.declare(channel, env.prefix, delivery_limit=20, accounts=accounts)
+    pool = Pool()
+    started = time.monotonic()
+    try:
+        if "receiver" in wanted:
+            await bench_receiver.run(env, pool, channel, seconds=sizes.receiver_seconds, rounds=sizes.receiver_rounds)
+        if "inbound" in wanted:
+            await bench_inbound.run(env, pool, channel, rates=sizes.inbound_rates, seconds=sizes.inbound_seconds,
+                                    max_messages=sizes.inbound_max_messages)
+        if "dispatch" in wanted:
+            await bench_dispatch.run(env, channel, messages=sizes.dispatch_messages,
+                                     limited_seconds=sizes.dispatch_limited_seconds,
+                                     processes=sizes.dispatch_processes)
+        if "scaling" in wanted:
+            await bench_scaling.run(env, channel, messages=sizes.scaling_messages, counts=sizes.scaling_processes)
+        if "memory" in wanted:
+            await bench_memory.run(env, pool, channel, receiver_messages=sizes.memory_receiver_messages,
+                                   worker_messages=sizes.memory_worker_messages)
+    finally:
+        await env.stop_all()
+        pool.close()
+        await topology.delete(channel, env.prefix, accounts=accounts)
+        for queue in env.extra_queues:
+            try:
+                await channel.queue_delete(queue)
+            except aiormq.exceptions.AMQPError:
+                pass
+        await connection.close()
+    elapsed = time.monotonic() - started
+    print(f"done in {elapsed:.0f} s", flush=True)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    report = {"machine": platform.node(), "cores": os.cpu_count(), "python": platform.python_version(),
+              "quick": args.quick, "when": datetime.now(UTC).isoformat(timespec="seconds"),
+              "seconds": round(elapsed), "rows": ROWS}
+    (results / ("quick.json" if args.quick else "latest.json")).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny loads: check that everything runs")
+    parser.add_argument("--amqp", default=os.environ.get("SMSBRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1/"))
+    parser.add_argument("--only", action="append", choices=BENCHES, help="run only these (repeatable)")
+    parser.add_argument("--memory-messages", type=int, help="messages per role for the memory benchmark")
+    parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"),
+                        help="where the JSON goes (default: bench/results)")
+    raise SystemExit(asyncio.run(main(parser.parse_args())))

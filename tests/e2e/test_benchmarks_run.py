@@ -1,0 +1,56 @@
+"""The benchmarks are not timed tests: this only checks that `bench/run.py --quick` runs every
+benchmark on a tiny load against the real broker and prints every figure with a number."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Every figure issue 6 asks for, by the start of its label ("…" stands for a count in the label).
+EXPECTED = {
+    "receiver": ["webhooks/s", "p50 latency", "p99 latency", "non-200 answers"],
+    "inbound": [f"{label}: {figure}" for label in ("100/s offered", "500/s offered", "1000/s offered", "max (…)")
+                for figure in ("delivered/s", "p50 latency", "p99 latency", "lost")],
+    "dispatch": ["limits off: sent/s", "limits off: accepted"]
+    + [f"5/s, {n} dispatcher{'s' if n > 1 else ''}: {figure}" for n in (1, 2, 3)
+       for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s")],
+    "scaling": ["inbound stage, 1 process", "inbound stage, 2 processes", "inbound stage, 4 processes"],
+    "memory": [f"{role}: RSS after" for role in ("receiver", "inbound", "delivery", "outbound", "dispatcher")],
+}
+
+
+def _matches(rows: list[dict[str, object]], bench: str, prefix: str) -> list[dict[str, object]]:
+    pattern = re.compile(".*?".join(re.escape(part) for part in prefix.split("…")))
+    return [r for r in rows if r["bench"] == bench and pattern.match(str(r["figure"]))]
+
+
+def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--amqp", amqp_url, "--results", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "quick.json").read_text())
+    rows = report["rows"]
+    for bench, figures in EXPECTED.items():
+        for figure in figures:
+            found = _matches(rows, bench, figure)
+            assert len(found) == 1, f"{bench} / {figure}: {found}"
+            value = found[0]["value"]
+            assert isinstance(value, int | float) and math.isfinite(value), found[0]
+            assert str(found[0]["figure"]) in done.stdout  # printed in the table, not only in the JSON
+    # a reference beside the real figure wherever the issue asks for a ratio
+    for bench, figure in [("receiver", "webhooks/s"), ("receiver", "p99 latency"), ("dispatch", "limits off: sent/s"),
+                          ("inbound", "max (…): delivered/s")]:
+        (found,) = _matches(rows, bench, figure)
+        assert found["reference"] is not None and found["ratio"] is not None, found
+    # the tiny load still has to be correct: nothing lost, no 429 under the limiter
+    for found in rows:
+        if "lost" in str(found["figure"]) or "429" in str(found["figure"]):
+            assert found["value"] == 0, found
