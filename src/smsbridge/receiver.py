@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
+from structlog.typing import FilteringBoundLogger
 
 from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
@@ -34,7 +35,6 @@ from smsbridge.secret import Secret
 from smsbridge.webkeys import LEDGER, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
 
 log = structlog.get_logger("smsbridge.receiver")
-Logger = Any  # a structlog bound logger
 
 
 # Compared against when the configuration id is unknown, so both 404s take the same time.
@@ -103,7 +103,7 @@ async def webhook(request: web.Request) -> web.Response:
     return response
 
 
-async def _accept(request: web.Request, config: SmsConfig, rlog: Logger) -> web.Response:
+async def _accept(request: web.Request, config: SmsConfig, rlog: FilteringBoundLogger) -> web.Response:
     settings = request.app[SETTINGS]
     allowed = settings.receiver.allowed_source_ips
     if allowed and request.remote not in allowed:
@@ -130,7 +130,8 @@ async def _accept(request: web.Request, config: SmsConfig, rlog: Logger) -> web.
     return await _publish(request, event, rlog)
 
 
-async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt, rlog: Logger) -> web.Response:
+async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt,
+                   rlog: FilteringBoundLogger) -> web.Response:
     settings, publisher = request.app[SETTINGS], request.app[PUBLISHER]
     kind = "dlr" if isinstance(event, DeliveryReceipt) else ("mms" if event.is_mms else "sms")
     ids = {"mdr_id": event.mdr_id, "event_id": event.event_id, "kind": kind}
@@ -145,7 +146,7 @@ async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt
 
 
 async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str, code: str,
-                rlog: Logger) -> web.Response:
+                rlog: FilteringBoundLogger) -> web.Response:
     """Valid JSON we cannot process: keep it in the dead-letter queue, say so, answer 200."""
     settings, publisher, metrics = request.app[SETTINGS], request.app[PUBLISHER], request.app[METRICS]
     extra: dict[str, Any] = {names.H_CONFIG: config.id, names.H_ROUTING_KEY: "receiver"}
