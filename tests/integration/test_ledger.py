@@ -157,3 +157,39 @@ async def test_prune_forgets_old_rows_only(ledger: Ledger) -> None:
     assert await ledger.prune(timedelta(days=30)) == 1
     assert await ledger.find("mdr2-old") is None and await ledger.find("mdr2-new") is not None
     assert await ledger.claim_dlr("old-key", "mdr2-old")  # forgotten too
+
+
+async def test_dispatcher_finds_or_records_its_request(ledger: Ledger) -> None:
+    row = await ledger.ensure_request(dispatch("c-9"))  # absent (pruned, say): recorded now
+    assert (row.client_message_id, row.state, row.dispatch_state) == ("c-9", "queued", "queued")
+    await ledger.mark_sending(row.id)
+    again = await ledger.ensure_request(dispatch("c-9"))
+    assert again.id == row.id and again.dispatch_state == "sending"  # present: left as it is
+    assert [h.state for h in await ledger.history(row.id)] == ["queued"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_racing_processes_get_one_claim_each(backend: str, tmp_path: Path) -> None:
+    """Four ledgers (four connections, as four processes would have) claim the same deliveries at
+    once: each delivery goes to exactly one of them, first as a new claim, then as a lease taken
+    over after it ran out (the read-then-write path)."""
+    async with ledger_location(backend, tmp_path) as (url, schema):
+        ledgers = [Ledger.open(url, schema_name=schema) for _ in range(4)]
+        await ledgers[0].upgrade()
+        clock = Clock()
+        for ledger in ledgers:
+            ledger._now = clock  # type: ignore[method-assign]
+        keys = [f"mdr2-race-{n}" for n in range(15)]
+
+        async def race() -> list[int]:
+            claims = await asyncio.gather(*(ledger.claim_delivery(key, "101", lease_s=30)
+                                            for key in keys for ledger in ledgers))
+            return [sum(c is Claim.NEW for c in claims[i * 4:(i + 1) * 4]) for i in range(len(keys))]
+
+        try:
+            assert await race() == [1] * len(keys)
+            clock.now += timedelta(seconds=31)  # every holder died
+            assert await race() == [1] * len(keys)
+        finally:
+            for ledger in ledgers:
+                await ledger.close()

@@ -1,7 +1,8 @@
 """The ledger: what must outlive a message (dedupe, idempotency, correlation, history).
 
 SQLite (one host, WAL) or PostgreSQL (several hosts), one schema, the same code: SQLAlchemy
-Core expressions, never SQL strings.
+Core expressions, never SQL strings. `store` is what workers call, `ops` the transactions,
+`runner` how they reach the database, `schema` the tables and migrations.
 """
 
 from smsbridge.ledger.store import Claim, Ledger, MessageRow, StatusRow, open_from_settings

@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 metadata = sa.MetaData()
 When = sa.DateTime(timezone=True)
@@ -105,29 +104,29 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
 LATEST = MIGRATIONS[-1][0]
 
 
-async def upgrade(connection: AsyncConnection) -> list[int]:
-    """Apply missing migrations; return the versions applied. Call inside a transaction."""
+def upgrade(connection: sa.Connection) -> list[int]:
+    """Apply missing migrations; return the versions applied. Call inside a (write) transaction:
+    on SQLite, BEGIN IMMEDIATE makes upgraders take turns; on PostgreSQL, an advisory lock does."""
     if connection.dialect.name == "postgresql":
         # one upgrader at a time across processes; released at commit
-        await connection.execute(sa.select(sa.func.pg_advisory_xact_lock(727_001)))
-    await connection.run_sync(lambda c: _create(c, schema_versions))
-    done = set((await connection.execute(sa.select(schema_versions.c.version))).scalars())
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(727_001)))
+    _create(connection, schema_versions)
+    done = set(connection.execute(sa.select(schema_versions.c.version)).scalars())
     insert = pg_insert if connection.dialect.name == "postgresql" else sqlite_insert
     applied = []
     for version, name, migrate in MIGRATIONS:
         if version in done:
             continue
-        await connection.run_sync(migrate)
-        recorded = await connection.execute(insert(schema_versions).values(
+        migrate(connection)
+        recorded = connection.execute(insert(schema_versions).values(
             version=version, name=name, applied_at=datetime.now(UTC)).on_conflict_do_nothing())
         if recorded.rowcount == 1:
             applied.append(version)
     return applied
 
 
-async def current_version(connection: AsyncConnection) -> int:
-    exists = await connection.run_sync(lambda c: sa.inspect(c).has_table(schema_versions.name))
-    if not exists:
+def current_version(connection: sa.Connection) -> int:
+    if not sa.inspect(connection).has_table(schema_versions.name):
         return 0
-    value = (await connection.execute(sa.select(sa.func.max(schema_versions.c.version)))).scalar()
+    value = connection.execute(sa.select(sa.func.max(schema_versions.c.version))).scalar()
     return int(value or 0)

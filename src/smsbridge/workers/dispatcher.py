@@ -76,19 +76,11 @@ class DispatchHandler:
             self._warm.add(config.account_name)
         return limiter
 
-    async def _row(self, request: DispatchRequest) -> MessageRow:
-        row = await self._ledger.outbound(request.tenant, request.client_message_id)
-        if row is None:  # recorded by the outbound worker; absent only if pruned or written elsewhere
-            await self._ledger.record_request(request)
-            row = await self._ledger.outbound(request.tenant, request.client_message_id)
-        assert row is not None
-        return row
-
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
         self._metrics.dispatcher_active.labels(config.account_name).set(1)
-        row = await self._row(request)
+        row = await self._ledger.ensure_request(request)  # recorded by the outbound worker
         if row.dispatch_state == "done":
             log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
             await publish_status(self._publisher, self._prefix, current_status(row))

@@ -1,0 +1,268 @@
+"""The ledger's transactions, each a plain function over a connection.
+
+A runner (`ledger/runner.py`) calls one of these inside one transaction, so a transaction costs
+one trip to the database thread (SQLite) or one greenlet switch per statement (PostgreSQL), not
+one per statement and per begin and commit. Statements are built once, here, and executed with
+parameters: SQLAlchemy then finds their compiled form without building a new expression per call.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from smsbridge.events import DispatchRequest, InboundMessage
+from smsbridge.ledger.schema import deliveries, dlrs_seen, messages, status_history
+
+# Later states never give way to earlier ones (DLRs can arrive out of order).
+STATE_RANK = {"queued": 0, "received": 0, "accepted": 1, "sent": 2, "buffered": 3, "delivered": 4, "failed": 4}
+FINAL = ("delivered", "failed")
+
+
+class Claim(enum.Enum):
+    NEW = "new"  # yours: go ahead
+    DONE = "done"  # already delivered: skip
+    BUSY = "busy"  # another worker holds a live lease: try later
+
+
+class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    direction: str
+    tenant: str
+    config_id: str
+    client_message_id: str | None
+    mdr_id: str | None
+    from_number: str
+    to_number: str
+    from_extension: str | None
+    body: str
+    is_mms: bool
+    segments: int | None
+    state: str
+    reason_code: str | None
+    reason: str | None
+    dispatch_state: str | None
+    send_started_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class StatusRow(msgspec.Struct, frozen=True, kw_only=True):
+    state: str
+    reason_code: str | None
+    reason: str | None
+    dlr_level: int | None
+    dlr_code: int | None
+    at: datetime
+
+
+def utc(value: datetime | None) -> datetime | None:
+    # SQLite hands datetimes back naive; they were written as UTC.
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+def message_row(mapping: Any) -> MessageRow:
+    data = dict(mapping)
+    for key in ("send_started_at", "created_at", "updated_at"):
+        data[key] = utc(data[key])
+    return MessageRow(**data)
+
+
+def _insert_or_skip(table: sa.Table, *returning: sa.Column[Any]) -> dict[str, Any]:
+    """INSERT … ON CONFLICT DO NOTHING, one per dialect (the clause is dialect-specific)."""
+    built = {}
+    for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert)):
+        statement = insert(table).on_conflict_do_nothing()
+        built[dialect] = statement.returning(*returning) if returning else statement
+    return built
+
+
+_p = sa.bindparam
+_NEW_MESSAGE = _insert_or_skip(messages, messages.c.id)
+_NEW_CLAIM = _insert_or_skip(deliveries)
+_NEW_DLR = _insert_or_skip(dlrs_seen)
+_ADD_HISTORY = sa.insert(status_history)
+_ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))
+_ROW_BY_MDR = sa.select(messages).where(messages.c.mdr_id == _p("mdr_id"))
+_ROW_BY_CLIENT_ID = sa.select(messages).where(
+    (messages.c.tenant == _p("tenant")) & (messages.c.client_message_id == _p("client_message_id")))
+# Keys in WHERE are named apart from the columns: an UPDATE's parameters named like a column are SET.
+_CLAIM_KEY = (deliveries.c.mdr_id == _p("key_mdr_id")) & (deliveries.c.extension == _p("key_extension"))
+_CLAIM = sa.select(deliveries.c.state, deliveries.c.lease_until).where(_CLAIM_KEY)
+_TAKE_OVER = (sa.update(deliveries).where(_CLAIM_KEY & (deliveries.c.lease_until == _p("old_lease")))
+              .values(lease_until=_p("lease"), updated_at=_p("now")))
+_DELIVERED = sa.update(deliveries).where(_CLAIM_KEY).values(state="delivered", updated_at=_p("now"))
+_RELEASE = sa.delete(deliveries).where(_CLAIM_KEY & (deliveries.c.state == "delivering"))
+_UPDATE_MESSAGE = sa.update(messages).where(messages.c.id == _p("message_id"))
+_SENDING = _UPDATE_MESSAGE.values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
+_REQUEUED = _UPDATE_MESSAGE.values(dispatch_state="queued", reason=_p("new_reason"), updated_at=_p("now"))
+_ACCEPTED = _UPDATE_MESSAGE.values(dispatch_state="done", mdr_id=_p("new_mdr_id"), segments=_p("new_segments"),
+                                   reason=None, updated_at=_p("now"))
+_DONE = _UPDATE_MESSAGE.values(dispatch_state="done", updated_at=_p("now"))
+_MOVE_STATE = _UPDATE_MESSAGE.where(messages.c.state.in_(_p("movable", expanding=True))).values(
+    state=_p("new_state"), reason_code=_p("new_reason_code"),
+    reason=sa.func.coalesce(_p("new_reason", type_=sa.Text), messages.c.reason), updated_at=_p("now"))
+_UNCLAIM_DLR = sa.delete(dlrs_seen).where(dlrs_seen.c.dedupe_key == _p("dedupe_key"))
+
+
+# ----- inbound ------------------------------------------------------------------------------------
+def inbound_seen(c: sa.Connection, mdr_id: str) -> bool:
+    return c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).first() is not None
+
+
+def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bool:
+    message_id = c.execute(_NEW_MESSAGE[c.dialect.name], {
+        "direction": "inbound", "tenant": event.tenant, "config_id": event.config_id, "mdr_id": event.mdr_id,
+        "from_number": event.from_, "to_number": event.to, "body": event.body, "is_mms": event.is_mms,
+        "state": "received", "created_at": now, "updated_at": now,
+    }).scalar()
+    if message_id is None:
+        return False
+    _history(c, message_id, "received", now)
+    return True
+
+
+def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime, lease: datetime) -> Claim:
+    inserted = c.execute(_NEW_CLAIM[c.dialect.name], {"mdr_id": mdr_id, "extension": extension,
+                                                      "state": "delivering", "lease_until": lease, "updated_at": now})
+    if inserted.rowcount == 1:
+        return Claim.NEW
+    key = {"key_mdr_id": mdr_id, "key_extension": extension}
+    row = c.execute(_CLAIM, key).one()
+    if row.state == "delivered":
+        return Claim.DONE
+    if utc(row.lease_until) > now:  # type: ignore[operator]
+        return Claim.BUSY
+    taken = c.execute(_TAKE_OVER, {**key, "old_lease": row.lease_until, "lease": lease, "now": now})
+    return Claim.NEW if taken.rowcount == 1 else Claim.BUSY
+
+
+def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime) -> None:
+    c.execute(_DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now})
+    message_id = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+    if message_id is not None:
+        advance(c, message_id, "delivered", now, reason=f"delivered to extension {extension}")
+
+
+def release_delivery(c: sa.Connection, mdr_id: str, extension: str) -> None:
+    c.execute(_RELEASE, {"key_mdr_id": mdr_id, "key_extension": extension})
+
+
+# ----- outbound -----------------------------------------------------------------------------------
+def record_request(c: sa.Connection, request: DispatchRequest, now: datetime) -> bool:
+    message_id = c.execute(_NEW_MESSAGE[c.dialect.name], {
+        "direction": "outbound", "tenant": request.tenant, "config_id": request.config_id,
+        "client_message_id": request.client_message_id, "from_number": request.from_, "to_number": request.to,
+        "from_extension": request.from_extension, "body": request.body, "is_mms": request.is_mms,
+        "segments": request.segments, "state": "queued", "dispatch_state": "queued", "created_at": now,
+        "updated_at": now,
+    }).scalar()
+    if message_id is None:
+        return False
+    _history(c, message_id, "queued", now)
+    return True
+
+
+def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRow | None:
+    row = c.execute(_ROW_BY_CLIENT_ID, {"tenant": tenant, "client_message_id": client_message_id}).first()
+    return message_row(row._mapping) if row else None
+
+
+def ensure_request(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
+    """The request's row, recorded now if it is not there yet (pruned, or written elsewhere)."""
+    row = outbound(c, request.tenant, request.client_message_id)
+    if row is None:
+        record_request(c, request, now)
+        row = outbound(c, request.tenant, request.client_message_id)
+    assert row is not None
+    return row
+
+
+def mark_sending(c: sa.Connection, message_id: int, now: datetime) -> None:
+    c.execute(_SENDING, {"message_id": message_id, "now": now})
+
+
+def mark_queued(c: sa.Connection, message_id: int, reason: str, now: datetime) -> None:
+    c.execute(_REQUEUED, {"message_id": message_id, "new_reason": reason, "now": now})
+
+
+def record_accepted(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None,
+                    now: datetime) -> None:
+    c.execute(_ACCEPTED, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
+    advance(c, message_id, "accepted", now)
+
+
+def record_failed(c: sa.Connection, message_id: int, code: str, reason: str, now: datetime) -> None:
+    c.execute(_DONE, {"message_id": message_id, "now": now})
+    advance(c, message_id, "failed", now, code, reason)
+
+
+# ----- delivery receipts --------------------------------------------------------------------------
+def claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime) -> bool:
+    inserted = c.execute(_NEW_DLR[c.dialect.name], {"dedupe_key": dedupe_key[:255], "mdr_id": mdr_id,
+                                                    "seen_at": now})
+    return inserted.rowcount == 1
+
+
+def unclaim_dlr(c: sa.Connection, dedupe_key: str) -> None:
+    c.execute(_UNCLAIM_DLR, {"dedupe_key": dedupe_key[:255]})
+
+
+def record_dlr(c: sa.Connection, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
+               level: int | None, code: int | None, now: datetime) -> MessageRow | None:
+    row = c.execute(_ROW_BY_MDR, {"mdr_id": mdr_id}).first()
+    if row is None:
+        return None
+    advance(c, row.id, state, now, reason_code, reason, level, code)
+    return message_row(row._mapping)
+
+
+# ----- state --------------------------------------------------------------------------------------
+def _history(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
+             reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
+    c.execute(_ADD_HISTORY, {"message_id": message_id, "state": state, "reason_code": reason_code,
+                             "reason": reason, "dlr_level": level, "dlr_code": code, "at": now})
+
+
+def movable_from(state: str) -> list[str]:
+    """The current states that `state` may replace: not a final one, and none ranked above it."""
+    rank = STATE_RANK.get(state, 0)
+    return [current for current, r in STATE_RANK.items() if r <= rank and current not in FINAL]
+
+
+def advance(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
+            reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
+    """Add to the history; move the current state only forward (one guarded UPDATE, no read)."""
+    _history(c, message_id, state, now, reason_code, reason, level, code)
+    c.execute(_MOVE_STATE, {"message_id": message_id, "movable": movable_from(state), "new_state": state,
+                            "new_reason_code": reason_code, "new_reason": reason, "now": now})
+
+
+# ----- history ------------------------------------------------------------------------------------
+def message_rows(c: sa.Connection, query: sa.Select[Any]) -> list[MessageRow]:
+    return [message_row(row._mapping) for row in c.execute(query)]
+
+
+_HISTORY = (sa.select(status_history.c.state, status_history.c.reason_code, status_history.c.reason,
+                      status_history.c.dlr_level, status_history.c.dlr_code, status_history.c.at)
+            .where(status_history.c.message_id == _p("message_id")).order_by(status_history.c.id))
+
+
+def history(c: sa.Connection, message_id: int) -> list[StatusRow]:
+    return [StatusRow(**{**dict(row._mapping), "at": utc(row.at)})
+            for row in c.execute(_HISTORY, {"message_id": message_id})]
+
+
+def prune(c: sa.Connection, cutoff: datetime) -> int:
+    old = sa.select(messages.c.id).where(messages.c.updated_at < cutoff)
+    c.execute(sa.delete(status_history).where(status_history.c.message_id.in_(old)))
+    removed = c.execute(sa.delete(messages).where(messages.c.updated_at < cutoff))
+    c.execute(sa.delete(deliveries).where(deliveries.c.updated_at < cutoff))
+    c.execute(sa.delete(dlrs_seen).where(dlrs_seen.c.seen_at < cutoff))
+    return int(removed.rowcount or 0)
