@@ -18,8 +18,8 @@ import msgspec
 
 import workloads
 from harness import Env, preload, wait_until
-from report import row
-from smsbridge.broker import names
+from report import Row, row
+from smsbridge.broker import names, topology
 from smsbridge.events import encoder
 from smsbridge.flowroute.client import message_body
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -27,6 +27,7 @@ from smsbridge.ledger import Ledger
 
 KEYS = {"AK-bench": "SK-bench", "AK-reference": "SK-reference"}
 LIMIT = 5
+UNLIMITED_RATE = 1000  # SMS/s configured for the account when the simulator's limits are off
 
 
 def rate(simulator: FlowrouteSimulator, key: str) -> float:
@@ -55,7 +56,9 @@ async def _queue_requests(env: Env, channel: aio_pika.abc.AbstractChannel, count
 async def unlimited(env: Env, channel: aio_pika.abc.AbstractChannel, messages: int) -> None:
     simulator = FlowrouteSimulator(KEYS, sms_per_second=None, mms_per_second=None)
     await simulator.start()
-    prefetch = 2 * 200  # what the dispatcher takes for an account configured at 200 SMS/s
+    # Our own limiter is set far above what either side reaches here (it would otherwise be what
+    # is measured); the reference gets the same prefetch the dispatcher takes for that rate.
+    prefetch = 2 * UNLIMITED_RATE
     try:
         queue = env.extra_queue("reference-dispatch")
         auth = "Basic " + base64.b64encode(b"AK-reference:SK-reference").decode()
@@ -66,8 +69,8 @@ async def unlimited(env: Env, channel: aio_pika.abc.AbstractChannel, messages: i
         await env.stop(ref)
         await env.fresh_ledger()
         await _queue_requests(env, channel, messages)
-        real = await env.bridge(env.config("dispatch", api_base=simulator.url, sms_rate=200), "dispatcher",
-                                name="dispatch")
+        config = env.config("dispatch", api_base=simulator.url, sms_rate=UNLIMITED_RATE)
+        real = await env.bridge(config, "dispatcher", name="dispatch")
         await wait_until(lambda: accepted(simulator, "AK-bench") >= messages, timeout=120)
         await env.stop(real)
         row("dispatch", "limits off: sent/s", rate(simulator, "AK-bench"), rate(simulator, "AK-reference"),
@@ -79,12 +82,11 @@ async def unlimited(env: Env, channel: aio_pika.abc.AbstractChannel, messages: i
         await simulator.stop()
 
 
-async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: float, processes: int) -> None:
+async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: float, processes: int) -> list[Row]:
     simulator = FlowrouteSimulator(KEYS, sms_per_second=LIMIT, mms_per_second=1)
     await simulator.start()
     messages = int(LIMIT * seconds) + 1  # first to last attempt spans `seconds`
     try:
-        await env.fresh_ledger()
         await _queue_requests(env, channel, messages)
         config = env.config(f"dispatch-{processes}", api_base=simulator.url, sms_rate=LIMIT)
         procs = await asyncio.gather(*(env.bridge(config, "dispatcher", name=f"dispatch-{processes}-{i}")
@@ -94,12 +96,14 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
             await env.stop(proc)
         achieved = rate(simulator, "AK-bench")
         throttled = simulator.statuses().count(429)
+        most = simulator.max_in_window("AK-bench")
         label = f"5/s, {processes} dispatcher{'s' if processes > 1 else ''}"
-        row("dispatch", f"{label}: sent/s vs limit", achieved, LIMIT, unit="/s", target="ratio >= 0.95",
-            ok=achieved / LIMIT >= 0.95)
-        row("dispatch", f"{label}: 429 answers", throttled, None, target="0", ok=throttled == 0)
-        row("dispatch", f"{label}: max attempts in 1 s", simulator.max_in_window("AK-bench"), LIMIT,
-            target="<= 5", ok=simulator.max_in_window("AK-bench") <= LIMIT)
+        return [
+            Row("dispatch", f"{label}: sent/s vs limit", achieved, LIMIT, unit="/s", target="ratio >= 0.95",
+                ok=achieved / LIMIT >= 0.95),
+            Row("dispatch", f"{label}: 429 answers", throttled, None, target="0", ok=throttled == 0),
+            Row("dispatch", f"{label}: max attempts in 1 s", most, LIMIT, target="<= 5", ok=most <= LIMIT),
+        ]
     finally:
         await simulator.stop()
 
@@ -107,5 +111,19 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
 async def run(env: Env, channel: aio_pika.abc.AbstractChannel, *, messages: int, limited_seconds: float,
               processes: tuple[int, ...]) -> None:
     await unlimited(env, channel, messages)
-    for count in processes:
-        await limited(env, channel, limited_seconds, count)
+    # The 1-, 2- and 3-dispatcher runs go side by side, each with its own broker prefix, ledger and
+    # simulator, as three accounts would: 30 s once instead of three times. At 5/s each, they
+    # leave the cores idle enough not to disturb one another.
+    siblings = [env.sibling(f"dispatch-{count}") for count in processes]
+    for sibling in siblings:
+        await topology.declare(channel, sibling.prefix, delivery_limit=20, accounts=["bench"])
+    try:
+        results = await asyncio.gather(*(limited(sibling, channel, limited_seconds, count)
+                                         for sibling, count in zip(siblings, processes, strict=True)))
+    finally:
+        for sibling in siblings:
+            await sibling.stop_all()
+            await topology.delete(channel, sibling.prefix, accounts=["bench"])
+    for rows in results:
+        for figure in rows:
+            figure.print()

@@ -1,101 +1,82 @@
-"""5. Memory: the RSS of each role, alone in its process, before and after a run of messages.
+"""5. Memory: the RSS of each role, each alone in its own process, before and after a run of messages.
 
-"Before" is taken after a warm-up (a tenth of the run, at most 1,000 messages), once imports,
-connection pools and caches exist; "after" once the whole run is through. A role that keeps
-something per message grows; one that does not stays flat. Target: after within 10% of before.
+The five roles run at once, as two pipelines, so every role sees every message and the run
+uses both cores: webhooks from the load generator → receiver → inbound → delivery → fake PBX,
+and outbound requests (published as a PBX publishes them) → outbound → dispatcher → the
+Flowroute simulator with its limits off.
+
+The warm-up is fed as fast as possible, so every role fills its prefetch window once: what a
+full window of in-flight messages costs is then part of "before". The run itself is fed at a
+fixed rate at both ends (RATE), about what two cores sustain with every role running: fed as
+fast as possible, texts would only pile up in RabbitMQ in front of the slowest role, and the
+dispatcher's POSTs would queue in the simulator (it shares this event loop) past Flowroute's
+timeout. "Before" is taken after a warm-up (a tenth of the
+run, at most 2,000 messages through both pipelines), once imports, connection pools and caches
+exist; "after" once the whole run has come out at both ends. A role that keeps something per
+message grows; one that does not stays flat. Target: after within 10% of before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
 
 import aio_pika
 
 import workloads
-from harness import ENV, Env, PbxSink, free_port, preload, purge, rss_mb, wait_for_depth, wait_until
+from harness import ENV, Env, PbxSink, free_port, paced, preload, rss_mb, wait_until
 from pool import Pool
 from report import row
 from smsbridge.broker import names
-from smsbridge.events import encoder
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 
-Feed = Callable[[int], Awaitable[None]]  # send n more messages and wait until they are through
+ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
+UNLIMITED_RATE = 500  # SMS/s configured for the account (its prefetch is twice that)
+RATE = 350  # texts/s offered at each end during the run
+WARM_UP = 2 * 2 * UNLIMITED_RATE  # twice the largest prefetch window
 
 
-async def _measure(env: Env, role: str, config_name: str, messages: int, feed: Feed, **config: object) -> None:
-    proc = await env.bridge(env.config(config_name, **config), role, name=f"memory-{role}")  # type: ignore[arg-type]
-    try:
-        await feed(min(1000, max(1, messages // 10)))
-        before = rss_mb(proc.pid)
-        await feed(messages)
-        after = rss_mb(proc.pid)
-    finally:
-        await env.stop(proc)
-    row("memory", f"{role}: RSS after {messages:,} (before: ref)", after, before, unit="MB",
-        target="ratio <= 1.10", ok=after <= before * 1.10)
-
-
-async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, receiver_messages: int,
-              worker_messages: int) -> None:
-    prefix = env.prefix
+async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, messages: int) -> None:
     await env.fresh_ledger()
-
-    async def through_queue(queue: str, bodies: Callable[[int], object], output: str) -> Feed:
-        done = 0
-
-        async def feed(n: int) -> None:
-            nonlocal done
-            await preload(channel, queue, bodies(n))  # type: ignore[arg-type]
-            done += n
-            await wait_for_depth(channel, output, done, timeout=3600)
-        return feed
-
-    # receiver: webhooks from the load generator
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}"
-
-    async def webhooks(n: int) -> None:
-        await pool.load(url, 3600, None, 32, n)
-    await _measure(env, "receiver", "memory-receiver", receiver_messages, webhooks, port=port)
-    await purge(channel, names.stage_queue(prefix, "inbound"))
-
-    # inbound: preloaded texts → deliveries queue
-    feed = await through_queue(names.stage_queue(prefix, "inbound"), workloads.inbound_messages,
-                               names.stage_queue(prefix, "delivery"))
-    await _measure(env, "inbound", "memory-inbound", worker_messages, feed)
-    await purge(channel, names.stage_queue(prefix, "delivery"))
-
-    # delivery: preloaded deliveries → the fake PBX
     sink = PbxSink()
-    await sink.start()
-
-    async def deliveries(n: int) -> None:
-        target = sink.count + n
-        await preload(channel, names.stage_queue(prefix, "delivery"), workloads.deliveries(n))
-        await wait_until(lambda: sink.count >= target, timeout=3600, step=0.2)
-    try:
-        await _measure(env, "delivery", "memory-delivery", worker_messages, deliveries, pbx_url=sink.url)
-    finally:
-        await sink.stop()
-
-    # outbound: preloaded requests → the account's dispatch queue
-    dispatch_queue = names.stage_queue(prefix, names.dispatch_stage("bench"))
-    await purge(channel, dispatch_queue)
-    feed = await through_queue(names.stage_queue(prefix, "outbound"), workloads.outbound_requests, dispatch_queue)
-    await _measure(env, "outbound", "memory-outbound", worker_messages, feed)
-    await purge(channel, dispatch_queue)
-
-    # dispatcher: preloaded dispatch requests → the simulator, limits off
     simulator = FlowrouteSimulator({"AK-bench": "SK-bench"}, sms_per_second=None, mms_per_second=None)
+    await sink.start()
     await simulator.start()
-
-    async def dispatches(n: int) -> None:
-        target = len(simulator.requests) + n
-        await preload(channel, dispatch_queue,
-                      (encoder.encode(r) for r in workloads.dispatch_requests(n)))
-        await wait_until(lambda: len(simulator.requests) >= target, timeout=3600, step=0.2)
+    port = free_port()
+    webhook_url = f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}"
+    outbound_queue = names.stage_queue(env.prefix, "outbound")
+    procs: dict[str, asyncio.subprocess.Process] = {}
     try:
-        await _measure(env, "dispatcher", "memory-dispatcher", worker_messages, dispatches,
-                       api_base=simulator.url, sms_rate=200)
+        for role in ROLES:
+            config = env.config(f"memory-{role}", port=port if role == "receiver" else 0, pbx_url=sink.url,
+                                api_base=simulator.url, sms_rate=UNLIMITED_RATE)
+            procs[role] = await env.bridge(config, role, name=f"memory-{role}")
+
+        async def feed(n: int, rate: float | None) -> None:
+            """n texts in at both ends (None: as fast as they go); wait until all n came out at both ends."""
+            texts, sends = sink.count + n, len(simulator.requests) + n
+            requests = workloads.outbound_requests(n)
+            result, _ = await asyncio.gather(
+                pool.load(webhook_url, 3600, rate, 32, n),
+                paced(channel, outbound_queue, requests, rate) if rate else preload(channel, outbound_queue, requests))
+            if result.ok != n:
+                raise RuntimeError(f"the receiver accepted {result.ok} of {n} webhooks")
+            if not await wait_until(lambda: sink.count >= texts and len(simulator.requests) >= sends,
+                                    timeout=3600, step=0.2):
+                raise RuntimeError("the pipelines did not drain")
+
+        await feed(min(WARM_UP, max(1, messages // 10)), None)
+        before = {role: rss_mb(proc.pid) for role, proc in procs.items()}
+        started = time.monotonic()
+        await feed(messages, RATE)
+        seconds = time.monotonic() - started
+        after = {role: rss_mb(proc.pid) for role, proc in procs.items()}
+        for role in ROLES:
+            row("memory", f"{role}: RSS after {messages:,} (before: ref)", after[role], before[role], unit="MB",
+                target="ratio <= 1.10", ok=after[role] <= before[role] * 1.10)
+        row("memory", f"both pipelines: {messages:,} each way, seconds", seconds, None, unit="s")
     finally:
+        for proc in procs.values():
+            await env.stop(proc)
         await simulator.stop()
+        await sink.stop()

@@ -2,14 +2,16 @@
 
 The minimal reference is aiohttp + one msgspec decode + one confirmed aio-pika publish. Both run
 as their own process, both stay up, and the load alternates between them in rounds, so a drift
-of the machine or the broker during the run touches both alike.
+of the machine or the broker during the run touches both alike. Besides the rate, each side's
+CPU time per webhook (from /proc) is reported: it does not depend on how the two cores were
+shared during the round, so it moves far less from run to run than the rate does.
 """
 
 from __future__ import annotations
 
 import aio_pika
 
-from harness import ENV, Env, free_port, percentile, purge
+from harness import ENV, Env, cpu_s, free_port, percentile, purge
 from loadgen import Result
 from pool import Pool
 from report import row
@@ -27,12 +29,16 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, se
     real = await env.bridge(env.config("receiver", port=port), "receiver", name="receiver")
     targets = {"reference": f"http://127.0.0.1:{ref_port}/hook",
                "real": f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}"}
+    pids = {"reference": ref.pid, "real": real.pid}
     results: dict[str, list[Result]] = {"reference": [], "real": []}
+    cpu = {"reference": 0.0, "real": 0.0}
     for url in targets.values():  # warm both up: connections, caches, the broker's queues
         await pool.load(url, 1.0, None, CONNECTIONS)
     for _ in range(rounds):
         for name, url in targets.items():
+            before = cpu_s(pids[name])
             results[name].append(await pool.load(url, seconds, None, CONNECTIONS))
+            cpu[name] += cpu_s(pids[name]) - before
     await env.stop(real)
     await env.stop(ref)
     await purge(channel, names.stage_queue(env.prefix, "inbound"))  # nobody consumes them here
@@ -41,6 +47,8 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, se
     rps, ref_rps = ours.ok / ours.seconds, reference.ok / reference.seconds
     row("receiver", f"webhooks/s ({CONNECTIONS} connections)", rps, ref_rps, unit="/s", target=">= 0.85 x ref",
         ok=rps >= 0.85 * ref_rps)
+    row("receiver", "CPU per webhook", cpu["real"] / ours.sent * 1e6, cpu["reference"] / reference.sent * 1e6,
+        unit="us")
     row("receiver", "p50 latency", percentile(ours.latencies, 0.5) * 1000,
         percentile(reference.latencies, 0.5) * 1000, unit="ms")
     p99, ref_p99 = percentile(ours.latencies, 0.99) * 1000, percentile(reference.latencies, 0.99) * 1000

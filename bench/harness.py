@@ -77,6 +77,12 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Env:
     amqp: str
@@ -85,6 +91,12 @@ class Env:
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     extra_queues: list[str] = field(default_factory=list)
+
+    def sibling(self, name: str) -> Env:
+        """Another environment beside this one: its own broker prefix, ledger and processes."""
+        workdir = self.workdir / name
+        workdir.mkdir(exist_ok=True)
+        return Env(amqp=self.amqp, workdir=workdir)
 
     def extra_queue(self, name: str) -> str:
         """A queue outside the topology (the references'), deleted with it at the end."""
@@ -227,6 +239,19 @@ async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Ite
             pending.clear()
     await asyncio.gather(*pending)
     return count
+
+
+async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes], rate: float) -> int:
+    """`preload` at `rate` messages/s, in tenth-of-a-second slices."""
+    slice_size = max(1, int(rate / 10))
+    started, sent, chunk = time.monotonic(), 0, []
+    for body in bodies:
+        chunk.append(body)
+        if len(chunk) == slice_size:
+            sent += await preload(channel, queue, chunk)
+            chunk = []
+            await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+    return sent + await preload(channel, queue, chunk)
 
 
 async def wait_for_depth(channel: aio_pika.abc.AbstractChannel, queue: str, count: int, timeout: float) -> bool:

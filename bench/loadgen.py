@@ -44,9 +44,14 @@ async def _run(url: str, duration: float, rate: float | None, connections: int, 
     def more() -> bool:
         return time.perf_counter() < deadline and issued < limit
 
-    async def one(session: aiohttp.ClientSession) -> None:
-        nonlocal errors, issued
-        n, issued = issued, issued + 1
+    def take() -> int:
+        """The next request's number, counted as issued from this moment."""
+        nonlocal issued
+        issued += 1
+        return issued - 1
+
+    async def one(session: aiohttp.ClientSession, n: int) -> None:
+        nonlocal errors
         t0 = time.perf_counter()
         try:
             async with session.post(url, data=payload(n, offset),
@@ -63,14 +68,14 @@ async def _run(url: str, duration: float, rate: float | None, connections: int, 
         if rate is None:
             async def worker() -> None:
                 while more():
-                    await one(session)
+                    await one(session, take())
             await asyncio.gather(*(worker() for _ in range(connections)))
         else:
             tasks: set[asyncio.Task[None]] = set()
             interval, next_at = 1.0 / rate, started
             while more():
                 await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-                task = asyncio.create_task(one(session))
+                task = asyncio.create_task(one(session, take()))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 next_at += interval

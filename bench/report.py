@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-Row = dict[str, Any]
-ROWS: list[Row] = []
+ROWS: list[dict[str, Any]] = []
 
 HEADER = (f"{'bench':<10} {'figure':<44} {'value':>10} {'unit':<5} {'reference':>10} {'ratio':>7}  "
           f"{'target':<16} verdict")
@@ -22,3 +22,19 @@ def row(bench: str, figure: str, value: float, reference: float | None = None, *
     rat = f"{ratio:>7.3f}" if ratio is not None else f"{'-':>7}"
     verdict = "" if ok is None else ("ok" if ok else "MISSED")
     print(f"{bench:<10} {figure:<44} {value:>10.2f} {unit:<5} {ref} {rat}  {target:<16} {verdict}", flush=True)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A figure measured now and printed later (for benchmarks that run side by side)."""
+
+    bench: str
+    figure: str
+    value: float
+    reference: float | None = None
+    unit: str = ""
+    target: str = ""
+    ok: bool | None = None
+
+    def print(self) -> None:
+        row(self.bench, self.figure, self.value, self.reference, unit=self.unit, target=self.target, ok=self.ok)

@@ -52,25 +52,23 @@ class Sizes:
     dispatch_processes: tuple[int, ...]
     scaling_messages: int
     scaling_processes: tuple[int, ...]
-    memory_receiver_messages: int
-    memory_worker_messages: int
+    memory_messages: int
 
 
 FULL = Sizes(receiver_seconds=5, receiver_rounds=2, inbound_rates=(100, 500, 1000), inbound_seconds=3,
              inbound_max_messages=1500, dispatch_messages=2000, dispatch_limited_seconds=30,
              dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
-             memory_receiver_messages=100_000, memory_worker_messages=10_000)
+             memory_messages=100_000)
 QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 1000), inbound_seconds=0.3,
               inbound_max_messages=100, dispatch_messages=30, dispatch_limited_seconds=1,
               dispatch_processes=(1, 2, 3), scaling_messages=600, scaling_processes=(1, 2, 4),
-              memory_receiver_messages=300, memory_worker_messages=300)
+              memory_messages=300)
 
 
 async def main(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
     if args.memory_messages:
-        sizes = replace(sizes, memory_receiver_messages=args.memory_messages,
-                        memory_worker_messages=args.memory_messages)
+        sizes = replace(sizes, memory_messages=args.memory_messages)
     wanted = args.only or list(BENCHES)
     env = Env(amqp=args.amqp, workdir=Path(tempfile.mkdtemp(prefix="smsbridge-bench-")))
     print(f"smsbridge benchmarks on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})"
@@ -95,8 +93,7 @@ async def main(args: argparse.Namespace) -> int:
         if "scaling" in wanted:
             await bench_scaling.run(env, channel, messages=sizes.scaling_messages, counts=sizes.scaling_processes)
         if "memory" in wanted:
-            await bench_memory.run(env, pool, channel, receiver_messages=sizes.memory_receiver_messages,
-                                   worker_messages=sizes.memory_worker_messages)
+            await bench_memory.run(env, pool, channel, messages=sizes.memory_messages)
     finally:
         await env.stop_all()
         pool.close()

@@ -43,8 +43,12 @@ def redactor(show_pii: bool) -> structlog.types.Processor:
 _encoder = msgspec.json.Encoder(enc_hook=repr)
 
 
-def _json_line(event: Any, **_: Any) -> str:
+def _json_line(event: Any, **_: Any) -> bytes:
     # msgspec is several times faster than the standard json module; unknown types log as repr().
+    return _encoder.encode(event)
+
+
+def _json_text(event: Any, **_: Any) -> str:
     return _encoder.encode(event).decode()
 
 
@@ -53,11 +57,13 @@ def configure(settings: LoggingSettings, *, stream: Any = None, cache: bool = Fa
     for a process that configures logging exactly once, as `smsbridge run` does."""
     stream = stream or sys.stderr
     json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
+    binary = getattr(stream, "buffer", None)  # JSON lines go to the bytes underneath, unconverted
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer(serializer=_json_line)
+        structlog.processors.JSONRenderer(serializer=_json_line if binary else _json_text)
         if json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    factory: Any = structlog.BytesLoggerFactory(binary) if json and binary else structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -68,6 +74,6 @@ def configure(settings: LoggingSettings, *, stream: Any = None, cache: bool = Fa
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, settings.level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
