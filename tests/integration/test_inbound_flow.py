@@ -13,7 +13,7 @@ from smsbridge.broker import names
 from smsbridge.config import InboundRule
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
-from tests.support.broker import header, take
+from tests.support.broker import header, scratch_queue, take
 from tests.support.fixtures import raw_payload
 from tests.support.settings import TOKEN, settings
 
@@ -139,7 +139,7 @@ async def test_dlr_becomes_a_status_event_for_the_tenant(
     start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, channel: AbstractChannel
 ) -> None:
     bridge = await start_bridge(settings(prefix=prefix))
-    queue = await channel.declare_queue(f"{prefix}.test-status", auto_delete=True)
+    queue = await scratch_queue(channel, f"{prefix}.test-status")
     await queue.bind(names.status_exchange(prefix), routing_key="status.acme.#")
     url = hook_url(bridge.receiver_url) + "?cmid=pbx-77"
     assert (await post(http, url, raw_payload("dlr_jsonapi_opted_out")))[0] == 200
@@ -164,7 +164,7 @@ async def test_amqp_adapter_publishes_per_tenant_and_extension(
 ) -> None:
     exchange = f"{prefix}.pbx"
     bridge = await start_bridge(settings(prefix=prefix, amqp_exchange=exchange))
-    queue = await channel.declare_queue(f"{prefix}.pbx-acme", auto_delete=True)
+    queue = await scratch_queue(channel, f"{prefix}.pbx-acme")
     await queue.bind(exchange, routing_key="acme.*")
     await post(http, hook_url(bridge.receiver_url), raw_payload("sms_jsonapi_2024"))
     messages = await take(channel, queue.name, count=2)

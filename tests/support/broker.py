@@ -6,7 +6,13 @@ import asyncio
 import time
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+
+async def scratch_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """A test's own queue outside the topology. RabbitMQ removes it a minute after its last use
+    (`x-expires`), so it goes even when the test fails half-way."""
+    return await channel.declare_queue(name, arguments={"x-expires": 60_000})
 
 
 async def take(channel: AbstractChannel, queue_name: str, count: int = 1,

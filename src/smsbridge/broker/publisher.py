@@ -10,14 +10,15 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.errors import BrokerUnavailable
 
 Headers = Mapping[str, Any]
+Basic = aiormq.spec.Basic
+PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everything on disk anyway)
 
 
 def now_ms() -> int:
@@ -25,15 +26,12 @@ def now_ms() -> int:
 
 
 class Publisher:
+    """Publishes on the channel underneath aio-pika's robust channel, with AMQP properties built
+    directly: no aio-pika `Message` or `Exchange` per publish (about 5% of the receiver's CPU)."""
+
     def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
         self._channel = channel
         self._timeout = timeout
-        self._exchanges: dict[str, AbstractExchange] = {}
-
-    async def _exchange(self, name: str) -> AbstractExchange:
-        if name not in self._exchanges:
-            self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
-        return self._exchanges[name]
 
     async def publish(
         self,
@@ -46,22 +44,24 @@ class Publisher:
         expiration_s: float | None = None,
         mandatory: bool = True,
     ) -> None:
-        message = aio_pika.Message(
-            body,
-            headers=dict(headers or {}),
+        properties = Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=PERSISTENT,
+            headers=dict(headers or {}),
             message_id=message_id,
-            expiration=expiration_s,
+            expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         )
         try:
-            target = await self._exchange(exchange)
-            confirmation = await target.publish(
-                message, routing_key=routing_key, mandatory=mandatory, timeout=self._timeout
+            if self._channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+            channel = await self._channel.get_underlay_channel()
+            confirmation = await channel.basic_publish(
+                body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory,
+                timeout=self._timeout,
             )
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        if not isinstance(confirmation, Basic.Ack):  # a nack, or the message came back unroutable
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
 
     async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None) -> None:
