@@ -45,6 +45,7 @@ max_delay_s = 1.0
 [[sms_configs]]
 id = "shop"
 tenant = "acme"
+account = "test"   # the account whose dispatch queue the `channel` fixture removes
 access_key = {{ env = "E2E_AK" }}
 secret_key = {{ env = "E2E_SK" }}
 webhook_token = {{ env = "E2E_TOKEN" }}
