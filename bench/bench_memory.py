@@ -47,10 +47,10 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
     outbound_queue = names.stage_queue(env.prefix, "outbound")
     procs: dict[str, asyncio.subprocess.Process] = {}
     try:
-        for role in ROLES:
-            config = env.config(f"memory-{role}", port=port if role == "receiver" else 0, pbx_url=sink.url,
-                                api_base=simulator.url, sms_rate=UNLIMITED_RATE)
-            procs[role] = await env.bridge(config, role, name=f"memory-{role}")
+        configs = {role: env.config(f"memory-{role}", port=port if role == "receiver" else 0, pbx_url=sink.url,
+                                    api_base=simulator.url, sms_rate=UNLIMITED_RATE) for role in ROLES}
+        started = await asyncio.gather(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
+        procs.update(zip(ROLES, started, strict=True))
 
         async def feed(n: int, rate: float | None) -> None:
             """n texts in at both ends (None: as fast as they go); wait until all n came out at both ends."""
