@@ -67,7 +67,7 @@ async def unlimited(env: Env, channel: aio_pika.abc.AbstractChannel, messages: i
         await preload(channel, queue, bodies)
         await wait_until(lambda: accepted(simulator, "AK-reference") >= messages, timeout=120)
         await env.stop(ref)
-        await env.fresh_ledger()
+        env.fresh_ledger()
         await _queue_requests(env, channel, messages)
         config = env.config("dispatch", api_base=simulator.url, sms_rate=UNLIMITED_RATE)
         real = await env.bridge(config, "dispatcher", name="dispatch")

@@ -38,7 +38,7 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, ra
         await purge(channel, names.stage_queue(env.prefix, stage))
     sink = PbxSink()
     await sink.start()
-    await env.fresh_ledger()
+    env.fresh_ledger()
     port, ref_port = free_port(), free_port()
     real = await env.bridge(env.config("inbound-e2e", port=port, pbx_url=sink.url), "receiver", "inbound",
                             "delivery", name="inbound-e2e")

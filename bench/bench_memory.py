@@ -37,7 +37,7 @@ WARM_UP = 2 * 2 * UNLIMITED_RATE  # twice the largest prefetch window
 
 
 async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, messages: int) -> None:
-    await env.fresh_ledger()
+    env.fresh_ledger()
     sink = PbxSink()
     simulator = FlowrouteSimulator({"AK-bench": "SK-bench"}, sms_per_second=None, mms_per_second=None)
     await sink.start()
@@ -45,12 +45,11 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
     port = free_port()
     webhook_url = f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}"
     outbound_queue = names.stage_queue(env.prefix, "outbound")
-    procs: dict[str, asyncio.subprocess.Process] = {}
     try:
         configs = {role: env.config(f"memory-{role}", port=port if role == "receiver" else 0, pbx_url=sink.url,
                                     api_base=simulator.url, sms_rate=UNLIMITED_RATE) for role in ROLES}
-        started = await asyncio.gather(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
-        procs.update(zip(ROLES, started, strict=True))
+        processes = await asyncio.gather(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
+        procs = dict(zip(ROLES, processes, strict=True))
 
         async def feed(n: int, rate: float | None) -> None:
             """n texts in at both ends (None: as fast as they go); wait until all n came out at both ends."""
@@ -76,7 +75,6 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
                 target="ratio <= 1.10", ok=after[role] <= before[role] * 1.10)
         row("memory", f"both pipelines: {messages:,} each way, seconds", seconds, None, unit="s")
     finally:
-        for proc in procs.values():
-            await env.stop(proc)
+        await env.stop_all()
         await simulator.stop()
         await sink.stop()

@@ -41,7 +41,7 @@ async def run(env: Env, channel: aio_pika.abc.AbstractChannel, *, messages: int,
     inbound, delivery = names.stage_queue(env.prefix, "inbound"), names.stage_queue(env.prefix, "delivery")
     single = 0.0
     for k in counts:
-        await env.fresh_ledger()
+        env.fresh_ledger()
         await purge(channel, delivery)
         config = env.config(f"scaling-{k}")
         # Workers first, idle on an empty queue; then the work, faster than they can take it.

@@ -132,7 +132,7 @@ class Env:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
 
-    async def fresh_ledger(self) -> None:
+    def fresh_ledger(self) -> None:
         """Each benchmark starts from an empty ledger, so one's rows do not slow the next."""
         for suffix in ("", "-wal", "-shm"):
             (self.workdir / f"ledger.db{suffix}").unlink(missing_ok=True)

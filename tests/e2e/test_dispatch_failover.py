@@ -4,9 +4,7 @@ killing the active one (SIGKILL) hands over to the standby with nothing lost."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from smsbridge.broker import topology
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.pbxside import publish_request
+from tests.support import processes
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +54,6 @@ exchange = "{prefix}.pbx"
 """
 
 
-async def start_dispatcher(config: Path, log: Path) -> asyncio.subprocess.Process:
-    env = {**os.environ, "E2E_AK": "AK-test", "E2E_SK": "SK-test", "E2E_TOKEN": "t" * 32}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "smsbridge", "run", "--config", str(config), "--role", "dispatcher",
-            "--role", "outbound", env=env, stdout=out, stderr=out)
-
-
 @pytest.fixture
 async def two_dispatchers(
     tmp_path: Path, amqp_url: str, prefix: str, flowroute: FlowrouteSimulator, channel: AbstractChannel
@@ -72,9 +63,9 @@ async def two_dispatchers(
                                     ledger=tmp_path / "ledger.sqlite3"))
     await topology.declare(channel, prefix, delivery_limit=20, accounts=["test"])
     log = tmp_path / "dispatchers.log"
-    first = await start_dispatcher(config, log)
+    first = await processes.start(config, log, "dispatcher", "outbound")
     await asyncio.sleep(2.0)  # the first to subscribe becomes the active consumer
-    second = await start_dispatcher(config, log)
+    second = await processes.start(config, log, "dispatcher", "outbound")
     await asyncio.sleep(2.0)
     try:
         yield first, second, log

@@ -176,10 +176,8 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
 
 def ensure_request(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
     """The request's row, recorded now if it is not there yet (pruned, or written elsewhere)."""
+    record_request(c, request, now)  # does nothing if the row is there
     row = outbound(c, request.tenant, request.client_message_id)
-    if row is None:
-        record_request(c, request, now)
-        row = outbound(c, request.tenant, request.client_message_id)
     assert row is not None
     return row
 

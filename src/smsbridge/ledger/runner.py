@@ -31,8 +31,6 @@ WRITE = "smsbridge_write"  # execution option: this transaction writes (SQLite: 
 
 
 class Runner(Protocol):
-    dialect: str
-
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
@@ -43,8 +41,6 @@ class Runner(Protocol):
 class SqliteRunner:
     """One connection, one thread: SQLite has one writer at a time anyway, and writers queued in
     SQLite's busy handler sleep for milliseconds, where queueing for this thread costs microseconds."""
-
-    dialect = "sqlite"
 
     def __init__(self, url: sa.URL) -> None:
         self._engine = sa.create_engine(url, pool_size=1, max_overflow=0)
@@ -73,8 +69,6 @@ class SqliteRunner:
 
 
 class AsyncRunner:
-    dialect = "postgresql"
-
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 

@@ -83,7 +83,7 @@ class Ledger:
     async def ensure_request(self, request: DispatchRequest) -> MessageRow:
         """The request's row; recorded now if absent (pruned, or recorded by another ledger).
         Read first: the row is nearly always there, and a read takes no write lock."""
-        row = await self._db.read(ops.outbound, request.tenant, request.client_message_id)
+        row = await self.outbound(request.tenant, request.client_message_id)
         return row if row is not None else await self._db.write(ops.ensure_request, request, self._now())
 
     async def mark_sending(self, message_id: int) -> datetime:
