@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from smsbridge.config import LoggingSettings
+from smsbridge.logwriter import LineWriter
 from smsbridge.numbers import mask
 from smsbridge.secret import MASK, Secret
 
@@ -63,7 +64,11 @@ def configure(settings: LoggingSettings, *, stream: Any = None, cache: bool = Fa
         if json
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
-    factory: Any = structlog.BytesLoggerFactory(binary) if json and binary else structlog.PrintLoggerFactory(stream)
+    if json and binary:
+        writer = LineWriter(binary)
+        factory: Any = lambda *_: writer  # noqa: E731  (one writer for every logger)
+    else:
+        factory = structlog.PrintLoggerFactory(stream)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
