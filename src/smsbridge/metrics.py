@@ -14,6 +14,7 @@ class Metrics:
         self.webhooks = Counter(
             "smsbridge_webhooks_total", "Webhook requests by configuration and result", ["config", "result"], registry=r
         )
+        self._webhook_results: dict[tuple[str, int], Counter] = {}
         self.webhook_seconds = Histogram(
             "smsbridge_webhook_seconds", "Webhook handling time, publish confirm included", registry=r
         )
@@ -58,6 +59,14 @@ class Metrics:
             "1 once this process has received work for the account (only the active consumer does), else 0",
             ["account"], registry=r,
         )
+
+    def webhook_result(self, config: str, status: int) -> Counter:
+        """The webhooks counter for one configuration and HTTP status. Looked up once per pair:
+        `labels()` takes a lock and checks its arguments, a cost the receiver pays per webhook."""
+        child = self._webhook_results.get((config, status))
+        if child is None:
+            child = self._webhook_results[(config, status)] = self.webhooks.labels(config, str(status))
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
