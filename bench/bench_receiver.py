@@ -1,10 +1,10 @@
 """1. Receiver throughput: the real receiver against a minimal one, same load, same payloads.
 
-The minimal reference is aiohttp + one msgspec decode + one confirmed aio-pika publish. Both run
-as their own process, both stay up, and the load alternates between them in rounds, so a drift
-of the machine or the broker during the run touches both alike. Besides the rate, each side's
-CPU time per webhook (from /proc) is reported: it does not depend on how the two cores were
-shared during the round, so it moves far less from run to run than the rate does.
+The minimal reference is aiohttp + one msgspec decode + one confirmed aio-pika publish. Each
+round starts both afresh, each in its own process, and the load alternates between them (the
+order swaps every round), so a drift of the machine or the broker touches both alike. Besides
+the rate, each side's CPU time per webhook (from /proc) is reported: it does not depend on how
+the two cores were shared during the round, so it moves far less from run to run than the rate.
 """
 
 from __future__ import annotations
@@ -22,27 +22,29 @@ CONNECTIONS = 32
 
 async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, seconds: float,
               rounds: int) -> None:
-    ref_port = free_port()
     ref_queue = env.extra_queue("reference-inbound")
-    ref = await env.script("receiver", str(ref_port), env.amqp, ref_queue)
-    port = free_port()
-    real = await env.bridge(env.config("receiver", port=port), "receiver", name="receiver")
-    targets = {"reference": f"http://127.0.0.1:{ref_port}/hook",
-               "real": f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}"}
-    pids = {"reference": ref.pid, "real": real.pid}
     results: dict[str, list[Result]] = {"reference": [], "real": []}
     cpu = {"reference": 0.0, "real": 0.0}
-    for url in targets.values():  # warm both up: connections, caches, the broker's queues
-        await pool.load(url, 1.0, None, CONNECTIONS)
-    for _ in range(rounds):
-        for name, url in targets.items():
-            before = cpu_s(pids[name])
+    for number in range(rounds):
+        # Fresh processes every round: one process's luck (its memory layout, hash seed, the core
+        # it lands on) moves its rate by several per cent, and must not decide the figure.
+        ref_port, port = free_port(), free_port()
+        ref = await env.script("receiver", str(ref_port), env.amqp, ref_queue)
+        real = await env.bridge(env.config("receiver", port=port), "receiver", name=f"receiver-{number}")
+        targets = {"reference": (ref, f"http://127.0.0.1:{ref_port}/hook"),
+                   "real": (real, f"http://127.0.0.1:{port}/webhooks/flowroute/main/{ENV['BENCH_TOKEN']}")}
+        for _, url in targets.values():  # warm both up: connections, caches, the broker's queues
+            await pool.load(url, 1.0, None, CONNECTIONS)
+        order = list(targets) if number % 2 == 0 else list(reversed(targets))
+        for name in order:
+            proc, url = targets[name]
+            before = cpu_s(proc.pid)
             results[name].append(await pool.load(url, seconds, None, CONNECTIONS))
-            cpu[name] += cpu_s(pids[name]) - before
-    await env.stop(real)
-    await env.stop(ref)
-    await purge(channel, names.stage_queue(env.prefix, "inbound"))  # nobody consumes them here
-    await purge(channel, ref_queue)
+            cpu[name] += cpu_s(proc.pid) - before
+        await env.stop(real)
+        await env.stop(ref)
+        await purge(channel, names.stage_queue(env.prefix, "inbound"))  # nobody consumes them here
+        await purge(channel, ref_queue)
     ours, reference = merge(results["real"]), merge(results["reference"])
     rps, ref_rps = ours.ok / ours.seconds, reference.ok / reference.seconds
     row("receiver", f"webhooks/s ({CONNECTIONS} connections)", rps, ref_rps, unit="/s", target=">= 0.85 x ref",

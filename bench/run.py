@@ -55,7 +55,7 @@ class Sizes:
     memory_messages: int
 
 
-FULL = Sizes(receiver_seconds=5, receiver_rounds=2, inbound_rates=(100, 500, 1000), inbound_seconds=3,
+FULL = Sizes(receiver_seconds=4, receiver_rounds=3, inbound_rates=(100, 500, 1000), inbound_seconds=3,
              inbound_max_messages=1500, dispatch_messages=2000, dispatch_limited_seconds=30,
              dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
              memory_messages=100_000)
