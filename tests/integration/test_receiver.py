@@ -23,6 +23,8 @@ async def test_wrong_token_and_unknown_config_get_the_same_404(
     wrong_token = await post(http, hook_url(bridge.receiver_url, token="x" * len(TOKEN)), b"{}")
     unknown = await post(http, hook_url(bridge.receiver_url, config="nope"), b"{}")
     assert wrong_token == unknown == (404, {"error": "not_found", "detail": "no such webhook"})
+    async with http.get(f"{bridge.receiver_url}/metrics") as r:  # counted by status, as docs/operations.md says
+        assert 'smsbridge_webhooks_total{config="unknown",result="404"} 2.0' in await r.text()
 
 
 async def test_not_json_is_400_with_a_json_body(
