@@ -1,24 +1,30 @@
 """How a ledger transaction reaches the database, without blocking the event loop.
 
 An operation is a plain function over a SQLAlchemy `Connection` (see `ledger/ops.py`); a runner
-runs it inside one transaction and hands back its result.
+runs it inside a transaction and hands back its result once that transaction has committed.
 
-- SQLite: the standard library's driver on one thread of the runner's own. The whole
-  transaction is one trip to that thread, where an async driver would make a trip per statement
-  and per BEGIN and COMMIT. Writes begin with `BEGIN IMMEDIATE`: the write lock is taken (or
-  waited for, up to busy_timeout) at the start, so a transaction that reads and then writes
-  cannot fail half-way because another process wrote in between.
-- PostgreSQL: asyncpg through SQLAlchemy's async engine; the operation runs under `run_sync`.
+- SQLite: the standard library's driver on one thread of the runner's own. An operation is one
+  trip to that thread, where an async driver would make a trip per statement and per BEGIN and
+  COMMIT; and the operations queued for the thread at the same moment share one transaction
+  (group commit, see `SqliteRunner`). Writes begin with `BEGIN IMMEDIATE`: the write lock is
+  taken (or waited for, up to busy_timeout) at the start, so a transaction that reads and then
+  writes cannot fail half-way because another process wrote in between.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine; each operation is its own transaction
+  and runs under `run_sync`.
+
+Operations sharing a transaction run one after another, in the order they were asked for, as
+they would in transactions of their own; none of them sees its result before the COMMIT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,33 +45,112 @@ class Runner(Protocol):
 
 
 class SqliteRunner:
-    """One connection, one thread: SQLite has one writer at a time anyway, and writers queued in
-    SQLite's busy handler sleep for milliseconds, where queueing for this thread costs microseconds."""
+    """One connection on one thread of its own, which runs transactions in groups (group commit).
 
-    def __init__(self, url: sa.URL) -> None:
+    SQLite has one writer at a time, across every process on the file. A writer that finds the
+    lock taken sleeps in SQLite's busy handler for a millisecond or more, so under load, processes
+    taking the lock once per operation spend much of their time asleep. Here the thread takes
+    every operation queued since its last transaction (up to `batch`) and runs them in one: one
+    BEGIN, one COMMIT, one wait for the lock, and one wake-up of the event loop for all of them.
+    Each caller still gets its own result, only once the transaction holding its writes has
+    committed. If an operation raises, or the COMMIT fails, the group is rolled back and its
+    operations run again one transaction each, so that one operation's error is its own."""
+
+    def __init__(self, url: sa.URL, *, batch: int = 64) -> None:
         self._engine = sa.create_engine(url, pool_size=1, max_overflow=0)
         sa.event.listen(self._engine, "connect", _sqlite_connect)
         sa.event.listen(self._engine, "begin", _sqlite_begin)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._batch = batch
+        self.transactions = 0  # how many it has begun: fewer than operations, under load
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
+        self._thread.start()
 
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._on_thread(True, op, args, kwargs)
+        return await self._submit(True, op, args, kwargs)
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._on_thread(False, op, args, kwargs)
+        return await self._submit(False, op, args, kwargs)
 
-    async def _on_thread(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._run, write, op, args, kwargs)
-
-    def _run(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> T:
-        with self._engine.connect() as connection:
-            connection.execution_options(**{WRITE: write})
-            with connection.begin():
-                return op(connection, *args, **kwargs)
+    def _submit(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(write, op, args, kwargs, loop, future))
+        return future
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
-        self._thread.shutdown(wait=True)
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    def _serve(self) -> None:
+        while True:
+            jobs = [self._queue.get()]
+            while jobs[-1] is not None and len(jobs) < self._batch:
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = jobs[-1] is None
+            group = [job for job in jobs if job is not None]
+            if group:
+                _settle(self._run_group(group) if len(group) > 1 else [self._run_one(group[0])], group)
+            if stop:
+                self._engine.dispose()
+                return
+
+    def _run_group(self, group: list[_Job]) -> list[_Outcome]:
+        self.transactions += 1
+        try:
+            with self._engine.connect() as connection:
+                connection.execution_options(**{WRITE: any(job.write for job in group)})
+                with connection.begin():
+                    return [(job.op(connection, *job.args, **job.kwargs), None) for job in group]
+        except Exception:  # noqa: BLE001 - each operation again on its own, to give each its own error
+            return [self._run_one(job) for job in group]
+
+    def _run_one(self, job: _Job) -> _Outcome:
+        self.transactions += 1
+        try:
+            with self._engine.connect() as connection:
+                connection.execution_options(**{WRITE: job.write})
+                with connection.begin():
+                    return job.op(connection, *job.args, **job.kwargs), None
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            return None, exc
+
+
+class _Job(NamedTuple):
+    write: bool
+    op: Op[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+_Outcome = tuple[Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome], group: list[_Job]) -> None:
+    """Hand the results to their event loops: one wake-up per loop, not one per operation."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], _Outcome]]] = {}
+    for job, outcome in zip(group, outcomes, strict=True):
+        by_loop.setdefault(job.loop, []).append((job.future, outcome))
+    for loop, results in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, results)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            pass
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
+    for future, (value, error) in results:
+        if future.cancelled():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
 
 
 class AsyncRunner:

@@ -1,0 +1,117 @@
+"""The SQLite runner's group commit: operations queued together share one transaction, and each
+caller still gets its own result or its own error."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from smsbridge.ledger.runner import SqliteRunner
+
+ROWS = sa.table("rows", sa.column("k"), sa.column("v"))
+
+
+def create(c: sa.Connection) -> None:
+    c.exec_driver_sql("CREATE TABLE rows (k INTEGER PRIMARY KEY, v TEXT)")
+
+
+def put(c: sa.Connection, k: int) -> int:
+    c.execute(sa.insert(ROWS).values(k=k, v=f"v{k}"))
+    return k * 2
+
+
+def get(c: sa.Connection, k: int) -> str | None:
+    return c.execute(sa.select(ROWS.c.v).where(ROWS.c.k == k)).scalar()
+
+
+def count(c: sa.Connection) -> int:
+    return int(c.execute(sa.select(sa.func.count()).select_from(ROWS)).scalar_one())
+
+
+def fail(c: sa.Connection, k: int) -> None:
+    put(c, k)
+    raise ValueError(f"operation {k} refuses")
+
+
+@pytest.fixture
+async def runner(tmp_path: Path) -> AsyncIterator[SqliteRunner]:
+    opened = SqliteRunner(sa.make_url(f"sqlite:///{tmp_path / 'ledger.db'}"), batch=8)
+    await opened.write(create)
+    yield opened
+    await opened.close()
+
+
+async def hold(runner: SqliteRunner) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Keep the runner's thread busy until the event is set, so what comes next queues up."""
+    release, started = threading.Event(), threading.Event()
+
+    def wait(_c: sa.Connection) -> None:
+        started.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(runner.read(wait))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+    return release, held
+
+
+async def test_queued_operations_share_transactions_of_at_most_batch(runner: SqliteRunner) -> None:
+    release, held = await hold(runner)
+    before = runner.transactions
+    calls = [asyncio.ensure_future(runner.write(put, k)) for k in range(20)]
+    await asyncio.sleep(0)  # every call is queued behind the held one
+    release.set()
+    assert await asyncio.gather(*calls) == [k * 2 for k in range(20)]
+    await held
+    assert runner.transactions - before == 3  # 20 operations, in groups of at most 8
+    assert await runner.read(count) == 20
+
+
+async def test_an_operation_that_raises_fails_alone(runner: SqliteRunner) -> None:
+    release, held = await hold(runner)
+    calls = [asyncio.ensure_future(runner.write(fail if k == 3 else put, k)) for k in range(6)]
+    await asyncio.sleep(0)
+    release.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    await held
+    assert isinstance(results[3], ValueError) and "operation 3 refuses" in str(results[3])
+    assert [r for k, r in enumerate(results) if k != 3] == [0, 2, 4, 8, 10]
+    assert [await runner.read(get, k) for k in range(6)] == ["v0", "v1", "v2", None, "v4", "v5"]
+
+
+async def test_an_operation_sees_the_writes_queued_before_it(runner: SqliteRunner) -> None:
+    release, held = await hold(runner)
+    write = asyncio.ensure_future(runner.write(put, 7))
+    read = asyncio.ensure_future(runner.read(get, 7))
+    await asyncio.sleep(0)
+    release.set()
+    assert (await write, await read, await held) == (14, "v7", None)
+
+
+async def test_a_caller_that_gave_up_does_not_stop_the_others(runner: SqliteRunner) -> None:
+    release, held = await hold(runner)
+    abandoned = asyncio.ensure_future(runner.write(put, 1))
+    kept = asyncio.ensure_future(runner.write(put, 2))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    release.set()
+    assert await kept == 4
+    await held
+    assert abandoned.cancelled()
+    assert await runner.read(get, 1) == "v1"  # the operation itself ran: cancelling stops the wait only
+
+
+async def test_close_finishes_what_was_queued(tmp_path: Path) -> None:
+    runner = SqliteRunner(sa.make_url(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    await runner.write(create)
+    calls = [asyncio.ensure_future(runner.write(put, k)) for k in range(5)]
+    await asyncio.sleep(0)
+    await runner.close()
+    assert await asyncio.gather(*calls) == [0, 2, 4, 6, 8]
+    again = SqliteRunner(sa.make_url(f"sqlite:///{tmp_path / 'ledger.db'}"))
+    assert await again.read(count) == 5
+    await again.close()
