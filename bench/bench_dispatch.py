@@ -27,7 +27,7 @@ from smsbridge.ledger import Ledger
 
 KEYS = {"AK-bench": "SK-bench", "AK-reference": "SK-reference"}
 LIMIT = 5
-UNLIMITED_RATE = 1000  # SMS/s configured for the account when the simulator's limits are off
+UNLIMITED_RATE = 5000  # SMS/s configured for the account when the simulator's limits are off
 
 
 def rate(simulator: FlowrouteSimulator, key: str) -> float:

@@ -56,7 +56,7 @@ class Sizes:
 
 
 FULL = Sizes(receiver_seconds=4, receiver_rounds=3, inbound_rates=(100, 500, 1000), inbound_seconds=3,
-             inbound_max_messages=1500, dispatch_messages=2000, dispatch_limited_seconds=30,
+             inbound_max_messages=1500, dispatch_messages=4000, dispatch_limited_seconds=30,
              dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
              memory_messages=100_000)
 QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 1000), inbound_seconds=0.3,
