@@ -112,6 +112,8 @@ async def test_close_finishes_what_was_queued(tmp_path: Path) -> None:
     await asyncio.sleep(0)
     await runner.close()
     assert await asyncio.gather(*calls) == [0, 2, 4, 6, 8]
+    with pytest.raises(RuntimeError, match="closed"):
+        await runner.write(put, 9)  # refused at once, not queued for a thread that is gone
     again = SqliteRunner(sa.make_url(f"sqlite:///{tmp_path / 'ledger.db'}"))
     assert await again.read(count) == 5
     await again.close()

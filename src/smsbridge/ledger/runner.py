@@ -61,6 +61,7 @@ class SqliteRunner:
         sa.event.listen(self._engine, "connect", _sqlite_connect)
         sa.event.listen(self._engine, "begin", _sqlite_begin)
         self._batch = batch
+        self._closed = False
         self.transactions = 0  # how many it has begun: fewer than operations, under load
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
@@ -73,12 +74,16 @@ class SqliteRunner:
         return await self._submit(False, op, args, kwargs)
 
     def _submit(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> asyncio.Future[T]:
+        if self._closed:
+            raise RuntimeError("the ledger is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._queue.put(_Job(write, op, args, kwargs, loop, future))
         return future
 
     async def close(self) -> None:
+        """Finish what is queued, then close the connection and the thread."""
+        self._closed = True
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
