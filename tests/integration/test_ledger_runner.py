@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -46,61 +47,58 @@ async def runner(tmp_path: Path) -> AsyncIterator[SqliteRunner]:
     await opened.close()
 
 
-async def hold(runner: SqliteRunner) -> tuple[threading.Event, asyncio.Future[None]]:
-    """Keep the runner's thread busy until the event is set, so what comes next queues up."""
+@asynccontextmanager
+async def held(runner: SqliteRunner) -> AsyncIterator[None]:
+    """Keep the runner's thread busy for the block, so the calls the block starts queue up
+    behind it; on leaving, let them reach the queue, then free the thread."""
     release, started = threading.Event(), threading.Event()
 
     def wait(_c: sa.Connection) -> None:
         started.set()
         release.wait(10)
 
-    held = asyncio.ensure_future(runner.read(wait))
+    holder = asyncio.ensure_future(runner.read(wait))
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
-    return release, held
+    try:
+        yield
+        await asyncio.sleep(0)  # the tasks the block started put their calls on the queue
+    finally:
+        release.set()
+        await holder
 
 
 async def test_queued_operations_share_transactions_of_at_most_batch(runner: SqliteRunner) -> None:
-    release, held = await hold(runner)
     before = runner.transactions
-    calls = [asyncio.ensure_future(runner.write(put, k)) for k in range(20)]
-    await asyncio.sleep(0)  # every call is queued behind the held one
-    release.set()
+    async with held(runner):
+        calls = [asyncio.ensure_future(runner.write(put, k)) for k in range(20)]
     assert await asyncio.gather(*calls) == [k * 2 for k in range(20)]
-    await held
-    assert runner.transactions - before == 3  # 20 operations, in groups of at most 8
+    assert runner.transactions - before == 1 + 3  # the holder, then 20 operations in groups of at most 8
     assert await runner.read(count) == 20
 
 
 async def test_an_operation_that_raises_fails_alone(runner: SqliteRunner) -> None:
-    release, held = await hold(runner)
-    calls = [asyncio.ensure_future(runner.write(fail if k == 3 else put, k)) for k in range(6)]
-    await asyncio.sleep(0)
-    release.set()
+    async with held(runner):
+        calls = [asyncio.ensure_future(runner.write(fail if k == 3 else put, k)) for k in range(6)]
     results = await asyncio.gather(*calls, return_exceptions=True)
-    await held
     assert isinstance(results[3], ValueError) and "operation 3 refuses" in str(results[3])
     assert [r for k, r in enumerate(results) if k != 3] == [0, 2, 4, 8, 10]
     assert [await runner.read(get, k) for k in range(6)] == ["v0", "v1", "v2", None, "v4", "v5"]
 
 
 async def test_an_operation_sees_the_writes_queued_before_it(runner: SqliteRunner) -> None:
-    release, held = await hold(runner)
-    write = asyncio.ensure_future(runner.write(put, 7))
-    read = asyncio.ensure_future(runner.read(get, 7))
-    await asyncio.sleep(0)
-    release.set()
-    assert (await write, await read, await held) == (14, "v7", None)
+    async with held(runner):
+        write = asyncio.ensure_future(runner.write(put, 7))
+        read = asyncio.ensure_future(runner.read(get, 7))
+    assert (await write, await read) == (14, "v7")
 
 
 async def test_a_caller_that_gave_up_does_not_stop_the_others(runner: SqliteRunner) -> None:
-    release, held = await hold(runner)
-    abandoned = asyncio.ensure_future(runner.write(put, 1))
-    kept = asyncio.ensure_future(runner.write(put, 2))
-    await asyncio.sleep(0)
-    abandoned.cancel()
-    release.set()
+    async with held(runner):
+        abandoned = asyncio.ensure_future(runner.write(put, 1))
+        kept = asyncio.ensure_future(runner.write(put, 2))
+        await asyncio.sleep(0)
+        abandoned.cancel()
     assert await kept == 4
-    await held
     assert abandoned.cancelled()
     assert await runner.read(get, 1) == "v1"  # the operation itself ran: cancelling stops the wait only
 
