@@ -54,6 +54,12 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
         processes = await asyncio.gather(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
         procs = dict(zip(ROLES, processes, strict=True))
 
+        async def drained(texts: int, sends: int) -> None:
+            """Wait until the fake PBX has `texts` in all and the simulator `sends`."""
+            if not await wait_until(lambda: sink.count >= texts and len(simulator.requests) >= sends,
+                                    timeout=3600, step=0.2):
+                raise RuntimeError("the pipelines did not drain")
+
         async def feed(n: int, rate: float | None) -> None:
             """n texts in at both ends (None: as fast as they go); wait until all n came out at both ends."""
             texts, sends = sink.count + n, len(simulator.requests) + n
@@ -63,14 +69,14 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
                 paced(channel, outbound_queue, requests, rate) if rate else preload(channel, outbound_queue, requests))
             if result.ok != n:
                 raise RuntimeError(f"the receiver accepted {result.ok} of {n} webhooks")
-            if not await wait_until(lambda: sink.count >= texts and len(simulator.requests) >= sends,
-                                    timeout=3600, step=0.2):
-                raise RuntimeError("the pipelines did not drain")
+            await drained(texts, sends)
+
+        warm_up = min(WARM_UP, max(1, messages // 10))
 
         async def fill() -> None:
             """Twice each consumer's prefetch straight into its queue at once, so that every window is
             full once before "before", however fast the roles drain the warm-up."""
-            small, large = 2 * PREFETCH, min(WARM_UP, max(2, messages // 10))
+            small, large = 2 * PREFETCH, warm_up
             texts, sends = sink.count + 2 * small, len(simulator.requests) + small + large
             await asyncio.gather(
                 preload(channel, names.stage_queue(env.prefix, "inbound"), workloads.inbound_messages(small)),
@@ -78,11 +84,9 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
                 preload(channel, outbound_queue, workloads.outbound_requests(small)),
                 preload(channel, names.stage_queue(env.prefix, names.dispatch_stage("bench")),
                         (encoder.encode(r) for r in workloads.dispatch_requests(large))))
-            if not await wait_until(lambda: sink.count >= texts and len(simulator.requests) >= sends,
-                                    timeout=3600, step=0.2):
-                raise RuntimeError("the pipelines did not drain")
+            await drained(texts, sends)
 
-        await feed(min(WARM_UP, max(1, messages // 10)), None)
+        await feed(warm_up, None)
         await fill()
         before = {role: rss_mb(proc.pid) for role, proc in procs.items()}
         started = time.monotonic()

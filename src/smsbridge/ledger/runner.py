@@ -98,30 +98,26 @@ class SqliteRunner:
             stop = jobs[-1] is None
             group = [job for job in jobs if job is not None]
             if group:
-                _settle(self._run_group(group) if len(group) > 1 else [self._run_one(group[0])], group)
+                _settle(self._run(group), group)
             if stop:
                 self._engine.dispose()
                 return
 
-    def _run_group(self, group: list[_Job]) -> list[_Outcome]:
-        self.transactions += 1
+    def _run(self, group: list[_Job]) -> list[_Outcome]:
+        """The group in one transaction; if that fails, each of its operations in one of its own."""
         try:
-            with self._engine.connect() as connection:
-                connection.execution_options(**{WRITE: any(job.write for job in group)})
-                with connection.begin():
-                    return [(job.op(connection, *job.args, **job.kwargs), None) for job in group]
-        except Exception:  # noqa: BLE001 - each operation again on its own, to give each its own error
-            return [self._run_one(job) for job in group]
-
-    def _run_one(self, job: _Job) -> _Outcome:
-        self.transactions += 1
-        try:
-            with self._engine.connect() as connection:
-                connection.execution_options(**{WRITE: job.write})
-                with connection.begin():
-                    return job.op(connection, *job.args, **job.kwargs), None
+            return [(value, None) for value in self._transaction(group)]
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
-            return None, exc
+            if len(group) == 1:
+                return [(None, exc)]
+            return [outcome for job in group for outcome in self._run([job])]
+
+    def _transaction(self, group: list[_Job]) -> list[Any]:
+        self.transactions += 1
+        with self._engine.connect() as connection:
+            connection.execution_options(**{WRITE: any(job.write for job in group)})
+            with connection.begin():
+                return [job.op(connection, *job.args, **job.kwargs) for job in group]
 
 
 class _Job(NamedTuple):

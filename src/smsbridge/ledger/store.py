@@ -1,6 +1,7 @@
-"""The ledger's operations, as the workers see them: one awaitable per transaction. Every
-method is one short transaction (`ledger/ops.py` says what each does); none holds a lock while the
-caller talks to the network (the lease on a delivery is a row, not a lock)."""
+"""The ledger's operations, as the workers see them: one awaitable per operation. Every method
+is one short transaction, or on SQLite a share of one (see `ledger/runner.py`); `ledger/ops.py`
+says what each does. None holds a lock while the caller talks to the network (the lease on a
+delivery is a row, not a lock)."""
 
 from __future__ import annotations
 
