@@ -75,7 +75,8 @@ class Bridge:
     def readiness(self) -> dict[str, bool]:
         conn = self.connection
         connected = conn is not None and not conn.is_closed and conn.connected.is_set()
-        return {"broker_connected": connected, "topology_declared": self._declared}
+        ledger_usable = self.ledger is not None and self.ledger.usable
+        return {"broker_connected": connected, "topology_declared": self._declared, "ledger_usable": ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         broker = self.settings.broker

@@ -115,3 +115,28 @@ async def test_close_finishes_what_was_queued(tmp_path: Path) -> None:
     again = SqliteRunner(sa.make_url(f"sqlite:///{tmp_path / 'ledger.db'}"))
     assert await again.read(count) == 5
     await again.close()
+
+
+class ThreadKiller(BaseException):
+    """Not an `Exception`: escapes the per-operation handling, as a fault of the thread would."""
+
+
+def kill(_c: sa.Connection) -> None:
+    raise ThreadKiller("boom")
+
+
+async def test_a_stopped_thread_fails_every_waiting_and_later_call_instead_of_hanging(
+    runner: SqliteRunner,
+) -> None:
+    assert runner.usable
+    async with held(runner):
+        fatal = asyncio.ensure_future(runner.write(kill))
+        queued = asyncio.ensure_future(runner.write(put, 1))
+    # wait_for only guards the suite against the hang this test is about
+    results = await asyncio.wait_for(asyncio.gather(fatal, queued, return_exceptions=True), 10)
+    for result in results:
+        assert isinstance(result, RuntimeError) and "ledger thread stopped" in str(result)
+        assert "ThreadKiller('boom')" in str(result)
+    assert not runner.usable
+    with pytest.raises(RuntimeError, match="ledger thread stopped"):
+        await asyncio.wait_for(runner.read(count), 10)

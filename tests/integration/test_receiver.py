@@ -76,7 +76,8 @@ async def test_health_readiness_and_metrics(
         assert r.status == 200
     async with http.get(f"{bridge.receiver_url}/readyz") as r:
         assert r.status == 200
-        assert await r.json() == {"ready": True, "checks": {"broker_connected": True, "topology_declared": True}}
+        assert await r.json() == {"ready": True, "checks": {"broker_connected": True, "topology_declared": True,
+                                                        "ledger_usable": True}}
     async with http.get(f"{bridge.receiver_url}/metrics") as r:
         assert "smsbridge_webhooks_total" in await r.text()
 

@@ -27,7 +27,10 @@ from collections.abc import Callable
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = structlog.get_logger("smsbridge.ledger")
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,6 +46,9 @@ class Runner(Protocol):
 
     async def close(self) -> None: ...
 
+    @property
+    def usable(self) -> bool: ...
+
 
 class SqliteRunner:
     """One connection on one thread of its own, which runs transactions in groups (group commit).
@@ -54,7 +60,11 @@ class SqliteRunner:
     BEGIN, one COMMIT, one wait for the lock, and one wake-up of the event loop for all of them.
     Each caller still gets its own result, only once the transaction holding its writes has
     committed. If an operation raises, or the COMMIT fails, the group is rolled back and its
-    operations run again one transaction each, so that one operation's error is its own."""
+    operations run again one transaction each, so that one operation's error is its own.
+
+    Should the thread itself stop on an error outside any operation, every caller waiting and every
+    later call gets a `RuntimeError` saying so (rather than waiting for ever), and `usable` is
+    False, which `/readyz` reports."""
 
     def __init__(self, url: sa.URL, *, batch: int = 64) -> None:
         self._engine = sa.create_engine(url, pool_size=1, max_overflow=0)
@@ -62,6 +72,8 @@ class SqliteRunner:
         sa.event.listen(self._engine, "begin", _sqlite_begin)
         self._batch = batch
         self._closed = False
+        self._broken: str | None = None  # why the thread stopped, if it stopped on an error
+        self._lock = threading.Lock()  # a call is queued before the thread fails what is queued, or refused
         self.transactions = 0  # how many it has begun: fewer than operations, under load
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
@@ -73,12 +85,19 @@ class SqliteRunner:
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(False, op, args, kwargs)
 
+    @property
+    def usable(self) -> bool:
+        return self._broken is None
+
     def _submit(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> asyncio.Future[T]:
         if self._closed:
             raise RuntimeError("the ledger is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(write, op, args, kwargs, loop, future))
+        with self._lock:
+            if self._broken is not None:
+                raise RuntimeError(self._broken)
+            self._queue.put(_Job(write, op, args, kwargs, loop, future))
         return future
 
     async def close(self) -> None:
@@ -88,20 +107,40 @@ class SqliteRunner:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
     def _serve(self) -> None:
-        while True:
-            jobs = [self._queue.get()]
-            while jobs[-1] is not None and len(jobs) < self._batch:
+        group: list[_Job] = []
+        try:
+            while True:
+                jobs = [self._queue.get()]
+                while jobs[-1] is not None and len(jobs) < self._batch:
+                    try:
+                        jobs.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = jobs[-1] is None
+                group = [job for job in jobs if job is not None]
+                if group:
+                    _settle(self._run(group), group)
+                group = []
+                if stop:
+                    self._engine.dispose()
+                    return
+        except BaseException as exc:  # noqa: BLE001 - nobody would ever answer the callers
+            self._fail_all(group, exc)
+
+    def _fail_all(self, group: list[_Job], cause: BaseException) -> None:
+        """The thread is stopping on an error: fail the group it held and everything queued."""
+        log.critical("ledger thread stopped; every ledger call will fail", error=repr(cause))
+        with self._lock:
+            self._broken = f"the ledger thread stopped: {cause!r}"
+            while True:
                 try:
-                    jobs.append(self._queue.get_nowait())
+                    job = self._queue.get_nowait()
                 except queue.Empty:
                     break
-            stop = jobs[-1] is None
-            group = [job for job in jobs if job is not None]
-            if group:
-                _settle(self._run(group), group)
-            if stop:
-                self._engine.dispose()
-                return
+                if job is not None:
+                    group.append(job)
+        _settle([(None, RuntimeError(self._broken)) for _ in group], group)
+        self._engine.dispose()
 
     def _run(self, group: list[_Job]) -> list[_Outcome]:
         """The group in one transaction; if that fails, each of its operations in one of its own."""
@@ -146,7 +185,7 @@ def _settle(outcomes: list[_Outcome], group: list[_Job]) -> None:
 
 def _deliver(results: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
     for future, (value, error) in results:
-        if future.cancelled():
+        if future.done():  # cancelled by its caller, or already failed by a stopping thread
             continue
         if error is not None:
             future.set_exception(error)
@@ -168,6 +207,10 @@ class AsyncRunner:
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+    @property
+    def usable(self) -> bool:
+        return True  # the pool replaces a broken connection (pre-ping); errors are per operation
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:

@@ -55,6 +55,11 @@ class Ledger:
     async def close(self) -> None:
         await self._db.close()
 
+    @property
+    def usable(self) -> bool:
+        """False once the ledger cannot serve any call again (SQLite: its thread stopped)."""
+        return self._db.usable
+
     # ----- inbound ------------------------------------------------------------------------------
     async def inbound_seen(self, mdr_id: str) -> bool:
         return await self._db.read(ops.inbound_seen, mdr_id)
