@@ -1,7 +1,7 @@
 # smsbridge: one image for every role; the command picks the role(s).
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
 RUN pip install --no-cache-dir --prefix=/install .
 
