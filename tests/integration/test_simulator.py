@@ -15,6 +15,8 @@ from smsbridge.flowroute.webhook import ParsedMessage, parse_webhook
 
 AUTH = aiohttp.encode_basic_auth("AK-test", "SK-test")
 SMS = {"data": {"type": "message", "attributes": {"to": "12065550199", "from": "+12065550100", "body": "hi"}}}
+MMS = {"data": {"type": "message", "attributes": {"to": "12065550199", "from": "12065550100", "body": "",
+                                                  "media_urls": ["https://cdn.example/a.png"], "is_mms": "true"}}}
 
 
 @pytest.fixture
@@ -69,10 +71,19 @@ async def test_rate_limit_counts_rejected_attempts_too(flowroute: FlowrouteSimul
 
 
 async def test_one_mms_per_second(flowroute: FlowrouteSimulator, client: aiohttp.ClientSession) -> None:
-    mms = {"data": {"type": "message", "attributes": {"to": "12065550199", "from": "12065550100", "body": "",
-                                                      "media_urls": ["https://cdn.example/a.png"], "is_mms": "true"}}}
-    assert [(await send(client, flowroute.url, mms))[0] for _ in range(2)] == [202, 429]
+    assert [(await send(client, flowroute.url, MMS))[0] for _ in range(2)] == [202, 429]
     assert (await send(client, flowroute.url))[0] == 202  # SMS still has budget
+
+
+async def test_sms_limit_off_keeps_the_mms_limit(client: aiohttp.ClientSession) -> None:
+    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, sms_per_second=None, mms_per_second=1)
+    await simulator.start()
+    try:
+        assert {(await send(client, simulator.url))[0] for _ in range(12)} == {202}
+        assert [(await send(client, simulator.url, MMS))[0] for _ in range(2)] == [202, 429]
+        assert simulator.max_in_window("AK-test") == 14  # every attempt still counted
+    finally:
+        await simulator.stop()
 
 
 async def test_lookup_and_paged_list(flowroute: FlowrouteSimulator, client: aiohttp.ClientSession) -> None:
