@@ -1,7 +1,7 @@
 """The webhook receiver: one URL per SMS configuration, 200 only after the broker confirms.
 
     POST /webhooks/flowroute/{config_id}/{token}   inbound SMS, MMS and DLRs, both shapes
-    GET  /healthz   the process is alive
+    GET  /healthz   the process is alive (503 once its ledger can never answer again)
     GET  /readyz    the broker is connected and the topology declared
     GET  /metrics   Prometheus
 
@@ -161,6 +161,10 @@ async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Alive, unless the ledger can never answer again: then a liveness probe should restart us
+    (a broker outage is not a reason: the process reconnects by itself)."""
+    if not request.app[READY]().get("ledger_usable", True):
+        return web.json_response({"status": "ledger_stopped"}, status=503)
     return web.json_response({"status": "ok"})
 
 
