@@ -17,6 +17,7 @@ import msgspec
 from aiohttp import web
 
 from smsbridge.broker import names
+from smsbridge.sandbox.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"BENCH_AK": "AK-bench", "BENCH_SK": "SK-bench", "BENCH_TOKEN": "bench-token-0123456789abcdefghij"}
@@ -199,12 +200,6 @@ class PbxSink:
             await self._runner.cleanup()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:

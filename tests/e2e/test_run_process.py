@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from aio_pika.abc import AbstractChannel
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.fixtures import raw_payload
 from tests.support.processes import logged
+from tests.support.settings import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -61,12 +61,6 @@ tenant = "acme"
 url = "{pbx_url}"
 auth_value = {{ env = "E2E_PBX_AUTH" }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,6 +21,7 @@ from smsbridge.config import (
     Settings,
     SmsConfig,
 )
+from smsbridge.sandbox.ports import free_port
 from smsbridge.secret import Secret
 
 TOKEN = "test-token-abcdefghijklmnopqrstuvwxyz"
@@ -46,12 +46,6 @@ def sms_config(**overrides: Any) -> SmsConfig:
 def fast_retry() -> RetrySettings:
     quick = RetryPolicy(max_attempts=5, base_delay_s=0.2, max_delay_s=1.0, max_age_s=60)
     return RetrySettings(inbound=quick, delivery=quick, outbound=quick, dispatch=quick)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 OUTBOUND_RULES = [OutboundRule(config="main", extensions=["101", "102"], dids=[DID_MAIN], name="front desk")]
