@@ -4,6 +4,7 @@ then `smsbridge send` (statuses back) and `smsbridge simulate inbound` (the demo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -65,10 +66,12 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
             await asyncio.sleep(0.1)
         assert logged(log.read_text(), event="PBX received a text", extension="201"), log.read_text()
     finally:
-        bridge.send_signal(signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have died already: the log says why
+            bridge.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.wait_for(bridge.wait(), 30)
         # the sandbox account's queue is not in the fixture's topology: removed here, pass or fail
         await channel.queue_delete(f"{prefix}.dispatch.acct-" + _account_digest(env["FLOWROUTE_ACCESS_KEY"]))
-        assert await asyncio.wait_for(bridge.wait(), 30) == 0, log.read_text()
+    assert exit_code == 0, log.read_text()
 
 
 def _account_digest(access_key: str) -> str:
