@@ -19,6 +19,7 @@ they would in transactions of their own; none of them sees its result before the
 from __future__ import annotations
 
 import asyncio
+import math
 import queue
 import sqlite3
 import threading
@@ -110,12 +111,7 @@ class SqliteRunner:
         group: list[_Job] = []
         try:
             while True:
-                jobs = [self._queue.get()]
-                while jobs[-1] is not None and len(jobs) < self._batch:
-                    try:
-                        jobs.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
+                jobs = self._take_queued([self._queue.get()], self._batch)
                 stop = jobs[-1] is None
                 group = [job for job in jobs if job is not None]
                 if group:
@@ -127,18 +123,22 @@ class SqliteRunner:
         except BaseException as exc:  # noqa: BLE001 - nobody would ever answer the callers
             self._fail_all(group, exc)
 
+    def _take_queued(self, jobs: list[_Job | None], limit: float) -> list[_Job | None]:
+        """`jobs` and then what is queued now, without waiting, up to `limit` in all and never past
+        the stop mark (None)."""
+        while (not jobs or jobs[-1] is not None) and len(jobs) < limit:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
     def _fail_all(self, group: list[_Job], cause: BaseException) -> None:
         """The thread is stopping on an error: fail the group it held and everything queued."""
         log.critical("ledger thread stopped; every ledger call will fail", error=repr(cause))
         with self._lock:
             self._broken = f"the ledger thread stopped: {cause!r}"
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    group.append(job)
+            group += [job for job in self._take_queued([], math.inf) if job is not None]
         _settle([(None, RuntimeError(self._broken)) for _ in group], group)
         self._engine.dispose()
 

@@ -15,19 +15,26 @@ def free_port() -> int:
     Taken below the kernel's ephemeral range: a port from that range (what binding port 0 gives)
     can be taken by any outgoing connection before the other process binds it, and was (a test's
     bridge died with "address already in use")."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    candidates = list(range(max(1024, low - 10000), low))
-    random.shuffle(candidates)
-    for port in candidates:
+    low, high = _BELOW_EPHEMERAL
+    for _ in range(1000 if high > low else 0):
+        port = random.randrange(low, high)
         if port not in _HANDED_OUT and _bindable(port):
             _HANDED_OUT.add(port)
             return port
     with socket.socket() as s:  # no room below the ephemeral range: take what the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    return max(1024, ephemeral - 10000), ephemeral
+
+
+_BELOW_EPHEMERAL = _below_ephemeral()
 
 
 def _bindable(port: int) -> bool:
