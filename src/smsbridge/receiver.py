@@ -31,7 +31,7 @@ from smsbridge.intake import Unroutable, to_event
 from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
 from smsbridge.secret import Secret
-from smsbridge.webkeys import LEDGER, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
+from smsbridge.webkeys import LEDGER, LEDGER_USABLE, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
 
 log = structlog.get_logger("smsbridge.receiver")
 Where = dict[str, Any]  # the configuration and source address of a request, for its log lines
@@ -163,7 +163,7 @@ async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str
 async def healthz(request: web.Request) -> web.Response:
     """Alive, unless the ledger can never answer again: then a liveness probe should restart us
     (a broker outage is not a reason: the process reconnects by itself)."""
-    if not request.app[READY]().get("ledger_usable", True):
+    if not request.app[READY]().get(LEDGER_USABLE, True):
         return web.json_response({"status": "ledger_stopped"}, status=503)
     return web.json_response({"status": "ok"})
 

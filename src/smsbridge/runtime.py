@@ -39,6 +39,7 @@ from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.receiver import make_app, make_health_app
+from smsbridge.webkeys import LEDGER_USABLE
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
@@ -76,7 +77,7 @@ class Bridge:
         conn = self.connection
         connected = conn is not None and not conn.is_closed and conn.connected.is_set()
         ledger_usable = self.ledger is not None and self.ledger.usable
-        return {"broker_connected": connected, "topology_declared": self._declared, "ledger_usable": ledger_usable}
+        return {"broker_connected": connected, "topology_declared": self._declared, LEDGER_USABLE: ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         broker = self.settings.broker

@@ -12,6 +12,8 @@ from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
 
 ReadyCheck = Callable[[], dict[str, bool]]
+# The readiness check that /healthz also reads: False once the ledger can never answer again.
+LEDGER_USABLE = "ledger_usable"
 
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", Publisher)
