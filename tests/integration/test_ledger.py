@@ -159,13 +159,26 @@ async def test_prune_forgets_old_rows_only(ledger: Ledger) -> None:
     assert await ledger.claim_dlr("old-key", "mdr2-old")  # forgotten too
 
 
-async def test_dispatcher_finds_or_records_its_request(ledger: Ledger) -> None:
-    row = await ledger.ensure_request(dispatch("c-9"))  # absent (pruned, say): recorded now
+async def test_dispatcher_claims_or_records_its_request(ledger: Ledger) -> None:
+    row = await ledger.claim_send(dispatch("c-9"))  # absent (pruned, say): recorded, then claimed
     assert (row.client_message_id, row.state, row.dispatch_state) == ("c-9", "queued", "queued")
-    await ledger.mark_sending(row.id)
-    again = await ledger.ensure_request(dispatch("c-9"))
-    assert again.id == row.id and again.dispatch_state == "sending"  # present: left as it is
-    assert [h.state for h in await ledger.history(row.id)] == ["queued"]
+    after = await ledger.outbound("acme", "c-9")
+    assert after is not None and after.dispatch_state == "sending" and after.send_started_at is not None
+    again = await ledger.claim_send(dispatch("c-9"))  # claimed before: "maybe sent", left as it is
+    assert again.id == row.id and again.dispatch_state == "sending"
+    assert again.send_started_at == after.send_started_at
+    await ledger.record_accepted(row.id, "mdr2-c-9", 1)
+    done = await ledger.claim_send(dispatch("c-9"))
+    assert done.dispatch_state == "done" and done.mdr_id == "mdr2-c-9"
+    assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
+
+
+async def test_claiming_a_recorded_request_marks_it_sending(ledger: Ledger) -> None:
+    assert await ledger.record_request(dispatch("c-8")) is True
+    row = await ledger.claim_send(dispatch("c-8"))
+    assert row.dispatch_state == "queued"  # as it was: this claim is the first
+    after = await ledger.outbound("acme", "c-8")
+    assert after is not None and after.dispatch_state == "sending"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

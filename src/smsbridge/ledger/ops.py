@@ -174,11 +174,16 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
     return message_row(row._mapping) if row else None
 
 
-def ensure_request(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
-    """The request's row, recorded now if it is not there yet (pruned, or written elsewhere)."""
-    record_request(c, request, now)  # does nothing if the row is there
+def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
+    """The request's row as it was, recorded now if it is not there (pruned, or written
+    elsewhere); a "queued" one is "sending" once this transaction commits."""
     row = outbound(c, request.tenant, request.client_message_id)
-    assert row is not None
+    if row is None:
+        record_request(c, request, now)
+        row = outbound(c, request.tenant, request.client_message_id)
+        assert row is not None
+    if row.dispatch_state == "queued":
+        mark_sending(c, row.id, now)
     return row
 
 

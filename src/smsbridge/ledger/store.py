@@ -86,14 +86,14 @@ class Ledger:
     async def outbound(self, tenant: str, client_message_id: str) -> MessageRow | None:
         return await self._db.read(ops.outbound, tenant, client_message_id)
 
-    async def ensure_request(self, request: DispatchRequest) -> MessageRow:
-        """The request's row; recorded now if absent (pruned, or recorded by another ledger).
-        Read first: the row is nearly always there, and a read takes no write lock."""
-        row = await self.outbound(request.tenant, request.client_message_id)
-        return row if row is not None else await self._db.write(ops.ensure_request, request, self._now())
+    async def claim_send(self, request: DispatchRequest) -> MessageRow:
+        """The dispatcher's first step, in one transaction: the request's row as it was before
+        (recorded now if absent: pruned, or recorded by another ledger), and, if it was "queued",
+        "sending" from now on. Committed before the POST: a crash after it means "maybe sent"."""
+        return await self._db.write(ops.claim_send, request, self._now())
 
     async def mark_sending(self, message_id: int) -> datetime:
-        """Written (and committed) before the POST: a crash after it means "maybe sent"."""
+        """Sending again after a lookup found nothing: restarts the "maybe sent" window."""
         now = self._now()
         await self._db.write(ops.mark_sending, message_id, now)
         return now

@@ -80,15 +80,16 @@ class DispatchHandler:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
         self._metrics.dispatcher_active.labels(config.account_name).set(1)
-        row = await self._ledger.ensure_request(request)  # recorded by the outbound worker
+        row = await self._ledger.claim_send(request)  # as it was; "sending" now if it was "queued"
         if row.dispatch_state == "done":
             log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
             await publish_status(self._publisher, self._prefix, current_status(row))
             return
         limiter = self._limiter(config)
-        if row.dispatch_state == "sending" and await self._already_sent(config, limiter, request, row):
-            return
-        await self._ledger.mark_sending(row.id)
+        if row.dispatch_state == "sending":  # an earlier attempt may have sent it
+            if await self._already_sent(config, limiter, request, row):
+                return
+            await self._ledger.mark_sending(row.id)
         await self._settle(request, row, await self._send(config, limiter, request))
 
     async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
