@@ -39,6 +39,7 @@ bench-memory: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 check-config: $(STAMP)
 	set -a && . ./deploy/sandbox.env && set +a && $(BIN)/smsbridge check-config $(CONFIG)

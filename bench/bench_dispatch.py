@@ -17,10 +17,10 @@ import aio_pika
 import msgspec
 
 import workloads
-from harness import Env, preload, wait_until
+from harness import Env, cpu_s, preload, wait_until
 from report import Row, row
 from smsbridge.broker import names, topology
-from smsbridge.events import encoder
+from smsbridge.events import DispatchRequest, encoder
 from smsbridge.flowroute.client import message_body
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
@@ -39,8 +39,8 @@ def accepted(simulator: FlowrouteSimulator, key: str) -> int:
     return sum(1 for r in simulator.requests if r["status"] == 202 and r.get("user") == key)
 
 
-async def _queue_requests(env: Env, channel: aio_pika.abc.AbstractChannel, count: int) -> None:
-    """As the outbound worker leaves them: recorded in the ledger, waiting in the account's queue."""
+async def _record_requests(env: Env, count: int) -> list[DispatchRequest]:
+    """As the outbound worker leaves them: recorded in the ledger (queued next, by `_queue`)."""
     requests = workloads.dispatch_requests(count)
     ledger = Ledger.open(env.ledger_url)
     try:
@@ -49,6 +49,10 @@ async def _queue_requests(env: Env, channel: aio_pika.abc.AbstractChannel, count
             await ledger.record_request(request)
     finally:
         await ledger.close()
+    return requests
+
+
+async def _queue(env: Env, channel: aio_pika.abc.AbstractChannel, requests: list[DispatchRequest]) -> None:
     await preload(channel, names.stage_queue(env.prefix, names.dispatch_stage("bench")),
                   (encoder.encode(r) for r in requests))
 
@@ -64,17 +68,24 @@ async def unlimited(env: Env, channel: aio_pika.abc.AbstractChannel, messages: i
         auth = "Basic " + base64.b64encode(b"AK-reference:SK-reference").decode()
         ref = await env.script("dispatcher", env.amqp, queue, f"{simulator.url}/v2.2/messages", auth, str(prefetch))
         bodies = (msgspec.json.encode(message_body(r)) for r in workloads.dispatch_requests(messages))
+        ref_cpu = cpu_s(ref.pid)
         await preload(channel, queue, bodies)
         await wait_until(lambda: accepted(simulator, "AK-reference") >= messages, timeout=120)
+        ref_cpu = cpu_s(ref.pid) - ref_cpu
         await env.stop(ref)
         env.fresh_ledger()
-        await _queue_requests(env, channel, messages)
+        requests = await _record_requests(env, messages)
         config = env.config("dispatch", api_base=simulator.url, sms_rate=UNLIMITED_RATE)
         real = await env.bridge(config, "dispatcher", name="dispatch")
+        real_cpu = cpu_s(real.pid)  # from here on, only the messages (the start-up is behind us)
+        await _queue(env, channel, requests)
         await wait_until(lambda: accepted(simulator, "AK-bench") >= messages, timeout=120)
+        real_cpu = cpu_s(real.pid) - real_cpu
         await env.stop(real)
         row("dispatch", "limits off: sent/s", rate(simulator, "AK-bench"), rate(simulator, "AK-reference"),
             unit="/s")
+        row("dispatch", "limits off: CPU per message", real_cpu / messages * 1e6, ref_cpu / messages * 1e6,
+            unit="us")
         row("dispatch", f"limits off: accepted of {messages}", accepted(simulator, "AK-bench"),
             accepted(simulator, "AK-reference"), target=str(messages),
             ok=accepted(simulator, "AK-bench") == messages)
@@ -87,7 +98,7 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
     await simulator.start()
     messages = int(LIMIT * seconds) + 1  # first to last attempt spans `seconds`
     try:
-        await _queue_requests(env, channel, messages)
+        await _queue(env, channel, await _record_requests(env, messages))
         config = env.config(f"dispatch-{processes}", api_base=simulator.url, sms_rate=LIMIT)
         procs = await asyncio.gather(*(env.bridge(config, "dispatcher", name=f"dispatch-{processes}-{i}")
                                        for i in range(processes)))

@@ -12,11 +12,12 @@ import time
 
 import aio_pika
 
-from harness import ENV, Env, PbxSink, free_port, percentile, purge, wait_until
+from harness import ENV, Env, PbxSink, percentile, purge, wait_until
 from loadgen import Result
 from pool import Pool
 from report import row
 from smsbridge.broker import names
+from smsbridge.sandbox.ports import free_port
 
 CONNECTIONS = 32
 MAX_SECONDS = 600  # only a bound: the maximum run ends when its webhooks are sent

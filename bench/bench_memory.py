@@ -25,12 +25,13 @@ import time
 import aio_pika
 
 import workloads
-from harness import ENV, Env, PbxSink, free_port, paced, preload, rss_mb, wait_until
+from harness import ENV, Env, PbxSink, paced, preload, rss_mb, wait_until
 from pool import Pool
 from report import row
 from smsbridge.broker import names
 from smsbridge.events import encoder
 from smsbridge.flowroute.simulator import FlowrouteSimulator
+from smsbridge.sandbox.ports import free_port
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 UNLIMITED_RATE = 500  # SMS/s configured for the account (its prefetch is twice that)

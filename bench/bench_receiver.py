@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import aio_pika
 
-from harness import ENV, Env, cpu_s, free_port, percentile, purge
+from harness import ENV, Env, cpu_s, percentile, purge
 from loadgen import Result
 from pool import Pool
 from report import row
 from smsbridge.broker import names
+from smsbridge.sandbox.ports import free_port
 
 CONNECTIONS = 32
 

@@ -220,7 +220,7 @@ async def queue_depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
 async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes],
                   batch: int = 500) -> int:
     """Publish straight into a stage queue (confirmed, in batches), as the previous stage would."""
-    headers = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(time.time() * 1000)}
+    headers: dict[str, aio_pika.abc.FieldValue] = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(time.time() * 1000)}
     exchange = channel.default_exchange
     pending: list[Any] = []
     count = 0
