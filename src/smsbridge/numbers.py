@@ -11,23 +11,23 @@ import re
 from smsbridge.errors import InvalidNumber
 
 _NON_DIGITS = re.compile(r"[\s().\-]")
-_NANP = re.compile(r"^\+1[2-9]\d{2}[2-9]\d{6}$")
 
 
 def to_e164(raw: str) -> str:
     """Normalise a NANP number to `+1NPANXXXXXX`, or raise `InvalidNumber` saying why."""
-    cleaned = _NON_DIGITS.sub("", raw.strip())
+    cleaned = raw.strip()
+    if not cleaned.isdigit():  # as Flowroute sends them, there is nothing to clean
+        cleaned = _NON_DIGITS.sub("", cleaned)
     digits = cleaned.removeprefix("+")
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):  # isdigit alone takes other scripts' digits
         raise InvalidNumber(raw, "contains characters other than digits")
     if len(digits) == 10:
         digits = "1" + digits
-    if len(digits) != 11 or not digits.startswith("1"):
+    if len(digits) != 11 or digits[0] != "1":
         raise InvalidNumber(raw, "is not a 10- or 11-digit North American number")
-    number = "+" + digits
-    if not _NANP.match(number):
+    if digits[1] in "01" or digits[4] in "01":  # NPA-NXX-XXXX: N is 2-9
         raise InvalidNumber(raw, "area code and exchange must not start with 0 or 1")
-    return number
+    return "+" + digits
 
 
 def sender_e164(raw: str) -> str:
