@@ -205,6 +205,8 @@ def _media(relationships: _Relationships | None, included: list[_Included]) -> t
     `included` entries nobody references are kept too (after the referenced ones): a
     mismatched id must never cost the PBX an attachment.
     """
+    if not included:  # an SMS: nothing to match (a reference with nothing included has no URL)
+        return ()
     by_id = {item.id: item for item in included if item.type == "media"}
     refs = [ref.id for ref in (relationships.media.data if relationships and relationships.media else [])]
     ordered = [by_id[i] for i in refs if i in by_id] + [m for i, m in by_id.items() if i not in refs]
