@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
@@ -38,3 +40,20 @@ def test_secret_hides_in_every_rendering() -> None:
     assert "hunter2" not in f"{secret} {secret!r} {secret:>20} {[secret]}"
     assert secret.reveal() == "hunter2"
     assert secret.matches("hunter2") and not secret.matches("hunter3")
+
+
+def test_secret_keys_masked_in_any_case_every_time() -> None:
+    # The redactor remembers which keys are plain; a secret key must stay masked on every line.
+    for _ in range(2):
+        line = capture(True, Authorization="Basic QUs6U0s=", TOKEN="t0k3n", note="plain")
+        assert line["Authorization"] == line["TOKEN"] == "********" and line["note"] == "plain"
+
+
+def test_timestamps_are_utc_to_the_microsecond() -> None:
+    before = datetime.now(UTC)
+    stamps = [capture(False)["timestamp"] for _ in range(3)]
+    after = datetime.now(UTC)
+    for stamp in stamps:
+        assert isinstance(stamp, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+        assert before - timedelta(milliseconds=1) <= datetime.fromisoformat(stamp) <= after
+    assert stamps == sorted(stamps)
