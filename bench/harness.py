@@ -200,8 +200,6 @@ class PbxSink:
             await self._runner.cleanup()
 
 
-
-
 async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
