@@ -2,7 +2,7 @@
 
     POST /webhooks/flowroute/{config_id}/{token}   inbound SMS, MMS and DLRs, both shapes
     GET  /healthz   the process is alive (503 once its ledger can never answer again)
-    GET  /readyz    the broker is connected and the topology declared
+    GET  /readyz    the broker is connected, the topology declared and the ledger usable
     GET  /metrics   Prometheus
 
 Answers: 200 accepted (published) or parked (stored in the dead-letter queue for people to
