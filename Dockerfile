@@ -1,9 +1,13 @@
 # smsbridge: one image for every role; the command picks the role(s).
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements/runtime.lock ./requirements/
+# the locked versions, checked against their hashes; then the project alone, with the locked build tools
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.lock \
+ && pip install --no-cache-dir --require-hashes --no-deps --prefix=/install -r requirements/runtime.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --no-deps --no-build-isolation --prefix=/install .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/smsbridge --create-home smsbridge

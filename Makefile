@@ -7,12 +7,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= deploy/sample.toml
 
-.PHONY: run test unit lint typecheck check-config bench bench-memory clean
+LOCK   := requirements/dev.lock
+RUNS   ?= 1
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+.PHONY: run test test-loaded unit lint typecheck check-config bench bench-memory lock clean
+
+# A fresh venv from the lock whenever the lock changes: exactly the locked versions, each checked
+# against its hash, nothing resolved at install time (requirements/README.md says why).
+$(STAMP): $(LOCK) pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 ## run: every role in one process on the sample config, with the sandbox Flowroute and demo PBX
@@ -22,6 +27,10 @@ run: $(STAMP)
 ## test: the whole suite (unit, integration against the real RabbitMQ, end to end)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## test-loaded: the whole suite while one CPU hog per core keeps the host busy (RUNS=3 for three in a row)
+test-loaded: $(STAMP)
+	$(BIN)/python tests/loaded.py --runs $(RUNS) -- $(BIN)/python -m pytest -q
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
@@ -43,6 +52,17 @@ typecheck: $(STAMP)
 
 check-config: $(STAMP)
 	set -a && . ./deploy/sandbox.env && set +a && $(BIN)/smsbridge check-config $(CONFIG)
+
+## lock: re-resolve requirements/*.lock from pyproject.toml and requirements/build.in (review, then commit)
+lock:
+	$(PYTHON) -m venv --clear .lockvenv
+	.lockvenv/bin/python -m pip install --quiet pip-tools==7.6.2
+	CUSTOM_COMPILE_COMMAND="make lock" .lockvenv/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o requirements/runtime.lock pyproject.toml requirements/build.in
+	CUSTOM_COMPILE_COMMAND="make lock" .lockvenv/bin/pip-compile --quiet --upgrade --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -c requirements/runtime.lock \
+	  -o requirements/dev.lock pyproject.toml requirements/build.in
+	rm -rf .lockvenv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build src/*.egg-info

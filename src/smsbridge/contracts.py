@@ -5,6 +5,7 @@ A test regenerates it and compares, so the page can never drift from the code.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -61,7 +62,8 @@ def _type(prop: dict[str, Any]) -> str:
 
 def _table(name: str, schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required", []))
-    lines = [f"### {name}", "", schema.get("description", "").strip(), "",
+    # cleandoc: msgspec versions differ in whether they strip a docstring's indentation
+    lines = [f"### {name}", "", inspect.cleandoc(schema.get("description", "")), "",
              "| field | type | required | default |", "|---|---|---|---|"]
     for field, prop in schema.get("properties", {}).items():
         default = json.dumps(prop["default"]) if "default" in prop else ""

@@ -1,10 +1,9 @@
-"""The HTTP delivery adapter's client side, against aioresponses (unit tests of the client only)."""
+"""The HTTP delivery adapter: how PBX answers are classified, and the request it sends to the demo PBX on loopback."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
 
 from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
@@ -12,10 +11,8 @@ from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, utcnow
 from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer
 from smsbridge.secret import Secret
-from tests.support.aioresponses_compat import CompatResponse
-
-URL = "http://pbx.test/sms"
-
+from smsbridge.sandbox.pbx import FakePbx
+from tests.support.settings import free_port
 
 def delivery() -> InboundDelivery:
     return InboundDelivery(tenant="acme", config_id="main", mdr_id="mdr2-9", from_="+12065550199",
@@ -47,30 +44,22 @@ def test_retry_after_is_honoured() -> None:
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") is None
 
 
-async def test_request_carries_auth_and_idempotency_key() -> None:
-    target = HttpTarget(tenant="acme", url=URL, auth_header="X-Api-Key", auth_value=Secret("k-123"))
-    async with aiohttp.ClientSession() as session:
-        with aioresponses() as mocked:
-            mocked.post(URL, status=200, response_class=CompatResponse)
-            await HttpAdapter(target, session).deliver(delivery())
-            ((_, url), calls), = mocked.requests.items()
-    headers = calls[0].kwargs["headers"]
+async def test_request_carries_auth_and_idempotency_key(pbx: FakePbx, http: aiohttp.ClientSession) -> None:
+    target = HttpTarget(tenant="acme", url=pbx.url, auth_header="X-Api-Key", auth_value=Secret("k-123"))
+    await HttpAdapter(target, http).deliver(delivery())
+    ((status, body, headers),) = pbx.attempts
+    assert status == 200 and body["mdr_id"] == "mdr2-9"
     assert headers["X-Api-Key"] == "k-123" and headers["Idempotency-Key"] == "mdr2-9:101"
 
 
-async def test_connection_errors_are_retryable() -> None:
-    target = HttpTarget(tenant="acme", url=URL)
-    async with aiohttp.ClientSession() as session:
-        with aioresponses() as mocked:
-            mocked.post(URL, exception=aiohttp.ClientConnectionError("refused"))
-            with pytest.raises(RetryableError, match="PBX unreachable"):
-                await HttpAdapter(target, session).deliver(delivery())
+async def test_connection_errors_are_retryable(http: aiohttp.ClientSession) -> None:
+    target = HttpTarget(tenant="acme", url=f"http://127.0.0.1:{free_port()}/sms")
+    with pytest.raises(RetryableError, match="PBX unreachable"):
+        await HttpAdapter(target, http).deliver(delivery())
 
 
-async def test_timeouts_are_retryable() -> None:
-    target = HttpTarget(tenant="acme", url=URL, timeout_s=1.5)
-    async with aiohttp.ClientSession() as session:
-        with aioresponses() as mocked:
-            mocked.post(URL, exception=TimeoutError())
-            with pytest.raises(RetryableError, match="within 1.5 s"):
-                await HttpAdapter(target, session).deliver(delivery())
+async def test_timeouts_are_retryable(pbx: FakePbx, http: aiohttp.ClientSession) -> None:
+    pbx.delay_s = 3.0
+    target = HttpTarget(tenant="acme", url=pbx.url, timeout_s=0.3)
+    with pytest.raises(RetryableError, match="within 0.3 s"):
+        await HttpAdapter(target, http).deliver(delivery())
