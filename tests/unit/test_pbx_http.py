@@ -10,9 +10,10 @@ from smsbridge.config import HttpTarget
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, utcnow
 from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer
-from smsbridge.secret import Secret
 from smsbridge.sandbox.pbx import FakePbx
+from smsbridge.secret import Secret
 from tests.support.settings import free_port
+
 
 def delivery() -> InboundDelivery:
     return InboundDelivery(tenant="acme", config_id="main", mdr_id="mdr2-9", from_="+12065550199",
