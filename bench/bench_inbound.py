@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 
 import aio_pika
+from tests.support.ports import free_port
 
 from harness import ENV, Env, PbxSink, percentile, purge, wait_until
 from loadgen import Result
 from pool import Pool
 from report import row
 from smsbridge.broker import names
-from smsbridge.sandbox.ports import free_port
 
 CONNECTIONS = 32
 MAX_SECONDS = 600  # only a bound: the maximum run ends when its webhooks are sent

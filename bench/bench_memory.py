@@ -23,6 +23,7 @@ import asyncio
 import time
 
 import aio_pika
+from tests.support.ports import free_port
 
 import workloads
 from harness import ENV, Env, PbxSink, paced, preload, rss_mb, wait_until
@@ -31,7 +32,6 @@ from report import row
 from smsbridge.broker import names
 from smsbridge.events import encoder
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.sandbox.ports import free_port
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 UNLIMITED_RATE = 500  # SMS/s configured for the account (its prefetch is twice that)

@@ -10,13 +10,13 @@ the two cores were shared during the round, so it moves far less from run to run
 from __future__ import annotations
 
 import aio_pika
+from tests.support.ports import free_port
 
 from harness import ENV, Env, cpu_s, percentile, purge
 from loadgen import Result
 from pool import Pool
 from report import row
 from smsbridge.broker import names
-from smsbridge.sandbox.ports import free_port
 
 CONNECTIONS = 32
 

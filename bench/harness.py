@@ -15,9 +15,9 @@ from typing import Any
 import aio_pika
 import msgspec
 from aiohttp import web
+from tests.support.ports import free_port
 
 from smsbridge.broker import names
-from smsbridge.sandbox.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"BENCH_AK": "AK-bench", "BENCH_SK": "SK-bench", "BENCH_TOKEN": "bench-token-0123456789abcdefghij"}

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support.ports
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aio_pika

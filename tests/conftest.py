@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from smsbridge.bridge import Bridge
 from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.runtime import Bridge
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.settings import ACCOUNT, unique_prefix
 

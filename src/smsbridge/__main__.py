@@ -1,3 +1,3 @@
-from smsbridge.cli import main
+from smsbridge.cli.main import main
 
 raise SystemExit(main())

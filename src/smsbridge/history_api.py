@@ -13,8 +13,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from smsbridge.app_keys import LEDGER, SETTINGS
 from smsbridge.ledger import MessageRow
-from smsbridge.webkeys import LEDGER, SETTINGS
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:

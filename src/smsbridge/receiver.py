@@ -20,6 +20,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from smsbridge.app_keys import LEDGER, LEDGER_USABLE, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
 from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
@@ -31,7 +32,6 @@ from smsbridge.intake import Unroutable, to_event
 from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
 from smsbridge.secret import Secret
-from smsbridge.webkeys import LEDGER, LEDGER_USABLE, METRICS, PUBLISHER, READY, SETTINGS, ReadyCheck
 
 log = structlog.get_logger("smsbridge.receiver")
 Where = dict[str, Any]  # the configuration and source address of a request, for its log lines

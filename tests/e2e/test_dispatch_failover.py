@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractChannel
 from smsbridge.broker import topology
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbxside import publish_request
+from smsbridge.pbx_client import publish_request
 from tests.support import processes
 
 pytestmark = pytest.mark.e2e

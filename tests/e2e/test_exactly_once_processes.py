@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from smsbridge.broker import topology
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbxside import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support import processes
 from tests.support.fixtures import raw_payload

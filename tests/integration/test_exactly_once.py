@@ -16,7 +16,7 @@ from smsbridge.config import AdminSettings, LedgerSettings, Settings
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.payloads import dlr_payload
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbxside import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.secret import Secret
 from tests.conftest import StartBridge
 from tests.support.ledger import BACKENDS, ledger_location

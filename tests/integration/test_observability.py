@@ -8,11 +8,11 @@ import aiohttp
 import msgspec
 from aio_pika.abc import AbstractChannel
 
+from smsbridge.bridge import Bridge
 from smsbridge.config import ObservabilitySettings
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbxside import publish_request
-from smsbridge.runtime import Bridge
+from smsbridge.pbx_client import publish_request
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url, post

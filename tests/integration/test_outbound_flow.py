@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from smsbridge.broker import names, topology
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbxside import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url, post

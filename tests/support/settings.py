@@ -21,8 +21,8 @@ from smsbridge.config import (
     Settings,
     SmsConfig,
 )
-from smsbridge.sandbox.ports import free_port
 from smsbridge.secret import Secret
+from tests.support.ports import free_port
 
 TOKEN = "test-token-abcdefghijklmnopqrstuvwxyz"
 DID_MAIN = "+12065550100"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smsbridge.cli import main
-from smsbridge.configload import ConfigError, check_file, load_settings
+from smsbridge.cli.main import main
+from smsbridge.config_file import ConfigError, check_file, load_settings
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sample.toml"
 ENV = {

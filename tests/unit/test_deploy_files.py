@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smsbridge.bridge import ROLES
 from smsbridge.broker import names
-from smsbridge.cli import build_parser
-from smsbridge.configload import check_file
-from smsbridge.runtime import ROLES
+from smsbridge.cli.main import build_parser
+from smsbridge.config_file import check_file
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {name: "x" * 32 for name in ("FLOWROUTE_ACCESS_KEY", "FLOWROUTE_SECRET_KEY", "SMSBRIDGE_WEBHOOK_TOKEN_MAIN",

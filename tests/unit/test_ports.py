@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from smsbridge.sandbox.ports import free_port
+from tests.support.ports import free_port
 
 
 def test_ports_are_free_distinct_and_below_the_ephemeral_range() -> None:

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
+from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
@@ -39,7 +40,6 @@ from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.receiver import make_app, make_health_app
-from smsbridge.webkeys import LEDGER_USABLE
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
@@ -47,7 +47,7 @@ from smsbridge.workers.outbound import OutboundHandler
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 BROKER_STEP_TIMEOUT_S = 5.0
-log = structlog.get_logger("smsbridge.runtime")
+log = structlog.get_logger("smsbridge.bridge")
 
 
 class Bridge:

@@ -1,25 +1,18 @@
-"""`smsbridge db upgrade|prune` and `smsbridge messages`: the ledger from a shell."""
+"""`smsbridge messages`: the message history from a shell (did my text go out?)."""
 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import msgspec
 
 from smsbridge.config import Settings
 from smsbridge.ledger import MessageRow, open_from_settings
-from smsbridge.ledger.schema import LATEST
 from smsbridge.numbers import mask
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    db = sub.add_parser("db", help="the ledger's schema and retention")
-    db_what = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    for name, text in (("upgrade", "apply pending schema migrations"), ("prune", "forget rows past retention")):
-        action = db_what.add_parser(name, help=text)
-        action.add_argument("--config", "-c", required=True, help="TOML configuration file")
-
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     messages = sub.add_parser("messages", help="message history: did my text go out?")
     messages.add_argument("--config", "-c", required=True, help="TOML configuration file")
     messages.add_argument("--tenant")
@@ -34,20 +27,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     messages.add_argument("--show-pii", action="store_true", help="full numbers and bodies")
 
 
-async def run_db(settings: Settings, args: argparse.Namespace) -> int:
-    ledger = open_from_settings(settings.ledger)
-    try:
-        if args.db_command == "upgrade":
-            applied = await ledger.upgrade()
-            print(f"ledger at schema version {LATEST}" + (f" (applied {applied})" if applied else " (nothing to do)"))
-        else:
-            removed = await ledger.prune(timedelta(days=settings.ledger.retention_days))
-            print(f"pruned {removed} message(s) older than {settings.ledger.retention_days:g} days")
-    finally:
-        await ledger.close()
-    return 0
-
-
 def _line(row: MessageRow, show_pii: bool) -> str:
     number = (lambda n: n) if show_pii else mask
     who = row.client_message_id or row.mdr_id or ""
@@ -56,7 +35,7 @@ def _line(row: MessageRow, show_pii: bool) -> str:
             + (f"  ({row.reason})" if row.state == "failed" and row.reason else ""))
 
 
-async def run_messages(settings: Settings, args: argparse.Namespace) -> int:
+async def run(settings: Settings, args: argparse.Namespace) -> int:
     ledger = open_from_settings(settings.ledger)
     try:
         if args.ref:

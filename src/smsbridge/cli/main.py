@@ -20,15 +20,16 @@ import aiohttp
 import msgspec
 import structlog
 
-from smsbridge import cli_dlq, cli_ledger, logs
+from smsbridge import logs
+from smsbridge.bridge import ROLES, Bridge
+from smsbridge.cli import db, dlq, messages
 from smsbridge.config import HttpTarget, LoggingSettings, Settings
-from smsbridge.configload import ConfigError, check_file, load_settings
+from smsbridge.config_file import ConfigError, check_file, load_settings
 from smsbridge.connection import connect
 from smsbridge.events import OutboundRequest, encoder
 from smsbridge.flowroute.payloads import inbound_payload
 from smsbridge.flowroute.simulator import Faults, FlowrouteSimulator
-from smsbridge.pbxside import publish_request, status_queue, watch
-from smsbridge.runtime import ROLES, Bridge
+from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.sandbox.pbx import FakePbx
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -63,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--id", help="client_message_id (default: a new one)")
     send.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a final status (0: do not)")
 
-    cli_ledger.add_parsers(sub)
-    cli_dlq.add_parsers(sub)
+    db.add_parser(sub)
+    messages.add_parser(sub)
+    dlq.add_parsers(sub)
 
     simulate = sub.add_parser("simulate", help="stand-ins for the outside world")
     what = simulate.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -105,11 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "send":
         return asyncio.run(send(settings, args))
     if args.command == "dlq":
-        return asyncio.run(cli_dlq.run(settings, args))
+        return asyncio.run(dlq.run(settings, args))
     if args.command == "db":
-        return asyncio.run(cli_ledger.run_db(settings, args))
+        return asyncio.run(db.run(settings, args))
     if args.command == "messages":
-        return asyncio.run(cli_ledger.run_messages(settings, args))
+        return asyncio.run(messages.run(settings, args))
     logs.configure(settings.logging, cache=True)
     return asyncio.run(serve(settings, args.role or ROLES, sandbox=args.sandbox))
 

@@ -1,0 +1,1 @@
+"""The `smsbridge` command line: `main` parses and dispatches; one module per command group."""
