@@ -1,24 +1,25 @@
 """Wiring: one `Bridge` runs any set of roles in one process, sharing nothing in memory.
 
-Start order: connect, declare topology, open the publisher, then consumers, then the receiver
-(intake last, so nothing is accepted before it can be stored). Stop order is the reverse:
-stop intake (receiver, then consumer subscriptions), drain in-flight work within the timeout,
-cancel the rest (unacked, so the broker redelivers), close adapters, channels, connection.
+Start order: open the ledger, connect, declare topology, open the publisher, then consumers, then
+the receiver (intake last, so nothing is accepted before it can be stored). Each step that needs
+undoing pushes its undo onto one `AsyncExitStack`, so stop is exactly the reverse of start, and a
+start that fails half-way undoes what it did: stop intake (receiver, then consumer subscriptions),
+drain in-flight work within the timeout, cancel the rest (unacked, so the broker redelivers),
+close adapters, channels, the connection, the ledger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Iterable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
-from sqlalchemy.exc import SQLAlchemyError
 
 from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
@@ -35,10 +36,12 @@ from smsbridge.events import (
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.ledger import Ledger, open_from_settings
 from smsbridge.ledger.schema import LATEST
+from smsbridge.ledger_pruner import prune_forever
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
+from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
@@ -65,13 +68,10 @@ class Bridge:
         self._consumers: list[StageConsumer[Any]] = []
         self._adapters: dict[str, DeliveryAdapter] = {}
         self._http: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
         self._declared = False
         self.ledger: Ledger | None = None
-        self._pruner: asyncio.Task[None] | None = None
-        self._poller: asyncio.Task[None] | None = None
-        self._failover: asyncio.Task[None] | None = None
         self.health_url: str | None = None
+        self._stack = AsyncExitStack()
 
     def readiness(self) -> dict[str, bool]:
         conn = self.connection
@@ -80,18 +80,46 @@ class Bridge:
         return {"broker_connected": connected, "topology_declared": self._declared, LEDGER_USABLE: ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
-        broker = self.settings.broker
-        self.ledger = await open_ledger(self.settings.ledger)
-        self._pruner = asyncio.create_task(self._prune_forever(), name="ledger-pruner")
+        try:
+            await self._start(connect_attempts)
+        except BaseException:
+            await self.stop()  # undo whatever had started
+            raise
+        log.info("bridge started", roles=list(self.roles), prefix=self.settings.broker.prefix,
+                 receiver=self.receiver_url, health=self.health_url)
+
+    async def _start(self, connect_attempts: int | None) -> None:
+        broker, stack = self.settings.broker, self._stack
+        self.ledger = ledger = await open_ledger(self.settings.ledger)
+        stack.push_async_callback(ledger.close)
+        self._background(prune_forever(ledger, self.settings.ledger), "ledger-pruner")
         self.connection = await connect(broker.urls, attempts=connect_attempts)
-        self._failover = asyncio.create_task(failover(self.connection, broker.urls), name="broker-failover")
+        connection = self.connection  # closed even while the broker is down: it would keep reconnecting
+        stack.push_async_callback(lambda: _bounded(connection.close(), "close connection"))
+        self._background(failover(self.connection, broker.urls), "broker-failover")
+        stack.push_async_callback(self._close_channels)
         channel = await self._channel(publisher_confirms=True, on_return_raises=True)
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
-        ledger = self.ledger
+        await self._start_consumers(ledger)
+        stack.push_async_callback(self._stop_consumers)
+        if "receiver" in self.roles:
+            await self._start_receiver()
+        elif self.settings.observability.enabled:
+            await self._start_health()
+        poller = QueueDepthPoller(self.connection, self._queues, self.metrics,
+                                  self.settings.observability.queue_poll_s)
+        self._background(poller.run(), "queue-depth-poller")
+        # Everything built so far (imports, settings, pools) lives as long as the process: move it
+        # out of the collector's sight, so full collections walk only what messages allocate.
+        gc.collect()
+        gc.freeze()
+
+    async def _start_consumers(self, ledger: Ledger) -> None:
+        assert self.publisher is not None
         if "inbound" in self.roles:
             await self._consume("inbound", inbound_stage_decoder,
                                 InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
@@ -103,17 +131,16 @@ class Bridge:
                                 OutboundHandler(self.settings, self.publisher, ledger))
         if "dispatcher" in self.roles:
             await self._start_dispatcher()
-        if "receiver" in self.roles:
-            await self._start_receiver()
-        elif self.settings.observability.enabled:
-            await self._start_health()
-        self._poller = asyncio.create_task(self._poll_queues(), name="queue-depth-poller")
-        # Everything built so far (imports, settings, pools) lives as long as the process: move it
-        # out of the collector's sight, so full collections walk only what messages allocate.
-        gc.collect()
-        gc.freeze()
-        log.info("bridge started", roles=list(self.roles), prefix=broker.prefix, receiver=self.receiver_url,
-                 health=self.health_url)
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A task that lives as long as the bridge: cancelled and awaited on stop."""
+        task = asyncio.create_task(work, name=name)
+
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self._stack.push_async_callback(cancel)
 
     async def _channel(self, **kwargs: Any) -> AbstractChannel:
         assert self.connection is not None
@@ -157,21 +184,10 @@ class Bridge:
         timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
         return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
 
-    async def _prune_forever(self) -> None:
-        ledger_settings = self.settings.ledger
-        while True:
-            try:
-                assert self.ledger is not None
-                removed = await self.ledger.prune(timedelta(days=ledger_settings.retention_days))
-                if removed:
-                    log.info("ledger pruned", removed=removed, retention_days=ledger_settings.retention_days)
-            except SQLAlchemyError as exc:
-                log.error("ledger prune failed", error=repr(exc))
-            await asyncio.sleep(ledger_settings.prune_interval_s)
-
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession()
+            self._stack.push_async_callback(self._http.close)
         return self._http
 
     def _build_adapters(self) -> dict[str, DeliveryAdapter]:
@@ -181,82 +197,58 @@ class Bridge:
                 self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
             else:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
+            self._stack.push_async_callback(self._adapters[target.tenant].close)
         return self._adapters
 
     async def _start_health(self) -> None:
         """Worker-only processes: /healthz, /readyz and /metrics on their own small port."""
-        self._runner = web.AppRunner(make_health_app(self.metrics, self.readiness), access_log=None)
-        await self._runner.setup()
-        observability = self.settings.observability
-        await web.TCPSite(self._runner, observability.host, observability.port).start()
-        host, port = self._runner.addresses[0][:2]
+        runner = web.AppRunner(make_health_app(self.metrics, self.readiness), access_log=None)
+        await self._serve(runner, self.settings.observability.host, self.settings.observability.port)
+        host, port = runner.addresses[0][:2]
         self.health_url = f"http://{host}:{port}"
+
+    async def _serve(self, runner: web.AppRunner, host: str, port: int) -> None:
+        await runner.setup()
+        self._stack.push_async_callback(runner.cleanup)  # stops accepting, lets running requests finish
+        await web.TCPSite(runner, host, port).start()
 
     def _queues(self) -> list[str]:
         prefix = self.settings.broker.prefix
         stages = [*topology.STAGES, *(names.dispatch_stage(a) for a in self.settings.accounts())]
         return [names.stage_queue(prefix, s) for s in stages] + [names.dead_queue(prefix), names.unrouted_queue(prefix)]
 
-    async def _poll_queues(self) -> None:
-        """Queue depths for the gauges; a failed poll leaves the last values and tries again."""
-        channel = None
-        while True:
-            try:
-                if channel is None or channel.is_closed:
-                    assert self.connection is not None
-                    channel = await (await self.connection.channel()).get_underlay_channel()
-                for queue in self._queues():
-                    declared = await channel.queue_declare(queue, passive=True)
-                    self.metrics.queue_depth.labels(queue).set(declared.message_count or 0)
-            except Exception as exc:  # a missing queue closes the channel: reopen next round
-                log.debug("queue depth poll failed", error=repr(exc))
-                channel = None
-            await asyncio.sleep(self.settings.observability.queue_poll_s)
-
     async def _start_receiver(self) -> None:
         assert self.publisher is not None
         assert self.ledger is not None
         app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
         # No access log: the webhook path carries the configuration's secret token.
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
-        await self._runner.setup()
-        receiver = self.settings.receiver
-        await web.TCPSite(self._runner, receiver.host, receiver.port).start()
-        host, port = self._runner.addresses[0][:2]
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
+        await self._serve(runner, self.settings.receiver.host, self.settings.receiver.port)
+        host, port = runner.addresses[0][:2]
         self.receiver_url = f"http://{host}:{port}"
 
     def _online(self) -> bool:
         return self.connection is not None and self.connection.connected.is_set()
 
-    async def stop(self) -> None:
-        """Stop in order; every broker call is bounded, so SIGTERM works even while the broker is down."""
-        timeout = self.settings.drain_timeout_s
-        if self._runner is not None:
-            await self._runner.cleanup()  # stops accepting, lets running webhooks finish
-            self._runner = None
-        # With the broker gone there is nothing to cancel or close politely: unacked messages
-        # return to their queues when the connection ends, so skip straight past those steps.
-        # Each phase is bounded once for all its steps, not once per step.
-        if self._online():
-            await _bounded(asyncio.gather(*(c.cancel() for c in self._consumers)), "cancel consumers")
-        await asyncio.gather(*(consumer.drain(timeout) for consumer in self._consumers))
+    async def _stop_consumers(self) -> None:
+        """Stop intake on every consumer at once, then give all in-flight work one drain timeout."""
+        # With the broker gone there is nothing to cancel politely: unacked messages return to
+        # their queues when the connection ends. Each phase is bounded once for all its steps.
+        await _bounded_if(self._online, lambda: asyncio.gather(*(c.cancel() for c in self._consumers)),
+                          "cancel consumers")
+        await asyncio.gather(*(c.drain(self.settings.drain_timeout_s) for c in self._consumers))
         self._consumers.clear()
-        for adapter in self._adapters.values():
-            await adapter.close()
-        if self._http is not None:
-            await self._http.close()
-        if self._online():
-            open_channels = [c for c in self._channels if not c.is_closed]
-            await _bounded(asyncio.gather(*(c.close() for c in open_channels)), "close channels")
+
+    async def _close_channels(self) -> None:
+        open_channels = [c for c in self._channels if not c.is_closed]
         self._channels.clear()
-        if self.connection is not None:
-            await _bounded(self.connection.close(), "close connection")
-        for task in (self._pruner, self._poller, self._failover):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-        if self.ledger is not None:
-            await self.ledger.close()
+        await _bounded_if(self._online, lambda: asyncio.gather(*(c.close() for c in open_channels)),
+                          "close channels")
+
+    async def stop(self) -> None:
+        """Undo start in reverse order; every broker call is bounded, so SIGTERM works even while
+        the broker is down."""
+        await self._stack.aclose()
         log.info("bridge stopped")
 
 
@@ -277,6 +269,12 @@ async def open_ledger(settings: LedgerSettings) -> Ledger:
 def _conversation(event: Any) -> str | None:
     """Texts between the same two numbers (and extension) are handled in arrival order."""
     return getattr(event, "conversation", None)
+
+
+async def _bounded_if(online: Callable[[], bool], step: Callable[[], Awaitable[Any]], what: str) -> None:
+    """Run a broker step if the broker is reachable, bounded in time; skip it otherwise."""
+    if online():
+        await _bounded(step(), what)
 
 
 async def _bounded(step: Awaitable[Any], what: str, seconds: float = BROKER_STEP_TIMEOUT_S) -> None:

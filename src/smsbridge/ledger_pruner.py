@@ -1,0 +1,26 @@
+"""Forgetting message history past its retention, in the background of every process that has a ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.exc import SQLAlchemyError
+
+from smsbridge.config import LedgerSettings
+from smsbridge.ledger import Ledger
+
+log = structlog.get_logger("smsbridge.ledger")
+
+
+async def prune_forever(ledger: Ledger, settings: LedgerSettings) -> None:
+    """Prune now, then every `prune_interval_s`; a failed round is logged and tried again next time."""
+    while True:
+        try:
+            removed = await ledger.prune(timedelta(days=settings.retention_days))
+            if removed:
+                log.info("ledger pruned", removed=removed, retention_days=settings.retention_days)
+        except SQLAlchemyError as exc:
+            log.error("ledger prune failed", error=repr(exc))
+        await asyncio.sleep(settings.prune_interval_s)
