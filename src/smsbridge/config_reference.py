@@ -1,0 +1,218 @@
+"""Render docs/configuration.md from the settings Structs: `python -m smsbridge.config_reference`.
+
+Types and defaults come from the Structs themselves (msgspec's type information); what each key
+means comes from `MEANING` below. A test regenerates the page and compares, and fails when a key
+has no meaning written or a meaning names a key that no longer exists, so the reference can
+neither drift from the code nor miss a key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+from msgspec import inspect
+
+from smsbridge.config import Settings
+
+MEANING: dict[str, str] = {
+    "drain_timeout_s": "On SIGTERM, how long in-flight messages may take to finish before they are cancelled "
+                       "(unacked, so the broker redelivers them).",
+    "broker.urls": "RabbitMQ URLs, one per cluster node; the connection moves to the next one when a node is down. "
+                   "`amqps://` uses TLS (`cafile`, `certfile`, `keyfile` in the query).",
+    "broker.prefix": "The start of every exchange and queue name the bridge declares (`<prefix>.requests`, "
+                     "`<prefix>.inbound`, `<prefix>.dead-letters`, ...): several bridges can share a broker.",
+    "broker.prefetch": "Messages each consumer holds at once: the concurrency of every stage.",
+    "broker.publish_timeout_s": "How long a publish waits for the broker's confirm before it counts as failed "
+                                "(a webhook then gets 503).",
+    "broker.delivery_limit": "Quorum queues' `x-delivery-limit`: a message redelivered this often (e.g. one that "
+                             "crashes its process every time) is dead-lettered by the broker.",
+    "receiver.host": "Address the receiver (webhooks, history API, probes, metrics) listens on.",
+    "receiver.port": "Its port; 0 picks a free one.",
+    "receiver.public_url": "The URL Flowroute reaches the receiver at; webhook and `dlr_callback` URLs start with it.",
+    "receiver.max_body_bytes": "Webhook bodies above this size are refused with 413.",
+    "receiver.allowed_source_ips": "If not empty, only these source addresses may post webhooks (403 otherwise).",
+    "retry.*.max_attempts": "Tries of a message at this stage before it is dead-lettered.",
+    "retry.*.max_age_s": "Seconds since the message was first seen after which it is dead-lettered instead of "
+                         "retried.",
+    "retry.*.base_delay_s": "The first retry's delay; each later one doubles, with jitter.",
+    "retry.*.max_delay_s": "The longest delay between two tries (a `Retry-After` from the peer still wins).",
+    "logging.level": "Lowest level written.",
+    "logging.format": "`json` (one object per line), `console` (for people), or `auto` (console on a terminal, "
+                      "JSON otherwise).",
+    "logging.show_pii": "Write full phone numbers and message bodies in logs (off: numbers masked, bodies left "
+                        "out). For debugging only.",
+    "flowroute.api_base": "Flowroute's API; the sandbox points it at the simulator.",
+    "flowroute.timeout_s": "How long a send to Flowroute may take; after a timeout the dispatcher looks the "
+                           "message up before it sends again.",
+    "flowroute.rate_margin_s": "Extra time added to each rate window, so attempts spaced by the limiter stay under "
+                               "Flowroute's count despite clock and network jitter.",
+    "flowroute.request_dlrs": "Ask Flowroute for delivery receipts (`dlr_callback`) on every send.",
+    "ledger.url": "`sqlite:///path` for one host, `postgresql://user@host/db` for several.",
+    "ledger.password": "The database password, as a secret reference.",
+    "ledger.schema": "PostgreSQL schema to keep the tables in (default: the user's search path).",
+    "ledger.retention_days": "Message history older than this is pruned.",
+    "ledger.prune_interval_s": "How often the pruner runs.",
+    "ledger.migrate_on_start": "Apply pending schema migrations at start-up (off: run `smsbridge db upgrade` "
+                               "yourself).",
+    "admin.token": "Bearer token for the history API (`GET /v1/messages`); without one the API answers 404.",
+    "observability.enabled": "Serve /healthz, /readyz and /metrics from processes without the receiver role.",
+    "observability.host": "Where they listen.",
+    "observability.port": "Their port; 0 picks a free one (logged at start-up).",
+    "observability.queue_poll_s": "How often queue depths are read for the `smsbridge_queue_messages` gauge.",
+    "outbound.replace_smart_punctuation": "Replace curly quotes, dashes and ellipses with plain ASCII so a text "
+                                          "stays in GSM-7 (more characters per segment).",
+    "outbound.max_segments": "Longer SMS are refused (`too_long`) before they cost anything.",
+    "outbound.max_media": "MMS with more attachments are refused.",
+    "outbound.max_rate_limited_waits": "If Flowroute answers 429 anyway, how often the dispatcher pauses the "
+                                       "account and tries again before it schedules a retry.",
+    "sms_configs.id": "The configuration's name; it is part of its webhook URL.",
+    "sms_configs.tenant": "The tenant (customer) it belongs to: its texts go to that tenant's PBX target only.",
+    "sms_configs.access_key": "Flowroute Access Key (API username), as a secret reference.",
+    "sms_configs.secret_key": "Flowroute Secret Key (API password), as a secret reference.",
+    "sms_configs.webhook_token": "The secret part of the webhook URL (`/webhooks/flowroute/<id>/<token>`); at least "
+                                 "24 characters.",
+    "sms_configs.sender_id": "Send every text from this number instead of the DID chosen by the rules. Must be one "
+                             "of this configuration's DIDs.",
+    "sms_configs.dids": "The DIDs (E.164) this configuration owns; each DID belongs to one configuration.",
+    "sms_configs.fallback_extensions": "Where a text goes when no inbound rule matches (empty: dead-lettered "
+                                       "with `no_route`).",
+    "sms_configs.help_reply": "If set, a text that is just HELP gets this reply (10DLC campaigns must answer HELP).",
+    "sms_configs.account": "Names the Flowroute account for its dispatch queue and rate limit; configurations "
+                           "with the same Access Key share one account. Empty: derived from the Access Key.",
+    "sms_configs.sms_per_second": "The account's SMS limit (Flowroute: 5 per second, every attempt counted).",
+    "sms_configs.mms_per_second": "The account's MMS limit (Flowroute: 1 per second).",
+    "inbound_rules.config": "The SMS configuration whose texts this rule routes.",
+    "inbound_rules.did": "One of its DIDs, or `*` for all of them.",
+    "inbound_rules.extensions": "The extensions that get the text (all of them, like a ring group).",
+    "inbound_rules.from_pattern": "Shell-style glob on the sender in E.164 (`+1206*`); empty: any sender.",
+    "inbound_rules.name": "A name for logs and `check-config`.",
+    "outbound_rules.config": "The SMS configuration (and so the Flowroute account) the texts go out through.",
+    "outbound_rules.extensions": "Extensions this rule lets text out; `*` for every extension.",
+    "outbound_rules.dids": "The configuration's DIDs they may send from (empty: all of them).",
+    "outbound_rules.default_did": "The DID used when a request names none; one of the configuration's DIDs.",
+    "outbound_rules.destinations": "Globs on the E.164 destination (`+1206*`); empty: every US/Canada number.",
+    "outbound_rules.name": "A name for logs and `check-config`.",
+    "pbx_targets.kind": "`http` (POST each delivery to the PBX) or `amqp` (publish it to an exchange the PBX "
+                        "consumes).",
+    "pbx_targets.tenant": "The tenant whose deliveries go here; one target per tenant.",
+    "pbx_targets.url": "http: where each delivery is POSTed.",
+    "pbx_targets.auth_header": "http: the header that carries `auth_value`.",
+    "pbx_targets.auth_value": "http: its value, as a secret reference (e.g. `Bearer ...`).",
+    "pbx_targets.timeout_s": "http: how long the PBX may take to answer before the delivery is retried.",
+    "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
+}
+
+INTRO = """# Configuration reference
+
+Generated from `src/smsbridge/config.py` by `python -m smsbridge.config_reference`; do not edit by
+hand. One TOML file holds everything; `smsbridge check-config FILE` lists every problem with its
+place. `deploy/sample.toml` is a working example (what `make run` uses).
+
+Secrets are never written in the file: each is a reference, `{ env = "NAME" }` or
+`{ file = "path" }` (relative to the file), resolved at start-up.
+
+Names on the broker: every exchange and queue starts with `[broker] prefix` (default `smsbridge`),
+e.g. `smsbridge.requests` (where PBXs publish outbound requests), `smsbridge.status`,
+`smsbridge.dead-letters`. docs/operations.md lists them all.
+"""
+
+
+def _type(t: inspect.Type) -> str:
+    if isinstance(t, inspect.StrType):
+        pattern = (t.pattern or "").replace("|", "\\|")  # a bare | would end the table cell
+        return "string" + (f" matching `{pattern}`" if pattern else "")
+    if isinstance(t, inspect.IntType | inspect.FloatType):
+        name = "integer" if isinstance(t, inspect.IntType) else "number"
+        bounds = [f"{op} {v:g}" for op, v in ((">", t.gt), ("≥", t.ge), ("<", t.lt), ("≤", t.le)) if v is not None]
+        return f"{name} ({', '.join(bounds)})" if bounds else name
+    if isinstance(t, inspect.BoolType):
+        return "boolean"
+    if isinstance(t, inspect.ListType):
+        return f"list of {_type(t.item_type)}"
+    if isinstance(t, inspect.LiteralType):
+        return " \\| ".join(f"`{json.dumps(v)}`" for v in t.values)
+    if isinstance(t, inspect.UnionType):
+        return " or ".join(_type(x) for x in t.types if not isinstance(x, inspect.NoneType))
+    if isinstance(t, inspect.CustomType):
+        return "secret reference"
+    return type(t).__name__.removesuffix("Type").lower()
+
+
+def _default(field: inspect.Field, owner: Any) -> str:
+    """The default as the program has it: read off a default instance of the section, so that
+    sections whose defaults differ by place (the retry policies) show their own."""
+    if field.required:
+        return "required"
+    value = getattr(owner, field.name) if owner is not None else (
+        field.default_factory() if field.default is msgspec.NODEFAULT else field.default)
+    if value is None or value == []:
+        return "(none)"
+    return f"`{json.dumps(value)}`"
+
+
+Row = tuple[str, str, str, str, str]  # section heading, meaning key, TOML key, type, default
+
+
+def rows() -> Iterator[Row]:
+    """A row for every key, in file order."""
+    root = inspect.type_info(Settings)
+    assert isinstance(root, inspect.StructType)
+    defaults = Settings()
+    for field in root.fields:
+        if not isinstance(field.type, inspect.StructType | inspect.ListType):
+            yield "top level", field.encode_name, field.encode_name, _type(field.type), _default(field, defaults)
+    for field in root.fields:
+        yield from _section(field, getattr(defaults, field.name))
+
+
+def _fields(heading: str, where: str, struct: inspect.StructType, owner: Any) -> Iterator[Row]:
+    for f in struct.fields:
+        yield heading, f"{where}.{f.encode_name}", f.encode_name, _type(f.type), _default(f, owner)
+
+
+def _section(field: inspect.Field, owner: Any) -> Iterator[Row]:
+    t, name = field.type, field.encode_name
+    if isinstance(t, inspect.StructType) and all(isinstance(f.type, inspect.StructType) for f in t.fields):
+        for sub in t.fields:  # [retry.inbound] ...: the same keys per stage, each with its own defaults
+            assert isinstance(sub.type, inspect.StructType)
+            yield from _fields(f"[{name}.{sub.encode_name}]", f"{name}.*", sub.type, getattr(owner, sub.name))
+    elif isinstance(t, inspect.StructType):
+        yield from _fields(f"[{name}]", name, t, owner)
+    elif isinstance(t, inspect.ListType):
+        variants = t.item_type.types if isinstance(t.item_type, inspect.UnionType) else (t.item_type,)
+        structs = [v for v in variants if isinstance(v, inspect.StructType)]
+        heading, seen = f"[[{name}]]", set()
+        tag_field = structs[0].tag_field
+        if tag_field:
+            kinds = " \\| ".join(f"`{json.dumps(v.tag)}`" for v in structs)
+            seen.add(tag_field)
+            yield heading, f"{name}.{tag_field}", tag_field, kinds, "required"
+        for variant in structs:
+            for row in _fields(heading, name, variant, None):
+                if row[2] not in seen:
+                    seen.add(row[2])
+                    yield row
+
+
+def render() -> str:
+    out = [INTRO]
+    heading = None
+    for section, key, toml_key, type_text, default in rows():
+        if section != heading:
+            heading = section
+            out += ["", f"## {section}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out.append(f"| `{toml_key}` | {type_text} | {default} | {MEANING.get(key, '')} |")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def missing_and_stale() -> tuple[list[str], list[str]]:
+    """Keys without a meaning, and meanings of keys that no longer exist."""
+    documented = {row[1] for row in rows()}
+    return sorted(documented - MEANING.keys()), sorted(MEANING.keys() - documented)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
