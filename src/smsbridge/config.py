@@ -10,7 +10,6 @@ Secrets are never written in the file: they are references (`{ env = "NAME" }` o
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -239,5 +238,3 @@ class Settings(_Section, frozen=True, kw_only=True):
         base = self.receiver.public_url.rstrip("/")
         return f"{base}/webhooks/flowroute/{config.id}/{config.webhook_token.reveal()}"
 
-
-GLOB_CHARS = re.compile(r"^[+0-9*?\[\]!-]+$")

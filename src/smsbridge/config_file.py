@@ -8,6 +8,7 @@ duplicate DIDs, weak tokens) run once the shapes are right.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -166,6 +167,8 @@ def _config_problems(settings: Settings) -> list[Problem]:
             problems.append(
                 Problem(f"{where}.webhook_token", f"too short: use at least {MIN_TOKEN_LENGTH} random characters")
             )
+        if cfg.sender_id:
+            problems += _did_problems(settings, cfg, [cfg.sender_id], f"{where}.sender_id")
         if settings.pbx_target(cfg.tenant) is None:
             problems.append(Problem(f"{where}.tenant", f"no pbx_targets entry for tenant '{cfg.tenant}'"))
     if not settings.sms_configs:
@@ -180,8 +183,56 @@ def _rule_problems(settings: Settings) -> list[Problem]:
         where = f"inbound_rules[{i}]"
         if cfg is None:
             problems.append(Problem(f"{where}.config", f"no SMS configuration with id '{rule.config}'"))
-        elif rule.did != "*" and rule.did not in cfg.dids:
-            problems.append(Problem(f"{where}.did", f"{rule.did} is not a DID of configuration '{cfg.id}'"))
+        elif rule.did != "*":
+            problems += _did_problems(settings, cfg, [rule.did], f"{where}.did")
+        if rule.from_pattern is not None:
+            problems += _glob_problems([rule.from_pattern], f"{where}.from_pattern")
+    for i, out in enumerate(settings.outbound_rules):
+        where = f"outbound_rules[{i}]"
+        cfg = settings.sms_config(out.config)
+        if cfg is None:
+            problems.append(Problem(f"{where}.config", f"no SMS configuration with id '{out.config}'"))
+        else:
+            problems += _did_problems(settings, cfg, out.dids, f"{where}.dids")
+            if out.default_did is not None:
+                problems += _did_problems(settings, cfg, [out.default_did], f"{where}.default_did")
+                if out.dids and out.default_did not in out.dids:
+                    problems.append(Problem(f"{where}.default_did",
+                                            f"{out.default_did} is not among the rule's own dids"))
+        problems += _glob_problems(out.destinations, f"{where}.destinations")
+    return problems
+
+
+GLOB_CHARS = re.compile(r"^[+0-9*?\[\]!-]+$")
+
+
+def _did_problems(settings: Settings, cfg: SmsConfig, dids: list[str], where: str) -> list[Problem]:
+    """Each DID must be one the configuration owns; say whose it is when it is another's."""
+    problems = []
+    for did in dids:
+        if did in cfg.dids:
+            continue
+        owner = next((c for c in settings.sms_configs if did in c.dids), None)
+        whose = "" if owner is None else (
+            f" (it belongs to configuration '{owner.id}'"
+            + ("" if owner.tenant == cfg.tenant else f" of tenant '{owner.tenant}'") + ")")
+        problems.append(Problem(where, f"{did} is not a DID of configuration '{cfg.id}'{whose}"))
+    return problems
+
+
+def _glob_problems(patterns: list[str], where: str) -> list[Problem]:
+    """Patterns are shell-style globs matched against E.164 numbers (`+12065550100`)."""
+    problems = []
+    for pattern in patterns:
+        if not GLOB_CHARS.match(pattern):
+            why = "only digits, '+' and the glob characters * ? [ ] ! - are allowed"
+        elif not pattern.startswith(("+", "*", "?", "[")):
+            why = "numbers are matched in E.164, which starts with '+': write e.g. '+1206*'"
+        elif pattern.count("[") != pattern.count("]"):
+            why = "unbalanced [ ]"
+        else:
+            continue
+        problems.append(Problem(where, f"invalid pattern {pattern!r}: {why}"))
     return problems
 
 

@@ -165,3 +165,66 @@ extensions = ["*"]
 """
     settings = load_settings(write(tmp_path, text), {"AK": "a", "TOKEN": "x" * 30})
     assert settings.inbound_rules[0].did == "*" and settings.outbound_rules[0].extensions == ["*"]
+
+
+TWO_TENANTS = GOOD + """
+[[sms_configs]]
+id = "beta-main"
+tenant = "beta"
+access_key = { env = "AK" }
+secret_key = { env = "AK" }
+webhook_token = { env = "TOKEN" }
+dids = ["+13125550100"]
+
+[[pbx_targets]]
+kind = "amqp"
+tenant = "beta"
+exchange = "beta.pbx"
+"""
+
+BAD_OUTBOUND = {
+    "an unknown configuration": ('config = "nope"\nextensions = ["101"]',
+                                 "outbound_rules[0].config: no SMS configuration with id 'nope'"),
+    "a DID the configuration does not own": ('config = "main"\nextensions = ["101"]\ndids = ["+12065550177"]',
+                                             "outbound_rules[0].dids: +12065550177 is not a DID of "
+                                             "configuration 'main'"),
+    "another tenant's DID": ('config = "main"\nextensions = ["101"]\ndids = ["+13125550100"]',
+                             "outbound_rules[0].dids: +13125550100 is not a DID of configuration 'main' "
+                             "(it belongs to configuration 'beta-main' of tenant 'beta')"),
+    "a foreign default_did": ('config = "main"\nextensions = ["101"]\ndefault_did = "+13125550100"',
+                              "outbound_rules[0].default_did: +13125550100 is not a DID of configuration 'main' "
+                              "(it belongs to configuration 'beta-main' of tenant 'beta')"),
+    "an invalid destination pattern": ('config = "main"\nextensions = ["101"]\ndestinations = ["1206*"]',
+                                       "outbound_rules[0].destinations: invalid pattern '1206*': numbers are "
+                                       "matched in E.164, which starts with '+': write e.g. '+1206*'"),
+    "a destination pattern with letters": ('config = "main"\nextensions = ["101"]\ndestinations = ["+1206abc"]',
+                                           "outbound_rules[0].destinations: invalid pattern '+1206abc': only "
+                                           "digits, '+' and the glob characters * ? [ ] ! - are allowed"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OUTBOUND)
+def test_check_config_refuses_each_bad_outbound_rule_with_its_place(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule, expected = BAD_OUTBOUND[case]
+    for key, value in {"AK": "a", "TOKEN": "x" * 30}.items():
+        monkeypatch.setenv(key, value)
+    assert main(["check-config", str(write(tmp_path, TWO_TENANTS + "\n[[outbound_rules]]\n" + rule + "\n"))]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out and expected in out, out
+
+
+def test_a_sender_id_of_another_tenant_is_refused(tmp_path: Path) -> None:
+    text = TWO_TENANTS.replace('dids = ["+12065550100"]', 'dids = ["+12065550100"]\nsender_id = "+13125550100"', 1)
+    _, problems = check_file(write(tmp_path, text), {"AK": "a", "TOKEN": "x" * 30})
+    assert [str(p) for p in problems] == [
+        "sms_configs[0].sender_id: +13125550100 is not a DID of configuration 'main' "
+        "(it belongs to configuration 'beta-main' of tenant 'beta')"]
+
+
+def test_a_good_outbound_rule_passes(tmp_path: Path) -> None:
+    rule = ('\n[[outbound_rules]]\nconfig = "main"\nextensions = ["*"]\ndids = ["+12065550100"]\n'
+            'default_did = "+12065550100"\ndestinations = ["+1206*", "+1[34]??5550100"]\n')
+    _, problems = check_file(write(tmp_path, TWO_TENANTS + rule), {"AK": "a", "TOKEN": "x" * 30})
+    assert problems == []
