@@ -1,0 +1,118 @@
+"""The consumer loop every stage shares, on the in-memory broker: what is acked, retried, dead-lettered
+or requeued, with which headers. The same behaviours against RabbitMQ: tests/integration/test_dlq.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+import pytest
+
+from smsbridge.broker import names
+from smsbridge.broker.consumer import MessageContext, StageConsumer
+from smsbridge.config import RetryPolicy
+from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
+from smsbridge.metrics import Metrics
+from smsbridge.testing.broker import InMemoryPublisher, StubChannel, StubMessage, StubQueue
+
+PREFIX = "unit"
+QUEUE = names.stage_queue(PREFIX, "inbound")
+
+
+class Event(msgspec.Struct):
+    n: int
+
+
+@dataclass
+class Scripted:
+    """A handler that raises what it is told to, and remembers what it saw."""
+
+    raises: BaseException | None = None
+    seen: list[tuple[int, MessageContext]] = field(default_factory=list)
+    gave_up: list[tuple[int, str, str]] = field(default_factory=list)
+
+    async def handle(self, event: Event, context: MessageContext) -> None:
+        self.seen.append((event.n, context))
+        if self.raises is not None:
+            raise self.raises
+
+    async def given_up(self, event: Event, reason: str, code: str) -> None:
+        self.gave_up.append((event.n, reason, code))
+
+
+async def consumer(handler: Scripted, publisher: InMemoryPublisher,
+                   policy: RetryPolicy | None = None) -> StubQueue:
+    channel = StubChannel()
+    stage = StageConsumer(stage="inbound", queue_name=QUEUE, prefix=PREFIX, decoder=msgspec.json.Decoder(Event),
+                          handler=handler, publisher=publisher, metrics=Metrics(), rand=lambda: 1.0,
+                          policy=policy or RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=10.0))
+    await stage.start(channel)  # type: ignore[arg-type]
+    return channel.queues[QUEUE]
+
+
+def message(n: int = 1, **headers: object) -> StubMessage:
+    return StubMessage(body=msgspec.json.encode(Event(n)), headers=dict(headers), routing_key=QUEUE,
+                       message_id=f"m-{n}")
+
+
+async def test_a_handled_message_is_acked_and_nothing_is_published() -> None:
+    handler, publisher = Scripted(), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(7))
+    assert delivered.settled == "ack" and publisher.published == []
+    assert [(n, ctx.attempt) for n, ctx in handler.seen] == [(7, 1)]
+
+
+async def test_a_retryable_error_goes_to_the_delay_exchange_with_the_next_attempt() -> None:
+    handler, publisher = Scripted(RetryableError("PBX busy")), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(1))
+    (retry,) = publisher.published
+    assert delivered.settled == "ack", "acked only once the retry copy was confirmed"
+    assert retry.exchange == names.delay_exchange(PREFIX) and retry.routing_key == QUEUE
+    assert retry.headers[names.H_ATTEMPT] == 1 and retry.expiration_s is not None and retry.expiration_s > 0
+
+
+async def test_the_last_attempt_is_dead_lettered_and_the_handler_told() -> None:
+    handler, publisher = Scripted(RetryableError("PBX busy")), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(1, **{names.H_ATTEMPT: 2}))
+    (dead,) = publisher.published
+    assert delivered.settled == "ack" and dead.exchange == names.dead_exchange(PREFIX)
+    assert dead.headers[names.H_REASON_CODE] == "exhausted" and "gave up after 3 attempts" in dead.headers[
+        names.H_REASON]
+    assert handler.gave_up == [(1, dead.headers[names.H_REASON], "exhausted")]
+
+
+async def test_a_permanent_error_is_dead_lettered_at_once_with_its_code() -> None:
+    handler, publisher = Scripted(PermanentError("no rule for +1206555", code="no_route")), InMemoryPublisher()
+    await (await consumer(handler, publisher)).deliver(message(1))
+    (dead,) = publisher.published
+    assert dead.headers[names.H_REASON_CODE] == "no_route" and dead.headers[names.H_STAGE] == "inbound"
+
+
+async def test_an_undecodable_body_is_dead_lettered_without_reaching_the_handler() -> None:
+    handler, publisher = Scripted(), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(StubMessage(body=b'{"n": "x"}', routing_key=QUEUE))
+    (dead,) = publisher.published
+    assert delivered.settled == "ack" and handler.seen == [] and handler.gave_up == []
+    assert dead.headers[names.H_REASON_CODE] == "undecodable"
+
+
+async def test_when_the_broker_is_down_the_message_is_requeued_not_lost() -> None:
+    handler, publisher = Scripted(BrokerUnavailable("next stage unreachable")), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(1))
+    assert delivered.settled == "requeue" and publisher.published == []
+
+
+async def test_when_even_the_retry_cannot_be_published_the_message_is_requeued() -> None:
+    handler, publisher = Scripted(RetryableError("PBX busy")), InMemoryPublisher()
+    publisher.available = False
+    delivered = await (await consumer(handler, publisher)).deliver(message(1))
+    assert delivered.settled == "requeue"
+
+
+@pytest.mark.parametrize("crash", [ValueError("bug"), KeyError("field")])
+async def test_a_handler_crash_is_retried_like_a_retryable_error(crash: Exception) -> None:
+    handler, publisher = Scripted(crash), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(1))
+    (retry,) = publisher.published
+    assert delivered.settled == "ack" and retry.exchange == names.delay_exchange(PREFIX)
+    assert retry.headers[names.H_ATTEMPT] == 1
