@@ -18,50 +18,14 @@ from aiohttp import web
 from tests.support.ports import free_port
 
 from smsbridge.broker import names
+from smsbridge.testing.config import bridge_document, merge, secrets_env, write
 
 ROOT = Path(__file__).resolve().parent.parent
-ENV = {"BENCH_AK": "AK-bench", "BENCH_SK": "SK-bench", "BENCH_TOKEN": "bench-token-0123456789abcdefghij"}
+# a start-up on a host with both cores busy (the suite runs --quick beside other work) takes seconds
+START_TIMEOUT_S = 90
+ENV = secrets_env("BENCH", access_key="AK-bench", secret_key="SK-bench",
+                  webhook_token="bench-token-0123456789abcdefghij")
 
-CONFIG = """
-drain_timeout_s = 10
-[broker]
-urls = ["{amqp}"]
-prefix = "{prefix}"
-prefetch = {prefetch}
-[receiver]
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-[observability]
-port = 0
-[ledger]
-url = "{ledger}"
-[logging]
-level = "info"   # production default: the per-message log lines are part of the cost
-[flowroute]
-api_base = "{api_base}"
-request_dlrs = false
-[[sms_configs]]
-id = "main"
-tenant = "acme"
-account = "bench"
-access_key = {{ env = "BENCH_AK" }}
-secret_key = {{ env = "BENCH_SK" }}
-webhook_token = {{ env = "BENCH_TOKEN" }}
-dids = ["+12065550100"]
-sms_per_second = {sms_rate}
-mms_per_second = 1
-[[inbound_rules]]
-config = "main"
-extensions = ["101"]
-[[outbound_rules]]
-config = "main"
-extensions = ["*"]
-[[pbx_targets]]
-kind = "http"
-tenant = "acme"
-url = "{pbx_url}"
-timeout_s = 10
-"""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -111,11 +75,17 @@ class Env:
 
     def config(self, name: str, *, port: int = 0, api_base: str = "http://127.0.0.1:9", pbx_url: str =
                "http://127.0.0.1:9/none", sms_rate: int = 5, prefetch: int = 64) -> Path:
-        path = self.workdir / f"{name}.toml"
-        path.write_text(CONFIG.format(amqp=self.amqp, prefix=self.prefix, port=port or free_port(),
-                                      ledger=self.ledger_url, api_base=api_base, pbx_url=pbx_url,
-                                      sms_rate=sms_rate, prefetch=prefetch))
-        return path
+        doc = bridge_document(amqp_url=self.amqp, prefix=self.prefix, ledger_url=self.ledger_url,
+                              port=port or free_port(), secrets="BENCH", api_base=api_base, pbx_url=pbx_url,
+                              account="bench")
+        (main,) = doc["sms_configs"]
+        return write(self.workdir / f"{name}.toml", merge(doc, {
+            "broker": {"prefetch": prefetch},
+            "logging": {"format": None, "level": "info"},  # production default: log lines are part of the cost
+            "flowroute": {"request_dlrs": False, "timeout_s": None},
+            "sms_configs": [{**main, "sms_per_second": sms_rate, "mms_per_second": 1}],
+            "pbx_targets": [{"kind": "http", "tenant": "acme", "url": pbx_url, "timeout_s": 10}],
+        }))
 
     async def bridge(self, config: Path, *roles: str, name: str) -> asyncio.subprocess.Process:
         log = self.workdir / f"{name}.log"
@@ -125,13 +95,14 @@ class Env:
                 sys.executable, "-m", "smsbridge", "run", "--config", str(config), *args,
                 env={**os.environ, **ENV, "PYTHONPATH": str(ROOT / "src")}, stdout=out, stderr=out)
         self.processes.append(proc)
-        for _ in range(300):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
             if proc.returncode is not None:
                 raise RuntimeError(f"{name} exited: {log.read_text()[-2000:]}")
             if '"bridge started"' in log.read_text():
                 return proc
             await asyncio.sleep(0.05)
-        raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"{name} did not start within {START_TIMEOUT_S} s: {log.read_text()[-2000:]}")
 
     def fresh_ledger(self) -> None:
         """Each benchmark starts from an empty ledger, so one's rows do not slow the next."""

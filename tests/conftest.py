@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -19,6 +20,19 @@ from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.settings import ACCOUNT, unique_prefix
+
+UNIT = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that reaches RabbitMQ `broker` (so `-m "not broker"` runs the rest), and keep
+    tests/unit free of the broker: a unit test that asks for it fails at collection."""
+    for item in items:
+        if "amqp_url" in getattr(item, "fixturenames", ()):
+            if UNIT in Path(item.path).parents:
+                raise pytest.UsageError(f"{item.nodeid} needs RabbitMQ: move it to tests/integration")
+            item.add_marker(pytest.mark.broker)
+
 
 AMQP_URL = os.environ.get("SMSBRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

@@ -23,6 +23,7 @@ from tests.support.fixtures import raw_payload
 from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.processes import logged
 from tests.support.settings import free_port
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -90,10 +91,7 @@ async def test_killed_after_flowroute_accepted_but_before_the_ack_sends_once(
     flowroute.faults.respond_delay_s = 3.0  # Flowroute takes it, the answer is slow to come
     await publish_request(channel, prefix, OutboundRequest(
         tenant="acme", client_message_id="crash-1", from_extension="101", to="+12065550199", body="once only"))
-    for _ in range(100):
-        if flowroute.messages:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: bool(flowroute.messages), what="the send reaching Flowroute")
     assert len(flowroute.messages) == 1
     first.kill()  # SIGKILL: no ack, no status; the broker redelivers
     await first.wait()

@@ -15,6 +15,8 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.sandbox.pbx import FakePbx
+from smsbridge.testing.config import FAST_RETRY, bridge_document, merge, secrets_env, write
+from tests.support import processes
 from tests.support.fixtures import raw_payload
 from tests.support.processes import logged
 from tests.support.settings import free_port
@@ -23,44 +25,6 @@ pytestmark = pytest.mark.e2e
 
 TOKEN = "e2e-token-0123456789abcdefghijkl"
 
-CONFIG = """
-[broker]
-urls = ["{amqp_url}"]
-prefix = "{prefix}"
-
-[ledger]
-url = "sqlite:///{ledger}"
-
-[receiver]
-port = {port}
-
-[logging]
-format = "json"
-
-[retry.delivery]
-max_attempts = 5
-base_delay_s = 0.2
-max_delay_s = 1.0
-
-[[sms_configs]]
-id = "shop"
-tenant = "acme"
-account = "test"   # the account whose dispatch queue the `channel` fixture removes
-access_key = {{ env = "E2E_AK" }}
-secret_key = {{ env = "E2E_SK" }}
-webhook_token = {{ env = "E2E_TOKEN" }}
-dids = ["+12065550100"]
-
-[[inbound_rules]]
-config = "shop"
-extensions = ["101", "102"]
-
-[[pbx_targets]]
-kind = "http"
-tenant = "acme"
-url = "{pbx_url}"
-auth_value = {{ env = "E2E_PBX_AUTH" }}
-"""
 
 
 @pytest.fixture
@@ -68,11 +32,10 @@ async def bridge_process(
     tmp_path: Path, amqp_url: str, prefix: str, pbx: FakePbx, channel: AbstractChannel
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, str, Path]]:
     port = free_port()
-    config = tmp_path / "bridge.toml"
-    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, port=port, pbx_url=pbx.url,
-                                    ledger=tmp_path / "ledger.sqlite3"))
-    env = {**os.environ, "E2E_AK": "ak", "E2E_SK": "sk-e2e-secret", "E2E_TOKEN": TOKEN,
-           "E2E_PBX_AUTH": "Bearer e2e"}
+    doc = bridge_document(amqp_url=amqp_url, prefix=prefix, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                          port=port, pbx_url=pbx.url, config_id="shop", extensions=("101", "102"))
+    config = write(tmp_path / "bridge.toml", merge(doc, FAST_RETRY, {"outbound_rules": None}))
+    env = {**os.environ, **secrets_env("E2E", access_key="ak", secret_key="sk-e2e-secret", webhook_token=TOKEN)}
     log_path = tmp_path / "bridge.log"
     with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -89,18 +52,7 @@ async def bridge_process(
 
 
 async def wait_ready(base: str, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(150):
-            if proc.returncode is not None:
-                pytest.fail(f"smsbridge exited with {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                async with http.get(f"{base}/readyz") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    pytest.fail(f"smsbridge never became ready:\n{log_path.read_text()}")
+    await processes.wait_ready(proc, log_path, url=f"{base}/readyz")
 
 
 async def test_webhooks_in_fake_pbx_out_then_clean_sigterm(

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from tests.support import processes
 from tests.support.processes import logged
 from tests.support.settings import free_port
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,12 +49,9 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
         bridge = await asyncio.create_subprocess_exec(sys.executable, "-m", "smsbridge", "run", "--config",
                                                       str(config), "--sandbox", env=env, stdout=out, stderr=out)
     try:
-        for _ in range(100):
-            if logged(log.read_text(), event="bridge started"):
-                break
-            await asyncio.sleep(0.1)
+        await processes.wait_ready(bridge, log)
         code, out = await cli("send", "-c", str(config), "--tenant", "acme", "--from-ext", "101",
-                              "--to", "2065550199", "--body", "Your table is ready", "--wait", "10", env=env)
+                              "--to", "2065550199", "--body", "Your table is ready", "--wait", "60", env=env)
         states = [json.loads(line).get("state") for line in out.splitlines() if line.startswith("{")]
         assert code == 0, out
         assert states[1:] == ["accepted", "sent", "delivered"], out
@@ -60,10 +59,7 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
         code, out = await cli("simulate", "inbound", url.strip(), "--from", "12065550199", "--to", "12065550101",
                               "--body", "question about my invoice", env=env)
         assert code == 0 and out.startswith("200 "), out
-        for _ in range(50):
-            if logged(log.read_text(), event="PBX received a text"):
-                break
-            await asyncio.sleep(0.1)
+        await eventually(lambda: logged(log.read_text(), event="PBX received a text"), what="the demo PBX's text")
         assert logged(log.read_text(), event="PBX received a text", extension="201"), log.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have died already: the log says why

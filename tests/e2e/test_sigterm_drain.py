@@ -16,6 +16,7 @@ from tests.support import processes
 from tests.support.fixtures import raw_payload
 from tests.support.processes import logged
 from tests.support.settings import free_port
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +41,8 @@ async def test_sigterm_drains_in_flight_work_without_loss_or_repeats(
                 async with http.post(f"http://127.0.0.1:{port}/webhooks/flowroute/main/"
                                      f"{processes.ENV['E2E_TOKEN']}", data=body) as response:
                     assert response.status == 200
-        await asyncio.sleep(0.5)  # deliveries reach the PBX within milliseconds and sit in its 1.5 s delay
-        assert pbx.received == []  # so none is finished yet: SIGTERM lands mid-delivery
+        await eventually(lambda: pbx.arrived >= 1, what="a delivery reaching the slow PBX")
+        assert pbx.received == []  # it sits in the PBX's 1.5 s delay: SIGTERM lands mid-delivery
         first.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(first.wait(), 30) == 0
         log = (tmp_path / "first.log").read_text()

@@ -21,6 +21,7 @@ from tests.integration.test_inbound_flow import hook_url, post
 from tests.support.broker import depth
 from tests.support.fixtures import raw_payload
 from tests.support.settings import settings, sms_config
+from tests.support.wait import eventually
 
 RULES = [InboundRule(config="main", extensions=["101"])]
 
@@ -30,11 +31,10 @@ async def dead_letters(channel: AbstractChannel, settings_: Settings) -> DeadLet
 
 
 async def wait_depth(channel: AbstractChannel, queue: str, count: int) -> None:
-    for _ in range(100):
-        if await depth(channel, queue) == count:
-            return
-        await asyncio.sleep(0.05)
-    assert await depth(channel, queue) == count
+    async def reached() -> bool:
+        return await depth(channel, queue) == count
+
+    await eventually(reached, what=f"{count} message(s) in {queue}")
 
 
 async def test_list_filter_and_replay_after_the_pbx_is_fixed(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -21,6 +21,7 @@ from smsbridge.secret import Secret
 from tests.conftest import StartBridge
 from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.settings import ACCOUNT, settings, with_flowroute
+from tests.support.wait import eventually
 
 ADMIN = "admin-token-for-tests-0123456789"
 
@@ -83,13 +84,16 @@ async def test_a_dlr_posted_twice_is_one_status_change(
             assert response.status == 200
     seen = await watch(statuses, "pbx-dlr", timeout=3)
     assert [(s.state, s.client_message_id) for s in seen] == [("delivered", "pbx-dlr")]
-    for _ in range(40):  # the history row is written just after the status is published
+    body: dict[str, Any] = {}
+
+    async def recorded() -> bool:  # the history row is written just after the status is published
+        nonlocal body
         async with http.get(f"{bridge.receiver_url}/v1/messages/pbx-dlr",
                             headers={"Authorization": f"Bearer {ADMIN}"}) as response:
             body = await response.json()
-        if body["message"]["state"] == "delivered":
-            break
-        await asyncio.sleep(0.05)
+        return bool(body["message"]["state"] == "delivered")
+
+    await eventually(recorded, what="the delivered state in the history")
     assert [h["state"] for h in body["history"]] == ["queued", "accepted", "delivered"]
     assert body["message"]["state"] == "delivered" and body["message"]["mdr_id"] == accepted.mdr_id
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 import msgspec
 from aio_pika.abc import AbstractChannel
@@ -18,12 +16,17 @@ from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url, post
 from tests.support.fixtures import raw_payload
 from tests.support.settings import settings, with_flowroute
+from tests.support.wait import eventually
 
 
 async def scrape(http: aiohttp.ClientSession, base: str) -> str:
     async with http.get(f"{base}/metrics") as response:
         assert response.status == 200
         return await response.text()
+
+
+async def scraped(http: aiohttp.ClientSession, base: str, line: str) -> bool:
+    return line in await scrape(http, base)
 
 
 async def test_a_worker_only_process_has_its_own_probes_and_metrics(
@@ -41,8 +44,9 @@ async def test_a_worker_only_process_has_its_own_probes_and_metrics(
             assert (await response.json())["ready"] is True
         async with http.post(f"{worker.health_url}/webhooks/flowroute/main/x", data=b"{}") as response:
             assert response.status in (404, 405)  # no webhook intake on a worker
-        await asyncio.sleep(0.5)
-        assert f'smsbridge_queue_messages{{queue="{prefix}.dead-letters"}} 0.0' in await scrape(http, worker.health_url)
+        gauge = f'smsbridge_queue_messages{{queue="{prefix}.dead-letters"}} 0.0'
+        health_url = worker.health_url
+        await eventually(lambda: scraped(http, health_url, gauge), what="the queue-depth gauge")
     finally:
         await worker.stop()
 
@@ -56,12 +60,10 @@ async def test_metrics_count_what_happened(
     await pbx.wait_for(2)
     await publish_request(channel, prefix, OutboundRequest(tenant="acme", client_message_id="m-1",
                                                            from_extension="101", to="+12065550199", body="hi"))
-    for _ in range(100):
-        if flowroute.messages:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.3)
-    text = await scrape(http, bridge.receiver_url or "")
+    url = bridge.receiver_url or ""
+    await eventually(lambda: scraped(http, url, "smsbridge_dispatch_latency_seconds_count 1.0"),
+                     what="the dispatch counted")
+    text = await scrape(http, url)
     assert 'smsbridge_webhooks_total{config="main",result="200"}' in text
     assert 'smsbridge_delivered_total{adapter="http",tenant="acme"} 2.0' in text
     assert 'smsbridge_flowroute_answers_total{account="test",status="202"} 1.0' in text

@@ -65,9 +65,13 @@ async def test_rate_limit_counts_rejected_attempts_too(flowroute: FlowrouteSimul
     statuses = [(await send(client, flowroute.url))[0] for _ in range(8)]
     assert statuses[:5] == [202] * 5 and statuses[5:] == [429] * 3
     await asyncio.sleep(0.6)
-    # the 429s at t≈0 count: still 8 attempts in this window, so still limited
-    assert (await send(client, flowroute.url))[0] == 429
-    assert flowroute.max_in_window("AK-test") == 9
+    # the 429s count: while 5 or more of the 8 are less than 1 s old, the 9th is refused too. On a
+    # loaded host the sleep may run long, so the expectation is read off the attempts' own times.
+    status = (await send(client, flowroute.url))[0]
+    times = [at for at, _ in flowroute.accounts["AK-test"].attempts]
+    assert len(times) == 9
+    recent = sum(1 for at in times[:8] if times[8] - at < 1.0)
+    assert status == (429 if recent >= 5 else 202)
 
 
 async def test_one_mms_per_second(flowroute: FlowrouteSimulator, client: aiohttp.ClientSession) -> None:

@@ -13,75 +13,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-ENV = {"E2E_AK": "AK-test", "E2E_SK": "SK-test", "E2E_TOKEN": "e2e-token-0123456789abcdefghijkl",
-       "E2E_PBX_AUTH": "Bearer e2e"}
+from smsbridge.testing.config import FAST_RETRY, bridge_document, merge, secrets_env, write
 
-TEMPLATE = """
-drain_timeout_s = 10
-
-[broker]
-urls = ["{amqp_url}"]
-prefix = "{prefix}"
-
-[receiver]
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[ledger]
-url = "{ledger_url}"
-{ledger_schema}
-
-[flowroute]
-api_base = "{api_base}"
-timeout_s = 5
-
-[logging]
-format = "json"
-
-[observability]
-port = 0
-
-[retry.delivery]
-max_attempts = 5
-base_delay_s = 0.2
-max_delay_s = 1.0
-
-[retry.dispatch]
-max_attempts = 5
-base_delay_s = 0.2
-max_delay_s = 1.0
-
-[[sms_configs]]
-id = "main"
-tenant = "acme"
-account = "test"
-access_key = {{ env = "E2E_AK" }}
-secret_key = {{ env = "E2E_SK" }}
-webhook_token = {{ env = "E2E_TOKEN" }}
-dids = ["+12065550100"]
-
-[[inbound_rules]]
-config = "main"
-extensions = ["101"]
-
-[[outbound_rules]]
-config = "main"
-extensions = ["*"]
-
-[[pbx_targets]]
-kind = "http"
-tenant = "acme"
-url = "{pbx_url}"
-auth_value = {{ env = "E2E_PBX_AUTH" }}
-"""
+ENV = secrets_env("E2E", webhook_token="e2e-token-0123456789abcdefghijkl")
 
 
 def write_config(path: Path, *, amqp_url: str, prefix: str, port: int, ledger_url: str, ledger_schema: str | None,
                  api_base: str = "http://127.0.0.1:9", pbx_url: str = "http://127.0.0.1:9/none") -> Path:
-    path.write_text(TEMPLATE.format(
-        amqp_url=amqp_url, prefix=prefix, port=port, ledger_url=ledger_url, api_base=api_base, pbx_url=pbx_url,
-        ledger_schema=f'schema = "{ledger_schema}"' if ledger_schema else ""))
-    return path
+    """The e2e configuration: fast retries, the secrets of `ENV`, one HTTP PBX target."""
+    doc = bridge_document(amqp_url=amqp_url, prefix=prefix, ledger_url=ledger_url, port=port, api_base=api_base,
+                          pbx_url=pbx_url)
+    return write(path, merge(doc, FAST_RETRY, {"ledger": {"schema": ledger_schema}}))
 
 
 async def start(config: Path, log: Path, *roles: str) -> asyncio.subprocess.Process:
@@ -93,8 +35,9 @@ async def start(config: Path, log: Path, *roles: str) -> asyncio.subprocess.Proc
 
 
 async def wait_ready(proc: asyncio.subprocess.Process, log: Path, *, url: str | None = None,
-                     marker: str = "bridge started", timeout: float = 20.0) -> None:
-    """Until `url` answers 200 (a receiver's /readyz) or the log shows `marker`."""
+                     marker: str = "bridge started", timeout: float = 90.0) -> None:
+    """Until `url` answers 200 (a receiver's /readyz) or the log shows `marker`. The timeout is
+    generous on purpose: with both cores busy, importing and connecting alone can take many seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as http:

@@ -24,6 +24,7 @@ class FakePbx:
         self._answers = list(answers)
         self._path = path
         self._expect_auth = expect_auth
+        self.arrived = 0  # requests that reached the handler, answered or not yet
         self.attempts: list[tuple[int, dict[str, Any], dict[str, str]]] = []
         self.received: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
@@ -36,6 +37,7 @@ class FakePbx:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = msgspec.json.decode(await request.read())
+        self.arrived += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         headers = {k: v for k, v in request.headers.items()}
