@@ -1,17 +1,19 @@
 # smsbridge: one image for every role; the command picks the role(s).
 FROM python:3.11-slim AS build
 WORKDIR /src
+# A venv of exactly the locked versions, each checked against its hash, then the project alone,
+# built by the locked setuptools; the final stage copies the venv whole.
+RUN python -m venv /opt/smsbridge
 COPY requirements/runtime.lock ./requirements/
-# the locked versions, checked against their hashes; then the project alone, with the locked build tools
-RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.lock \
- && pip install --no-cache-dir --require-hashes --no-deps --prefix=/install -r requirements/runtime.lock
+RUN /opt/smsbridge/bin/pip install --no-cache-dir --require-hashes --no-deps -r requirements/runtime.lock
 COPY pyproject.toml README.md LICENSE ./
 COPY src ./src
-RUN pip install --no-cache-dir --no-deps --no-build-isolation --prefix=/install .
+RUN /opt/smsbridge/bin/pip install --no-cache-dir --no-deps --no-build-isolation .
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/smsbridge --create-home smsbridge
-COPY --from=build /install /usr/local
+COPY --from=build /opt/smsbridge /opt/smsbridge
+ENV PATH=/opt/smsbridge/bin:$PATH
 USER smsbridge
 WORKDIR /var/lib/smsbridge
 # 8080: the receiver (webhooks, probes, metrics); 9108: probes and metrics of worker-only processes

@@ -218,15 +218,6 @@ async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Itera
     return sent + await preload(channel, queue, chunk)
 
 
-async def wait_for_depth(channel: aio_pika.abc.AbstractChannel, queue: str, count: int, timeout: float) -> bool:
-    """Wait until `queue` holds at least `count` ready messages (a stage's output, nobody consuming)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await queue_depth(channel, queue) >= count:
-            return True
-        await asyncio.sleep(0.2)
-    return False
-
 
 async def purge(channel: aio_pika.abc.AbstractChannel, queue: str) -> None:
     await (await channel.get_underlay_channel()).queue_purge(queue)

@@ -149,8 +149,6 @@ class DispatchRequest(Event, frozen=True, kw_only=True, tag="dispatch"):
     dlr_callback: str | None = None
 
 
-ExtensionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@+-]{1,64}$")]
-
 # One decoder per stream, built once: a decode error is permanent (straight to dead letters).
 InboundStageEvent = InboundMessage | DeliveryReceipt
 inbound_stage_decoder = msgspec.json.Decoder(InboundStageEvent)
