@@ -14,6 +14,7 @@ from tests.support.broker import header, take
 from tests.support.fixtures import raw_payload
 from tests.support.settings import TOKEN, settings
 from tests.support.tcpproxy import TcpProxy
+from tests.support.wait import eventually
 
 
 async def test_wrong_token_and_unknown_config_get_the_same_404(
@@ -118,13 +119,11 @@ async def test_losing_one_broker_node_fails_over_to_the_next_url(
         base.broker, urls=[node_a.url, node_b.url], publish_timeout_s=1.0)))
     url, raw = hook_url(bridge.receiver_url), raw_payload("legacy_flat_mdr1")
     await node_a.cut()  # node A is gone for good; B is still there
-    status = 0
-    for _ in range(100):
-        status, _ = await post(http, url, raw)
-        if status == 200:
-            break
-        await __import__("asyncio").sleep(0.2)
-    assert status == 200
+
+    async def accepted() -> bool:  # 503 until the connection has moved to node B
+        return (await post(http, url, raw))[0] == 200
+
+    await eventually(accepted, timeout=90, interval=0.2, what="a webhook accepted through node B")
     assert bridge.connection is not None and str(bridge.connection.url) == node_b.url
     await expect_once_per_extension(pbx, "mdr1-febb118b9b034338adfc662a8c02fd88")
     await node_b.cut()
