@@ -25,7 +25,7 @@ from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
+from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings, SipTarget
 from smsbridge.connection import connect, failover
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -41,6 +41,7 @@ from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.http import HttpAdapter
+from smsbridge.pbx.sip import SipAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
 from smsbridge.workers.delivery import DeliveryHandler
@@ -182,6 +183,8 @@ class Bridge:
     def _delivery_lease_s(self) -> float:
         """Longer than any one delivery attempt can take, so a live claim is never stolen."""
         timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
+        # a SIP part may be challenged once: two transactions, each up to its timeout
+        timeouts += [2 * t.timeout_s for t in self.settings.pbx_targets if isinstance(t, SipTarget)]
         return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
 
     def _http_session(self) -> aiohttp.ClientSession:
@@ -195,6 +198,8 @@ class Bridge:
         for target in self.settings.pbx_targets:
             if isinstance(target, HttpTarget):
                 self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
+            elif isinstance(target, SipTarget):
+                self._adapters[target.tenant] = SipAdapter(target)
             else:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
             self._stack.push_async_callback(self._adapters[target.tenant].close)

@@ -196,7 +196,22 @@ class AmqpTarget(_Section, frozen=True, kw_only=True, tag="amqp", tag_field="kin
     exchange: str = "smsbridge.pbx"
 
 
-PbxTarget = HttpTarget | AmqpTarget
+class SipTarget(_Section, frozen=True, kw_only=True, tag="sip", tag_field="kind"):
+    """Send each delivery as SIP MESSAGE to `sip:<extension>@<domain>` through a next hop."""
+
+    tenant: Ident
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 5060
+    transport: Literal["udp", "tcp", "auto"] = "auto"
+    domain: str
+    username: str = ""
+    password: Secret | None = None
+    body_budget_bytes: Annotated[int, msgspec.Meta(ge=32, le=60000)] = 1000
+    from_format: Literal["sender", "did+sender"] = "sender"
+    timeout_s: PositiveFloat = 10.0
+
+
+PbxTarget = HttpTarget | AmqpTarget | SipTarget
 
 
 class Settings(_Section, frozen=True, kw_only=True):

@@ -95,14 +95,26 @@ MEANING: dict[str, str] = {
     "outbound_rules.default_did": "The DID used when a request names none; one of the configuration's DIDs.",
     "outbound_rules.destinations": "Globs on the E.164 destination (`+1206*`); empty: every US/Canada number.",
     "outbound_rules.name": "A name for logs and `check-config`.",
-    "pbx_targets.kind": "`http` (POST each delivery to the PBX) or `amqp` (publish it to an exchange the PBX "
-                        "consumes).",
+    "pbx_targets.kind": "`http` (POST each delivery to the PBX), `amqp` (publish it to an exchange the PBX "
+                        "consumes) or `sip` (SIP MESSAGE to the extension through a proxy or PBX).",
     "pbx_targets.tenant": "The tenant whose deliveries go here; one target per tenant.",
     "pbx_targets.url": "http: where each delivery is POSTed.",
     "pbx_targets.auth_header": "http: the header that carries `auth_value`.",
     "pbx_targets.auth_value": "http: its value, as a secret reference (e.g. `Bearer ...`).",
-    "pbx_targets.timeout_s": "http: how long the PBX may take to answer before the delivery is retried.",
+    "pbx_targets.timeout_s": "http, sip: how long the PBX may take to answer before the delivery is retried "
+                             "(sip: Timer F, UDP retransmissions included).",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
+    "pbx_targets.host": "sip: the next hop every MESSAGE goes through (Kamailio, Asterisk, FreeSWITCH...).",
+    "pbx_targets.port": "sip: its port.",
+    "pbx_targets.transport": "sip: `udp`, `tcp`, or `auto` (UDP, TCP for a request above 1,300 bytes, "
+                             "RFC 3261 18.1.1).",
+    "pbx_targets.domain": "sip: the domain of `sip:<extension>@<domain>` and of the sender in `From`.",
+    "pbx_targets.username": "sip: the digest user for 401/407 challenges (empty: none; a challenge then fails).",
+    "pbx_targets.password": "sip: its password, as a secret reference.",
+    "pbx_targets.body_budget_bytes": "sip: the largest body in UTF-8 bytes; longer texts go in numbered parts "
+                                     "cut between graphemes (Asterisk keeps 1,024 bytes: use at most 1,000).",
+    "pbx_targets.from_format": "sip: the `From` user: `sender` (`+12065550100`) or `did+sender` "
+                               "(`+12065550111+12065550100`, which tells the phone which DID was texted).",
 }
 
 INTRO = """# Configuration reference

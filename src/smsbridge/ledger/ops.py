@@ -98,7 +98,8 @@ _CLAIM_KEY = (deliveries.c.mdr_id == _p("key_mdr_id")) & (deliveries.c.extension
 _CLAIM = sa.select(deliveries.c.state, deliveries.c.lease_until).where(_CLAIM_KEY)
 _TAKE_OVER = (sa.update(deliveries).where(_CLAIM_KEY & (deliveries.c.lease_until == _p("old_lease")))
               .values(lease_until=_p("lease"), updated_at=_p("now")))
-_DELIVERED = sa.update(deliveries).where(_CLAIM_KEY).values(state="delivered", updated_at=_p("now"))
+_DELIVERED = sa.update(deliveries).where(_CLAIM_KEY).values(state=_p("new_state"), updated_at=_p("now"))
+DONE_DELIVERY_STATES = frozenset({"delivered", "accepted"})
 _RELEASE = sa.delete(deliveries).where(_CLAIM_KEY & (deliveries.c.state == "delivering"))
 _UPDATE_MESSAGE = sa.update(messages).where(messages.c.id == _p("message_id"))
 _SENDING = _UPDATE_MESSAGE.values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
@@ -133,7 +134,7 @@ def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
         return Claim.NEW
     key = {"key_mdr_id": mdr_id, "key_extension": extension}
     row = c.execute(_CLAIM, key).one()
-    if row.state == "delivered":
+    if row.state in DONE_DELIVERY_STATES:
         return Claim.DONE
     if utc(row.lease_until) > now:  # type: ignore[operator]
         return Claim.BUSY
@@ -141,8 +142,8 @@ def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
     return Claim.NEW if taken.rowcount == 1 else Claim.BUSY
 
 
-def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime) -> None:
-    c.execute(_DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now})
+def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> None:
+    c.execute(_DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
     message_id = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
     if message_id is not None:
         advance(c, message_id, "delivered", now, reason=f"delivered to extension {extension}")

@@ -69,7 +69,7 @@ deliveries = sa.Table(
     "deliveries", metadata,
     sa.Column("mdr_id", sa.String(80), primary_key=True),
     sa.Column("extension", sa.String(64), primary_key=True),
-    sa.Column("state", sa.String(16), nullable=False),  # delivering | delivered
+    sa.Column("state", sa.String(16), nullable=False),  # delivering | delivered | accepted (SIP 202)
     sa.Column("lease_until", When, nullable=False),
     sa.Column("updated_at", When, nullable=False),
 )

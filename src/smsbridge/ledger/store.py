@@ -72,8 +72,9 @@ class Ledger:
         now = self._now()
         return await self._db.write(ops.claim_delivery, mdr_id, extension, now, now + timedelta(seconds=lease_s))
 
-    async def delivered(self, mdr_id: str, extension: str) -> None:
-        await self._db.write(ops.delivered, mdr_id, extension, self._now())
+    async def delivered(self, mdr_id: str, extension: str, state: str = "delivered") -> None:
+        """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
+        await self._db.write(ops.delivered, mdr_id, extension, self._now(), state)
 
     async def release_delivery(self, mdr_id: str, extension: str) -> None:
         await self._db.write(ops.release_delivery, mdr_id, extension)

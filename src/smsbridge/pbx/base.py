@@ -10,7 +10,10 @@ from smsbridge.events import InboundDelivery
 class DeliveryAdapter(Protocol):
     kind: str
 
-    async def deliver(self, delivery: InboundDelivery) -> None:
-        """Return once the PBX has the text; raise `RetryableError` or `PermanentError` otherwise."""
+    async def deliver(self, delivery: InboundDelivery) -> str | None:
+        """Return once the PBX has the text; raise `RetryableError` or `PermanentError` otherwise.
+
+        The result is the delivery state when it is not plain "delivered": "accepted" when a relay
+        took the text without proof that it reached a phone (SIP 202)."""
 
     async def close(self) -> None: ...

@@ -42,14 +42,14 @@ class DeliveryHandler:
         if claim is Claim.BUSY:
             raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
         try:
-            await adapter.deliver(delivery)
+            state = await adapter.deliver(delivery) or "delivered"
         except BaseException:
             await self._ledger.release_delivery(delivery.mdr_id, delivery.extension)
             raise
-        await self._ledger.delivered(delivery.mdr_id, delivery.extension)
+        await self._ledger.delivered(delivery.mdr_id, delivery.extension, state)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
         self._metrics.inbound_latency.observe((datetime.now(UTC) - delivery.received_at).total_seconds())
-        log.info("delivered to PBX", adapter=adapter.kind)
+        log.info("delivered to PBX", adapter=adapter.kind, state=state)
 
     async def given_up(self, event: InboundDelivery, reason: str, code: str) -> None:
         return None

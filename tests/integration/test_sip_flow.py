@@ -1,0 +1,76 @@
+"""Webhook → bridge → SIP MESSAGE through a real Kamailio → a registered test phone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import msgspec
+import pytest
+
+from smsbridge.config import InboundRule, SipTarget
+from smsbridge.ledger import Claim, Ledger
+from smsbridge.secret import Secret
+from tests.conftest import StartBridge
+from tests.integration.test_sip_delivery import USERS, phone_on
+from tests.support.fixtures import raw_payload
+from tests.support.kamailio import DOMAIN, Kamailio
+from tests.support.ledger import BACKENDS, open_ledger
+from tests.support.ports import free_port
+from tests.support.settings import TOKEN, settings
+from tests.support.wait import eventually
+
+
+@pytest.fixture
+async def refusing_kamailio(tmp_path: Path) -> AsyncIterator[Kamailio]:
+    server = Kamailio(tmp_path / "kamailio", free_port(), USERS, store_offline=False)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def sip_settings(prefix: str, kamailio: Kamailio) -> object:
+    base = settings(prefix=prefix, rules=[InboundRule(config="main", extensions=["1001"])])
+    target = SipTarget(tenant="acme", host="127.0.0.1", port=kamailio.port, domain=DOMAIN, username="bridge",
+                       password=Secret(USERS["bridge"]), timeout_s=5.0)
+    return msgspec.structs.replace(base, pbx_targets=[target])
+
+
+async def post_sms(http: aiohttp.ClientSession, receiver_url: str | None) -> int:
+    url = f"{receiver_url}/webhooks/flowroute/main/{TOKEN}"
+    async with http.post(url, data=raw_payload("sms_jsonapi_2024"),
+                         headers={"Content-Type": "application/json"}) as response:
+        return response.status
+
+
+async def test_an_offline_phone_gets_the_text_when_it_registers(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, refusing_kamailio: Kamailio
+) -> None:
+    phone = await phone_on(refusing_kamailio, register=False)
+    try:
+        bridge = await start_bridge(sip_settings(prefix, refusing_kamailio))  # type: ignore[arg-type]
+        assert await post_sms(http, bridge.receiver_url) == 200
+        registry = bridge.metrics.registry
+        retries = lambda: registry.get_sample_value("smsbridge_retries_total", {"stage": "delivery"}) or 0  # noqa: E731
+        await eventually(lambda: retries() >= 1, what="a retry after Kamailio's 480")
+        assert phone.received == []
+        assert await phone.register() == 200  # the delivery stage retries until the phone is back
+        await eventually(lambda: phone.texts() == [b"Greetings on Friday evening!"], timeout=60,
+                         what="the text on the phone")
+        (got,) = phone.received
+        assert got.headers["x-smsbridge-id"] == "mdr2-4e5435f325d9431f9e64118b20895b08:1001:1/1"
+    finally:
+        await phone.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_relay_202_is_recorded_as_accepted_and_not_repeated(backend: str, tmp_path: Path) -> None:
+    async with open_ledger(backend, tmp_path) as ledger:
+        assert await claim(ledger) is Claim.NEW
+        await ledger.delivered("mdr2-y", "1001", "accepted")
+        assert await claim(ledger) is Claim.DONE
+
+
+async def claim(ledger: Ledger) -> Claim:
+    return await ledger.claim_delivery("mdr2-y", "1001", lease_s=30)
