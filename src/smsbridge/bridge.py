@@ -44,12 +44,13 @@ from smsbridge.pbx.http import HttpAdapter
 from smsbridge.pbx.sip import SipAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
+from smsbridge.sip.server import SipIntake
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
 
-ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
+ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher", "sip")
 BROKER_STEP_TIMEOUT_S = 5.0
 log = structlog.get_logger("smsbridge.bridge")
 
@@ -72,6 +73,7 @@ class Bridge:
         self._declared = False
         self.ledger: Ledger | None = None
         self.health_url: str | None = None
+        self.sip_intake: SipIntake | None = None
         self._stack = AsyncExitStack()
 
     def readiness(self) -> dict[str, bool]:
@@ -107,6 +109,8 @@ class Bridge:
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         await self._start_consumers(ledger)
         stack.push_async_callback(self._stop_consumers)
+        if "sip" in self.roles:
+            await self._start_sip_intake(ledger)
         if "receiver" in self.roles:
             await self._start_receiver()
         elif self.settings.observability.enabled:
@@ -192,6 +196,16 @@ class Bridge:
             self._http = aiohttp.ClientSession()
             self._stack.push_async_callback(self._http.close)
         return self._http
+
+    async def _start_sip_intake(self, ledger: Ledger) -> None:
+        """Phones text out by SIP MESSAGE; off (and said so) while no peer is configured."""
+        if not self.settings.sip_intake.peers:
+            log.info("sip intake off: no [sip_intake] peers configured")
+            return
+        assert self.publisher is not None
+        self.sip_intake = SipIntake(self.settings, self.publisher, ledger)
+        await self.sip_intake.start()
+        self._stack.push_async_callback(self.sip_intake.stop)
 
     def _build_adapters(self) -> dict[str, DeliveryAdapter]:
         assert self.publisher is not None

@@ -214,6 +214,26 @@ class SipTarget(_Section, frozen=True, kw_only=True, tag="sip", tag_field="kind"
 PbxTarget = HttpTarget | AmqpTarget | SipTarget
 
 
+class SipPeer(_Section, frozen=True, kw_only=True):
+    """A PBX or proxy allowed to hand phones' texts to the SIP intake, for one tenant: by source
+    address, by digest user, or both (both must then match)."""
+
+    tenant: Ident
+    address: str = ""
+    username: str = ""
+    password: Secret | None = None
+
+
+class SipIntakeSettings(_Section, frozen=True, kw_only=True):
+    """The `sip` role: phones text out by SIP MESSAGE, on UDP and TCP."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 5080
+    realm: str = "smsbridge"
+    peers: list[SipPeer] = []
+    retry_after_s: PositiveInt = 5
+
+
 class Settings(_Section, frozen=True, kw_only=True):
     broker: BrokerSettings = msgspec.field(default_factory=BrokerSettings)
     receiver: ReceiverSettings = msgspec.field(default_factory=ReceiverSettings)
@@ -229,6 +249,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     inbound_rules: list[InboundRule] = []
     outbound_rules: list[OutboundRule] = []
     pbx_targets: list[PbxTarget] = []
+    sip_intake: SipIntakeSettings = msgspec.field(default_factory=SipIntakeSettings)
 
     def sms_config(self, config_id: str) -> SmsConfig | None:
         return next((c for c in self.sms_configs if c.id == config_id), None)

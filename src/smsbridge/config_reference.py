@@ -104,6 +104,14 @@ MEANING: dict[str, str] = {
     "pbx_targets.timeout_s": "http, sip: how long the PBX may take to answer before the delivery is retried "
                              "(sip: Timer F, UDP retransmissions included).",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
+    "sip_intake.host": "`sip` role: the address phones' texts arrive on (UDP and TCP).",
+    "sip_intake.port": "`sip` role: the port, UDP and TCP (0: any free port, logged at start-up).",
+    "sip_intake.realm": "`sip` role: the digest realm of its 407 challenges.",
+    "sip_intake.retry_after_s": "`sip` role: the Retry-After of a 503 while the broker is away.",
+    "sip_intake.peers": "`sip` role: who may send, each `{ tenant, address, username, password }`: the tenant "
+                        "whose extensions its phones are, its source IP (empty: any, then a digest user is "
+                        "needed), the digest user it must authenticate as (empty: by address only) and its "
+                        "password as a secret reference. A MESSAGE from anyone else is refused with 403.",
     "pbx_targets.host": "sip: the next hop every MESSAGE goes through (Kamailio, Asterisk, FreeSWITCH...).",
     "pbx_targets.port": "sip: its port.",
     "pbx_targets.transport": "sip: `udp`, `tcp`, or `auto` (UDP, TCP for a request above 1,300 bytes, "

@@ -142,6 +142,19 @@ def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
     return Claim.NEW if taken.rowcount == 1 else Claim.BUSY
 
 
+_LAST_DID = (sa.select(messages.c.to_number)
+             .join(deliveries, deliveries.c.mdr_id == messages.c.mdr_id)
+             .where((messages.c.direction == "inbound") & (messages.c.tenant == _p("tenant"))
+                    & (messages.c.from_number == _p("number")) & (deliveries.c.extension == _p("extension")))
+             .order_by(messages.c.id.desc()).limit(1))
+
+
+def last_did(c: sa.Connection, tenant: str, number: str, extension: str) -> str | None:
+    """The DID on which `number` last texted `extension` (a reply should come from it)."""
+    did = c.execute(_LAST_DID, {"tenant": tenant, "number": number, "extension": extension}).scalar()
+    return None if did is None else str(did)
+
+
 def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> None:
     c.execute(_DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
     message_id = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()

@@ -76,6 +76,9 @@ class Ledger:
         """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
         await self._db.write(ops.delivered, mdr_id, extension, self._now(), state)
 
+    async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
+        return await self._db.read(ops.last_did, tenant, number, extension)
+
     async def release_delivery(self, mdr_id: str, extension: str) -> None:
         await self._db.write(ops.release_delivery, mdr_id, extension)
 

@@ -1,0 +1,200 @@
+"""The SIP intake's answers, over real UDP and TCP on loopback, with an in-memory broker."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from smsbridge.config import OutboundRule, Settings, SipIntakeSettings, SipPeer, SmsConfig
+from smsbridge.events import OutboundRequest
+from smsbridge.secret import Secret
+from smsbridge.sip.server import SipIntake
+from smsbridge.testing.broker import InMemoryPublisher
+
+DID = "+12065550100"
+OTHER_DID = "+12065550101"
+
+
+class FakeLedger:
+    def __init__(self, last: str | None = None) -> None:
+        self.last = last
+
+    async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
+        return self.last
+
+
+def settings(*peers: SipPeer) -> Settings:
+    config = SmsConfig(id="main", tenant="acme", access_key=Secret("a"), secret_key=Secret("s"),
+                       webhook_token=Secret("t" * 30), dids=[DID, OTHER_DID])
+    return Settings(sms_configs=[config], outbound_rules=[OutboundRule(config="main", extensions=["101"])],
+                    sip_intake=SipIntakeSettings(port=0, peers=list(peers) or [SipPeer(tenant="acme",
+                                                                                        address="127.0.0.1")]))
+
+
+Started = tuple[SipIntake, InMemoryPublisher]
+
+
+async def start(s: Settings, ledger: FakeLedger | None = None) -> Started:
+    publisher = InMemoryPublisher()
+    intake = SipIntake(s, publisher, ledger or FakeLedger())  # type: ignore[arg-type]
+    await intake.start()
+    return intake, publisher
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Started]:
+    started = await start(settings())
+    yield started
+    await started[0].stop()
+
+
+def message(*, ruri_user: str = "+12065550199", ext: str = "101", call_id: str = "c1", cseq: int = 1,
+            body: bytes = "Hi ✓".encode(), content_type: str = "text/plain;charset=UTF-8",
+            extra: str = "") -> bytes:
+    head = (f"MESSAGE sip:{ruri_user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5999;branch=z9hG4bK{cseq}x\r\n"
+            f"From: <sip:{ext}@pbx.test>;tag=ft\r\nTo: <sip:{ruri_user}@127.0.0.1>\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: {cseq} MESSAGE\r\nMax-Forwards: 70\r\nContent-Type: {content_type}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+class Client(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.answers.put_nowait(data)
+
+
+async def udp(port: int, *datagrams: bytes, answers: int | None = None) -> list[bytes]:
+    loop = asyncio.get_running_loop()
+    client = Client()
+    transport, _ = await loop.create_datagram_endpoint(lambda: client, remote_addr=("127.0.0.1", port))
+    try:
+        got = []
+        for data in datagrams:
+            transport.sendto(data)
+            got.append(await asyncio.wait_for(client.answers.get(), 30))
+        return got[: answers or len(got)]
+    finally:
+        transport.close()
+
+
+def status(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+def requests(publisher: InMemoryPublisher) -> list[OutboundRequest]:
+    return [msgspec.json.decode(p.body, type=OutboundRequest) for p in publisher.published]
+
+
+async def test_a_text_is_published_then_answered_202(running: Started) -> None:
+    intake, publisher = running
+    (answer,) = await udp(intake.port, message())
+    assert status(answer) == 202
+    assert b"Contact" not in answer and answer.endswith(b"Content-Length: 0\r\n\r\n")
+    (req,) = requests(publisher)
+    assert (req.tenant, req.from_extension, req.to, req.body, req.from_did) == ("acme", "101", "+12065550199",
+                                                                                "Hi ✓", None)
+    assert publisher.published[0].routing_key == "outbound.acme"
+    assert req.client_message_id.startswith("sip-")
+
+
+async def test_a_retransmission_is_one_text_with_the_same_answer(running: Started) -> None:
+    intake, publisher = running
+    first, again = await udp(intake.port, message(), message())
+    assert first == again and status(first) == 202
+    assert len(publisher.published) == 1
+    (new,) = await udp(intake.port, message(cseq=2))  # a new transaction is a new text
+    assert status(new) == 202 and len(publisher.published) == 2
+
+
+async def test_a_did_prefix_chooses_the_did(running: Started) -> None:
+    intake, publisher = running
+    await udp(intake.port, message(ruri_user=f"{OTHER_DID}+12065550199"))
+    (req,) = requests(publisher)
+    assert (req.from_did, req.to) == (OTHER_DID, "+12065550199")
+
+
+async def test_without_a_prefix_the_did_last_used_with_that_number() -> None:
+    intake, publisher = await start(settings(), FakeLedger(last=OTHER_DID))
+    try:
+        await udp(intake.port, message())
+    finally:
+        await intake.stop()
+    assert requests(publisher)[0].from_did == OTHER_DID
+
+
+async def test_broker_down_is_503_with_retry_after_and_nothing_cached(running: Started) -> None:
+    intake, publisher = running
+    publisher.available = False
+    (answer,) = await udp(intake.port, message())
+    assert status(answer) == 503 and b"Retry-After: 5\r\n" in answer
+    publisher.available = True
+    (answer,) = await udp(intake.port, message())  # the phone's retry of the same text goes through
+    assert status(answer) == 202 and len(publisher.published) == 1
+
+
+@pytest.mark.parametrize(("kwargs", "expected"), [
+    ({"ext": "999"}, 404),
+    ({"content_type": "application/im-iscomposing+xml"}, 415),
+    ({"body": b"\xff\xfe bad"}, 488),
+    ({"ruri_user": "12"}, 484),
+])
+async def test_refusals(running: Started, kwargs: dict[str, Any], expected: int) -> None:
+    intake, publisher = running
+    (answer,) = await udp(intake.port, message(**kwargs))
+    assert status(answer) == expected
+    assert publisher.published == []
+
+
+async def test_an_unknown_peer_is_403() -> None:
+    intake, publisher = await start(settings(SipPeer(tenant="acme", address="127.0.0.2")))
+    try:
+        (answer,) = await udp(intake.port, message())
+    finally:
+        await intake.stop()
+    assert status(answer) == 403 and publisher.published == []
+
+
+def digest_header(challenge: bytes, password: str) -> str:
+    realm = re.search(rb'realm="([^"]+)"', challenge).group(1).decode()  # type: ignore[union-attr]
+    nonce = re.search(rb'nonce="([^"]+)"', challenge).group(1).decode()  # type: ignore[union-attr]
+    uri = "sip:+12065550199@127.0.0.1"
+    ha1 = hashlib.md5(f"kam:{realm}:{password}".encode()).hexdigest()
+    ha2 = hashlib.md5(f"MESSAGE:{uri}".encode()).hexdigest()
+    response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
+    return (f'Proxy-Authorization: Digest username="kam", realm="{realm}", nonce="{nonce}", uri="{uri}", '
+            f'response="{response}"\r\n')
+
+
+@pytest.mark.parametrize(("password", "expected"), [("kampw", 202), ("wrong", 403)])
+async def test_a_digest_peer_is_challenged_then_checked(password: str, expected: int) -> None:
+    peer = SipPeer(tenant="acme", username="kam", password=Secret("kampw"))
+    intake, publisher = await start(settings(peer))
+    try:
+        (challenge,) = await udp(intake.port, message())
+        assert status(challenge) == 407
+        (answer,) = await udp(intake.port, message(cseq=2, extra=digest_header(challenge, password)))
+    finally:
+        await intake.stop()
+    assert status(answer) == expected
+    assert len(publisher.published) == (1 if expected == 202 else 0)
+
+
+async def test_tcp_carries_a_text_too(running: Started) -> None:
+    intake, publisher = running
+    reader, writer = await asyncio.open_connection("127.0.0.1", intake.port)
+    try:
+        writer.write(message(body=("long ✓ " * 300).encode()))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    assert status(answer) == 202
+    assert requests(publisher)[0].body == "long ✓ " * 300
