@@ -9,16 +9,18 @@ import aiohttp
 import msgspec
 import pytest
 
-from smsbridge.config import InboundRule, SipTarget
+from smsbridge.config import InboundRule, OutboundRule, SipIntakeSettings, SipPeer, SipTarget
+from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Claim, Ledger
 from smsbridge.secret import Secret
+from smsbridge.sip.message import uri_user
 from tests.conftest import StartBridge
 from tests.integration.test_sip_delivery import USERS, phone_on
 from tests.support.fixtures import raw_payload
 from tests.support.kamailio import DOMAIN, Kamailio
 from tests.support.ledger import BACKENDS, open_ledger
 from tests.support.ports import free_port
-from tests.support.settings import TOKEN, settings
+from tests.support.settings import TOKEN, settings, with_flowroute
 from tests.support.wait import eventually
 
 
@@ -74,3 +76,32 @@ async def test_a_relay_202_is_recorded_as_accepted_and_not_repeated(backend: str
 
 async def claim(ledger: Ledger) -> Claim:
     return await ledger.claim_delivery("mdr2-y", "1001", lease_s=30)
+
+
+async def test_a_text_reaches_the_phone_and_its_reply_reaches_flowroute(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, tmp_path: Path,
+    flowroute: FlowrouteSimulator,
+) -> None:
+    intake_port = free_port()
+    kamailio = Kamailio(tmp_path / "kamailio", free_port(), USERS, intake_port=intake_port)
+    await kamailio.start()
+    phone = await phone_on(kamailio)
+    try:
+        base = with_flowroute(settings(prefix=prefix, rules=[InboundRule(config="main", extensions=["1001"])]),
+                              flowroute.url, rules=[OutboundRule(config="main", extensions=["1001"])])
+        target = SipTarget(tenant="acme", host="127.0.0.1", port=kamailio.port, domain=DOMAIN, username="bridge",
+                           password=Secret(USERS["bridge"]), from_format="did+sender")
+        bridge = await start_bridge(msgspec.structs.replace(
+            base, pbx_targets=[target],
+            sip_intake=SipIntakeSettings(port=intake_port, peers=[SipPeer(tenant="acme", address="127.0.0.1")])))
+        assert await post_sms(http, bridge.receiver_url) == 200
+        await eventually(lambda: phone.texts() == [b"Greetings on Friday evening!"], what="the text on the phone")
+        reply_to = uri_user(phone.received[0].headers["from"])
+        assert reply_to == "+12065550100+12065550199"  # DID + sender, as FreePBX writes it
+        assert await phone.send(reply_to, "On my way 🚗") == 202  # the bridge's answer, relayed by Kamailio
+        await eventually(lambda: len(flowroute.requests) == 1, what="the reply at Flowroute")
+        sent = flowroute.requests[0]["body"]["data"]["attributes"]
+        assert (sent["from"], sent["to"], sent["body"]) == ("+12065550100", "+12065550199", "On my way 🚗")
+    finally:
+        await phone.stop()
+        await kamailio.stop()

@@ -157,7 +157,7 @@ request_route {{
         if (!pv_proxy_authenticate("{domain}", "$sht(users=>$au)", "0")) {{ proxy_challenge("{domain}", "0"); exit; }}
         consume_credentials();
     }}
-    if ($au != "bridge" && $rU =~ "^\\+?[0-9]{{10,15}}$") {{
+    if ($au != "bridge" && $rU =~ "^\\+?[0-9]{{10,15}}(\\+[0-9]{{10,15}})?$") {{
         $du = "sip:127.0.0.1:{intake}";
         t_relay();
         exit;

@@ -67,6 +67,45 @@ class Phone:
             status, _ = await self._register_once(call_id, cseq + 1, expires, self._auth(headers))
         return status
 
+    async def send(self, to_user: str, text: str) -> int:
+        """A MESSAGE typed on the phone, over UDP through the registrar (which challenges with 407)."""
+        call_id = secrets.token_hex(8)
+        status, headers = await self._message_once(call_id, 1, to_user, text, None)
+        if status == 407:
+            auth = self._digest(headers["proxy-authenticate"], "MESSAGE", f"sip:{to_user}@{self.domain}")
+            status, _ = await self._message_once(call_id, 2, to_user, text, f"Proxy-Authorization: {auth}")
+        return status
+
+    async def _message_once(self, call_id: str, cseq: int, to_user: str, text: str,
+                            auth: str | None) -> tuple[int, dict[str, str]]:
+        body = text.encode()
+        lines = [f"MESSAGE sip:{to_user}@{self.domain} SIP/2.0",
+                 f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
+                 "Max-Forwards: 70", f"From: <sip:{self.user}@{self.domain}>;tag={call_id}",
+                 f"To: <sip:{to_user}@{self.domain}>", f"Call-ID: {call_id}", f"CSeq: {cseq} MESSAGE",
+                 "Content-Type: text/plain;charset=UTF-8"]
+        if auth:
+            lines.append(auth)
+        lines.append(f"Content-Length: {len(body)}")
+        return await self._transact(("\r\n".join(lines) + "\r\n\r\n").encode() + body, call_id)
+
+    async def _transact(self, data: bytes, call_id: str) -> tuple[int, dict[str, str]]:
+        assert self._udp is not None
+        self._udp.sendto(data, ("127.0.0.1", self.registrar_port))
+        while True:
+            start, headers, _ = _parse(await asyncio.wait_for(self._answers.get(), 30))
+            status = int(start.split(" ")[1])
+            if status >= 200 and headers.get("call-id") == call_id:
+                return status, headers
+
+    def _digest(self, challenge: str, method: str, uri: str) -> str:
+        params = dict(AUTH_PARAM.findall(challenge))
+        ha1 = hashlib.md5(f"{self.user}:{params['realm']}:{self.password}".encode()).hexdigest()
+        ha2 = hashlib.md5(f"{method}:{uri}".encode()).hexdigest()
+        response = hashlib.md5(f"{ha1}:{params['nonce']}:{ha2}".encode()).hexdigest()
+        return (f'Digest username="{self.user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
+                f'uri="{uri}", response="{response}"')
+
     async def unregister(self) -> int:
         return await self.register(expires=0)
 
@@ -74,17 +113,10 @@ class Phone:
         return [r.body for r in self.received]
 
     def _auth(self, headers: dict[str, str]) -> str:
-        params = dict(AUTH_PARAM.findall(headers["www-authenticate"]))
-        uri = f"sip:{self.domain}"
-        ha1 = hashlib.md5(f"{self.user}:{params['realm']}:{self.password}".encode()).hexdigest()
-        ha2 = hashlib.md5(f"REGISTER:{uri}".encode()).hexdigest()
-        response = hashlib.md5(f"{ha1}:{params['nonce']}:{ha2}".encode()).hexdigest()
-        return (f'Digest username="{self.user}", realm="{params["realm"]}", nonce="{params["nonce"]}", '
-                f'uri="{uri}", response="{response}"')
+        return self._digest(headers["www-authenticate"], "REGISTER", f"sip:{self.domain}")
 
     async def _register_once(self, call_id: str, cseq: int, expires: int,
                              auth: str | None) -> tuple[int, dict[str, str]]:
-        assert self._udp is not None
         lines = [f"REGISTER sip:{self.domain} SIP/2.0",
                  f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{secrets.token_hex(6)};rport",
                  "Max-Forwards: 70", f"From: <sip:{self.user}@{self.domain}>;tag={call_id}",
@@ -93,12 +125,7 @@ class Phone:
         if auth:
             lines.append(f"Authorization: {auth}")
         lines.append("Content-Length: 0")
-        self._udp.sendto(("\r\n".join(lines) + "\r\n\r\n").encode(), ("127.0.0.1", self.registrar_port))
-        while True:
-            start, headers, _ = _parse(await asyncio.wait_for(self._answers.get(), 30))
-            status = int(start.split(" ")[1])
-            if status >= 200 and headers.get("call-id") == call_id:
-                return status, headers
+        return await self._transact(("\r\n".join(lines) + "\r\n\r\n").encode(), call_id)
 
     def handle(self, data: bytes, proto: str) -> bytes | None:
         """Record a request and build the answer; keep a response for `register`."""

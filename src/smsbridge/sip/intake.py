@@ -76,7 +76,7 @@ def body_text(message: SipMessage) -> str | Refusal:
         return Refusal(488, "Not Acceptable Here (body is not UTF-8)")
     if not text.strip():
         return Refusal(488, "Not Acceptable Here (empty text)")
-    return text
+    return text.rstrip("\r\n")  # some UAs (SIPp among them) end the body with a line break: not part of the text
 
 
 def request(addressed: Addressed, text: str, key: str, last_did: str | None) -> OutboundRequest:

@@ -64,6 +64,7 @@ class SipIntake:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
         self.port = 0
+        self.retransmissions = 0  # answered from the cache, not sent on again
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -105,6 +106,7 @@ class SipIntake:
         key = intake.transaction_key(message)
         cached = self._answers.get(key)
         if cached is not None:
+            self.retransmissions += 1
             log.info("sip retransmission answered from cache", outcome="retransmission")
             return cached
         if key in self._in_flight:
