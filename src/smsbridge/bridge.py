@@ -25,7 +25,16 @@ from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings, SipTarget
+from smsbridge.config import (
+    AmqpTarget,
+    EmailTarget,
+    HttpTarget,
+    LedgerSettings,
+    PbxTarget,
+    RetryPolicy,
+    Settings,
+    SipTarget,
+)
 from smsbridge.connection import connect, failover
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -40,13 +49,16 @@ from smsbridge.ledger_pruner import prune_forever
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
+from smsbridge.pbx.email import EmailAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.pbx.sip import SipAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
 from smsbridge.sip.server import SipIntake
+from smsbridge.targets import adapter_key
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
+from smsbridge.workers.fallback import Fallback
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
 
@@ -129,7 +141,8 @@ class Bridge:
             await self._consume("inbound", inbound_stage_decoder,
                                 InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
         if "delivery" in self.roles:
-            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
+            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s(),
+                                      fallback=Fallback(self.settings, self.publisher))
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,
@@ -209,15 +222,22 @@ class Bridge:
 
     def _build_adapters(self) -> dict[str, DeliveryAdapter]:
         assert self.publisher is not None
-        for target in self.settings.pbx_targets:
-            if isinstance(target, HttpTarget):
-                self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
-            elif isinstance(target, SipTarget):
-                self._adapters[target.tenant] = SipAdapter(target)
-            else:
-                self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
-            self._stack.push_async_callback(self._adapters[target.tenant].close)
+        for tenant in {t.tenant for t in self.settings.pbx_targets}:
+            for index, target in enumerate(self.settings.targets_of(tenant)):
+                adapter = self._adapter(target)
+                self._adapters[adapter_key(tenant, index)] = adapter
+                self._stack.push_async_callback(adapter.close)
         return self._adapters
+
+    def _adapter(self, target: PbxTarget) -> DeliveryAdapter:
+        assert self.publisher is not None
+        if isinstance(target, HttpTarget):
+            return HttpAdapter(target, self._http_session())
+        if isinstance(target, SipTarget):
+            return SipAdapter(target)
+        if isinstance(target, EmailTarget):
+            return EmailAdapter(target, self._http_session())
+        return AmqpAdapter(target, self.publisher)
 
     async def _start_health(self) -> None:
         """Worker-only processes: /healthz, /readyz and /metrics on their own small port."""

@@ -211,7 +211,26 @@ class SipTarget(_Section, frozen=True, kw_only=True, tag="sip", tag_field="kind"
     timeout_s: PositiveFloat = 10.0
 
 
-PbxTarget = HttpTarget | AmqpTarget | SipTarget
+class EmailTarget(_Section, frozen=True, kw_only=True, tag="email", tag_field="kind"):
+    """Mail each delivery: when the tenant's previous target gave up (`mode = "fallback"`), or as
+    a copy of every text (`mode = "always"`)."""
+
+    tenant: Ident
+    mode: Literal["fallback", "always"] = "fallback"
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 587
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    ca_file: str = ""
+    username: str = ""
+    password: Secret | None = None
+    sender: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+$")]
+    recipients: dict[str, str] = {}
+    default_recipient: str = ""
+    attach_max_bytes: Annotated[int, msgspec.Meta(ge=0)] = 5_000_000
+    timeout_s: PositiveFloat = 30.0
+
+
+PbxTarget = HttpTarget | AmqpTarget | SipTarget | EmailTarget
 
 
 class SipPeer(_Section, frozen=True, kw_only=True):
@@ -256,6 +275,10 @@ class Settings(_Section, frozen=True, kw_only=True):
 
     def pbx_target(self, tenant: str) -> PbxTarget | None:
         return next((t for t in self.pbx_targets if t.tenant == tenant), None)
+
+    def targets_of(self, tenant: str) -> list[PbxTarget]:
+        """The tenant's targets in file order: its delivery index (`InboundDelivery.target`)."""
+        return [t for t in self.pbx_targets if t.tenant == tenant]
 
     def configs_of(self, tenant: str) -> list[SmsConfig]:
         return [c for c in self.sms_configs if c.tenant == tenant]

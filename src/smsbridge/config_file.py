@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from smsbridge.config import Settings, SmsConfig
+from smsbridge.config import EmailTarget, Settings, SmsConfig
 from smsbridge.secret import Secret
 
 MIN_TOKEN_LENGTH = 24
@@ -237,10 +237,11 @@ def _glob_problems(patterns: list[str], where: str) -> list[Problem]:
 
 
 def _target_problems(settings: Settings) -> list[Problem]:
+    """A tenant's targets are an ordered list (first, then fallbacks, plus `always` email copies):
+    several are fine, but an email target must know where to write."""
     problems: list[Problem] = []
-    seen: set[str] = set()
     for i, target in enumerate(settings.pbx_targets):
-        if target.tenant in seen:
-            problems.append(Problem(f"pbx_targets[{i}].tenant", f"tenant '{target.tenant}' has two targets"))
-        seen.add(target.tenant)
+        if isinstance(target, EmailTarget) and not (target.recipients or target.default_recipient):
+            problems.append(Problem(f"pbx_targets[{i}].recipients",
+                                    "an email target needs recipients or a default_recipient"))
     return problems

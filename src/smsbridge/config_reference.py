@@ -96,12 +96,14 @@ MEANING: dict[str, str] = {
     "outbound_rules.destinations": "Globs on the E.164 destination (`+1206*`); empty: every US/Canada number.",
     "outbound_rules.name": "A name for logs and `check-config`.",
     "pbx_targets.kind": "`http` (POST each delivery to the PBX), `amqp` (publish it to an exchange the PBX "
-                        "consumes) or `sip` (SIP MESSAGE to the extension through a proxy or PBX).",
-    "pbx_targets.tenant": "The tenant whose deliveries go here; one target per tenant.",
+                        "consumes), `sip` (SIP MESSAGE to the extension through a proxy or PBX) or `email`. A "
+                        "tenant's targets are an ordered list in file order: the first gets every text, the next "
+                        "one a text the previous gave up on; `email` with `mode = \"always\"` gets a copy.",
+    "pbx_targets.tenant": "The tenant whose deliveries go here (several targets: see `kind`).",
     "pbx_targets.url": "http: where each delivery is POSTed.",
     "pbx_targets.auth_header": "http: the header that carries `auth_value`.",
     "pbx_targets.auth_value": "http: its value, as a secret reference (e.g. `Bearer ...`).",
-    "pbx_targets.timeout_s": "http, sip: how long the PBX may take to answer before the delivery is retried "
+    "pbx_targets.timeout_s": "http, sip, email: how long the PBX may take to answer before the delivery is retried "
                              "(sip: Timer F, UDP retransmissions included).",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
     "sip_intake.host": "`sip` role: the address phones' texts arrive on (UDP and TCP).",
@@ -112,15 +114,26 @@ MEANING: dict[str, str] = {
                         "whose extensions its phones are, its source IP (empty: any, then a digest user is "
                         "needed), the digest user it must authenticate as (empty: by address only) and its "
                         "password as a secret reference. A MESSAGE from anyone else is refused with 403.",
-    "pbx_targets.host": "sip: the next hop every MESSAGE goes through (Kamailio, Asterisk, FreeSWITCH...).",
-    "pbx_targets.port": "sip: its port.",
+    "pbx_targets.host": "sip: the next hop every MESSAGE goes through (Kamailio, Asterisk, FreeSWITCH...); "
+                        "email: the mail server.",
+    "pbx_targets.port": "sip, email: its port.",
     "pbx_targets.transport": "sip: `udp`, `tcp`, or `auto` (UDP, TCP for a request above 1,300 bytes, "
                              "RFC 3261 18.1.1).",
     "pbx_targets.domain": "sip: the domain of `sip:<extension>@<domain>` and of the sender in `From`.",
-    "pbx_targets.username": "sip: the digest user for 401/407 challenges (empty: none; a challenge then fails).",
-    "pbx_targets.password": "sip: its password, as a secret reference.",
+    "pbx_targets.username": "sip: the digest user for 401/407 challenges (empty: none; a challenge then fails); "
+                            "email: the SMTP AUTH user (empty: no AUTH).",
+    "pbx_targets.password": "sip, email: its password, as a secret reference.",
     "pbx_targets.body_budget_bytes": "sip: the largest body in UTF-8 bytes; longer texts go in numbered parts "
                                      "cut between graphemes (Asterisk keeps 1,024 bytes: use at most 1,000).",
+    "pbx_targets.mode": "email: `fallback` (gets a text its tenant's previous target gave up on) or `always` "
+                        "(a copy of every text).",
+    "pbx_targets.security": "email: `starttls` (port 587), `tls` (implicit, port 465) or `none` (tests only).",
+    "pbx_targets.ca_file": "email: a CA bundle for a mail server with a private certificate (empty: the system's).",
+    "pbx_targets.sender": "email: the From address of the mails.",
+    "pbx_targets.recipients": "email: the address of each extension (`{ \"1001\" = \"alice@example.com\" }`).",
+    "pbx_targets.default_recipient": "email: the address for an extension not in `recipients`.",
+    "pbx_targets.attach_max_bytes": "email: pictures are attached while their total stays under this; the rest are "
+                                    "linked.",
     "pbx_targets.from_format": "sip: the `From` user: `sender` (`+12065550100`) or `did+sender` "
                                "(`+12065550111+12065550100`, which tells the phone which DID was texted).",
 }

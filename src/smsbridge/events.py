@@ -94,10 +94,16 @@ class InboundDelivery(Event, frozen=True, kw_only=True, tag="inbound_delivery"):
     media: tuple[Media, ...] = ()
     keyword: Keyword | None = None
     received_at: datetime
+    target: int = 0  # which of the tenant's PBX targets (file order): > 0 for a fallback or a copy
 
     @property
     def conversation(self) -> str:
         return f"{self.config_id}:{self.to}:{self.from_}:{self.extension}"
+
+    @property
+    def claim_key(self) -> str:
+        """What the ledger's delivery claim is keyed by with the flowroute id: one per target."""
+        return self.extension if self.target == 0 else f"{self.extension}#{self.target}"
 
     @property
     def idempotency_key(self) -> str:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
 
-from smsbridge.config import InboundRule, OutboundRule, SipIntakeSettings, SipPeer, SipTarget
+from smsbridge.config import (
+    EmailTarget,
+    InboundRule,
+    OutboundRule,
+    RetryPolicy,
+    Settings,
+    SipIntakeSettings,
+    SipPeer,
+    SipTarget,
+)
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Claim, Ledger
 from smsbridge.secret import Secret
@@ -21,6 +30,9 @@ from tests.support.kamailio import DOMAIN, Kamailio
 from tests.support.ledger import BACKENDS, open_ledger
 from tests.support.ports import free_port
 from tests.support.settings import TOKEN, settings, with_flowroute
+from tests.support.smtp import PASSWORD as SMTP_PASSWORD
+from tests.support.smtp import USER as SMTP_USER
+from tests.support.smtp import MailServer
 from tests.support.wait import eventually
 
 
@@ -105,3 +117,63 @@ async def test_a_text_reaches_the_phone_and_its_reply_reaches_flowroute(
     finally:
         await phone.stop()
         await kamailio.stop()
+
+
+def with_email(base: Settings, kamailio: Kamailio, smtp: MailServer, mode: str, *, max_age_s: float) -> Settings:
+    sip = SipTarget(tenant="acme", host="127.0.0.1", port=kamailio.port, domain=DOMAIN, username="bridge",
+                    password=Secret(USERS["bridge"]), timeout_s=5.0)
+    mail = EmailTarget(tenant="acme", mode=mode, host="127.0.0.1", port=smtp.port,  # type: ignore[arg-type]
+                       ca_file=str(smtp.cert), username=SMTP_USER, password=Secret(SMTP_PASSWORD),
+                       sender="texts@bridge.test", recipients={"1001": "alice@example.test"}, timeout_s=10)
+    quick = RetryPolicy(max_attempts=50, base_delay_s=0.2, max_delay_s=0.5, max_age_s=max_age_s)
+    return msgspec.structs.replace(base, pbx_targets=[sip, mail],
+                                   retry=msgspec.structs.replace(base.retry, delivery=quick))
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[MailServer]:
+    server = MailServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_past_the_maximum_age_an_offline_phones_text_goes_by_email(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, refusing_kamailio: Kamailio,
+    smtp: MailServer,
+) -> None:
+    phone = await phone_on(refusing_kamailio, register=False)
+    try:
+        base = settings(prefix=prefix, rules=[InboundRule(config="main", extensions=["1001"])])
+        bridge = await start_bridge(with_email(base, refusing_kamailio, smtp, "fallback", max_age_s=2.0))
+        assert await post_sms(http, bridge.receiver_url) == 200
+        await eventually(lambda: len(smtp.handler.mails) == 1, timeout=60, what="the fallback mail")
+        mail = smtp.handler.mails[0]
+        assert mail["Subject"] == "Text from +12065550199 to +12065550100 (ext. 1001)"
+        assert phone.received == []
+    finally:
+        await phone.stop()
+
+
+@pytest.fixture
+async def storing_kamailio(tmp_path: Path) -> AsyncIterator[Kamailio]:
+    server = Kamailio(tmp_path / "kamailio", free_port(), USERS)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_an_always_copy_is_mailed_beside_the_sip_delivery(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, storing_kamailio: Kamailio,
+    smtp: MailServer,
+) -> None:
+    kamailio = storing_kamailio
+    phone = await phone_on(kamailio)
+    try:
+        base = settings(prefix=prefix, rules=[InboundRule(config="main", extensions=["1001"])])
+        bridge = await start_bridge(with_email(base, kamailio, smtp, "always", max_age_s=60))
+        assert await post_sms(http, bridge.receiver_url) == 200
+        await eventually(lambda: len(smtp.handler.mails) == 1 and len(phone.received) == 1, what="phone and mail")
+        assert phone.texts() == [b"Greetings on Friday evening!"]
+    finally:
+        await phone.stop()

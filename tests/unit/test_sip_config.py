@@ -34,3 +34,14 @@ def test_a_sip_target_is_read_with_its_defaults(tmp_path: Path) -> None:
 def test_a_bad_sip_value_is_named_by_place(tmp_path: Path, key: str, value: object) -> None:
     _, problems = check_file(write(tmp_path / "c.toml", document(**{key: value})), ENV)
     assert [p.where for p in problems] == [f"pbx_targets[0].{key}"]
+
+
+def test_a_tenant_may_list_sip_then_email_and_an_email_needs_an_address(tmp_path: Path) -> None:
+    doc = document()
+    mail = {"kind": "email", "tenant": "acme", "host": "127.0.0.1", "sender": "texts@bridge.test"}
+    doc["pbx_targets"] = [*doc["pbx_targets"], {**mail, "default_recipient": "desk@example.test"}]  # type: ignore[misc]
+    settings, problems = check_file(write(tmp_path / "c.toml", doc), ENV)
+    assert problems == [] and settings is not None and len(settings.targets_of("acme")) == 2
+    doc["pbx_targets"] = [*doc["pbx_targets"], mail]  # type: ignore[misc]
+    _, problems = check_file(write(tmp_path / "d.toml", doc), ENV)
+    assert [p.where for p in problems] == ["pbx_targets[2].recipients"]

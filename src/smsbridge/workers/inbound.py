@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 import structlog
 
+from smsbridge import targets
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
@@ -27,8 +28,10 @@ from smsbridge.workers.status import publish_status
 log = structlog.get_logger("smsbridge.inbound")
 
 
-def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list[InboundDelivery]:
-    """One delivery per extension, each carrying the whole target list (like a ring group)."""
+def deliveries_for(message: InboundMessage, extensions: tuple[str, ...], *, first: int = 0,
+                   copies: tuple[int, ...] = ()) -> list[InboundDelivery]:
+    """One delivery per extension, each carrying the whole target list (like a ring group), for
+    the tenant's first target, and one more per extension for each target that gets copies."""
     keyword = keyword_of(message.body)
     return [
         InboundDelivery(
@@ -44,7 +47,9 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list
             media=message.media,
             keyword=keyword,
             received_at=message.occurred_at,
+            target=target,
         )
+        for target in (first, *copies)
         for extension in extensions
     ]
 
@@ -105,7 +110,8 @@ class InboundHandler:
             log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
             return
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
-        deliveries = deliveries_for(message, chosen.extensions)
+        deliveries = deliveries_for(message, chosen.extensions, first=targets.first(self._settings, message.tenant),
+                                    copies=tuple(targets.copies(self._settings, message.tenant)))
         for delivery in deliveries:
             await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
                                            message_id=delivery.event_id)

@@ -1,0 +1,37 @@
+"""A tenant's PBX targets as an ordered list (pure).
+
+Targets are listed in the file in order. The first that is not an `always` copy gets every text;
+when it gives up on one (maximum age or a permanent failure), the next such target gets it, and
+so on (e.g. `sip`, then `email`). An `email` target with `mode = "always"` gets a copy of every
+text at once, whatever happens to the others.
+"""
+
+from __future__ import annotations
+
+from smsbridge.config import EmailTarget, PbxTarget, Settings
+
+
+def is_copy(target: PbxTarget) -> bool:
+    return isinstance(target, EmailTarget) and target.mode == "always"
+
+
+def first(settings: Settings, tenant: str) -> int:
+    """The index of the target every text goes to first (0 when the tenant has only copies)."""
+    targets = settings.targets_of(tenant)
+    return next((i for i, t in enumerate(targets) if not is_copy(t)), 0)
+
+
+def copies(settings: Settings, tenant: str) -> list[int]:
+    return [i for i, t in enumerate(settings.targets_of(tenant)) if is_copy(t)]
+
+
+def after(settings: Settings, tenant: str, current: int) -> int | None:
+    """The fallback for a text that target `current` gave up on, if any."""
+    targets = settings.targets_of(tenant)
+    if current < len(targets) and is_copy(targets[current]):
+        return None  # a copy that failed has no fallback of its own
+    return next((i for i in range(current + 1, len(targets)) if not is_copy(targets[i])), None)
+
+
+def adapter_key(tenant: str, index: int) -> str:
+    return tenant if index == 0 else f"{tenant}#{index}"
