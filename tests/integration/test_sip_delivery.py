@@ -15,6 +15,7 @@ from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.sip import SipAdapter
 from smsbridge.secret import Secret
+from smsbridge.sip.message import SipMessage
 from smsbridge.sip.transport import NextHop
 from smsbridge.sip.uac import Credentials, MessageSender, Outgoing
 from tests.support.kamailio import DOMAIN, Kamailio
@@ -137,6 +138,23 @@ async def test_the_digest_challenge_is_answered(kamailio: Kamailio, phone: Phone
         await hop.close()
     assert (result.answer.status, result.challenged) == (200, True)
     assert phone.texts() == [b"challenged first"]
+
+
+async def test_the_last_challenge_is_reused_and_a_stale_one_answered_again(kamailio: Kamailio, phone: Phone) -> None:
+    hop = NextHop("127.0.0.1", kamailio.port)
+    sender = MessageSender(hop, transport="udp", timeout_s=10, credentials=Credentials("bridge", USERS["bridge"]))
+    out = Outgoing(to_user="1001", from_user="+12065550199", domain=DOMAIN, body="again", message_id="m:1001:1/1")
+    try:
+        first = await sender.send(out)
+        second = await sender.send(out)  # credentials sent at once: no challenge this time
+        stale = SipMessage("SIP/2.0 407 Proxy Authentication Required",
+                           [("Proxy-Authenticate", f'Digest realm="{DOMAIN}", nonce="not-one-of-kamailios"')])
+        sender._last_challenge = stale
+        third = await sender.send(out)
+    finally:
+        await hop.close()
+    assert [r.challenged for r in (first, second)] == [True, False]
+    assert (third.answer.status, len(phone.received)) == (200, 3)
 
 
 async def test_a_wrong_password_is_a_permanent_auth_failure(kamailio: Kamailio, phone: Phone) -> None:

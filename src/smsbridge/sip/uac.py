@@ -45,14 +45,20 @@ class MessageSender:
         self._transport = transport
         self._timeout = timeout_s
         self._credentials = credentials
+        self._last_challenge: SipMessage | None = None
 
     async def send(self, out: Outgoing) -> Result:
+        """The final answer. The last challenge answered is reused (its nonce stays valid for a
+        while at most proxies), which saves a round trip per text; a challenge to that, e.g. a
+        stale nonce, is answered once more, and a challenge after that means bad credentials."""
         call_id, tag = secrets.token_hex(12), new_tag()
         proto = await self._proto(out, call_id, tag)
-        answer = await self._attempt(out, proto, call_id, tag, cseq=1, auth=None)
+        cached = self._authorization(self._last_challenge, out)
+        answer = await self._attempt(out, proto, call_id, tag, cseq=1, auth=cached)
         if answer.status not in (401, 407) or self._credentials is None:
             return Result(answer, proto, challenged=False)
-        auth = self._answer_challenge(answer, out)
+        self._last_challenge = answer
+        auth = self._authorization(answer, out)
         if auth is None:
             return Result(answer, proto, challenged=False)
         return Result(await self._attempt(out, proto, call_id, tag, cseq=2, auth=auth), proto, challenged=True)
@@ -63,8 +69,9 @@ class MessageSender:
         size = len(self._build(out, "udp", ("0.0.0.0", 0), new_branch(), call_id, tag, 2, None).encode())
         return "tcp" if size + 200 > UDP_LIMIT else "udp"  # 200: room for an Authorization header
 
-    def _answer_challenge(self, answer: SipMessage, out: Outgoing) -> tuple[str, str] | None:
-        assert self._credentials is not None
+    def _authorization(self, answer: SipMessage | None, out: Outgoing) -> tuple[str, str] | None:
+        if answer is None or self._credentials is None:
+            return None
         name = "WWW-Authenticate" if answer.status == 401 else "Proxy-Authenticate"
         value = answer.header(name)
         if value is None:
