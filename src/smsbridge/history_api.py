@@ -75,7 +75,10 @@ async def one_message(request: web.Request) -> web.Response:
     row = await ledger.find(request.match_info["ref"], tenant=request.query.get("tenant"))
     if row is None:
         return _error(404, "not_found", "no such message (it may have been pruned)")
-    return _json({"message": row, "history": await ledger.history(row.id)})
+    detail: dict[str, Any] = {"message": row, "history": await ledger.history(row.id)}
+    if row.direction == "inbound" and row.mdr_id:  # where it stands for each extension
+        detail["deliveries"] = await ledger.deliveries(row.mdr_id)
+    return _json(detail)
 
 
 def add_history_routes(app: web.Application) -> None:

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from smsbridge.config import (
+    AdminSettings,
     EmailTarget,
     InboundRule,
     OutboundRule,
@@ -44,7 +45,10 @@ async def refusing_kamailio(tmp_path: Path) -> AsyncIterator[Kamailio]:
     await server.stop()
 
 
-def sip_settings(prefix: str, kamailio: Kamailio) -> object:
+ADMIN = "admin-token-for-sip-tests-0123456789"
+
+
+def sip_settings(prefix: str, kamailio: Kamailio) -> Settings:
     base = settings(prefix=prefix, rules=[InboundRule(config="main", extensions=["1001"])])
     target = SipTarget(tenant="acme", host="127.0.0.1", port=kamailio.port, domain=DOMAIN, username="bridge",
                        password=Secret(USERS["bridge"]), timeout_s=5.0)
@@ -63,7 +67,7 @@ async def test_an_offline_phone_gets_the_text_when_it_registers(
 ) -> None:
     phone = await phone_on(refusing_kamailio, register=False)
     try:
-        bridge = await start_bridge(sip_settings(prefix, refusing_kamailio))  # type: ignore[arg-type]
+        bridge = await start_bridge(sip_settings(prefix, refusing_kamailio))
         assert await post_sms(http, bridge.receiver_url) == 200
         registry = bridge.metrics.registry
         retries = lambda: registry.get_sample_value("smsbridge_retries_total", {"stage": "delivery"}) or 0  # noqa: E731
@@ -175,5 +179,29 @@ async def test_an_always_copy_is_mailed_beside_the_sip_delivery(
         assert await post_sms(http, bridge.receiver_url) == 200
         await eventually(lambda: len(smtp.handler.mails) == 1 and len(phone.received) == 1, what="phone and mail")
         assert phone.texts() == [b"Greetings on Friday evening!"]
+    finally:
+        await phone.stop()
+
+
+async def test_a_relays_202_shows_as_accepted_in_the_history(
+    start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, storing_kamailio: Kamailio,
+) -> None:
+    phone = await phone_on(storing_kamailio, register=False)  # offline: Kamailio stores the text, 202
+    try:
+        base = sip_settings(prefix, storing_kamailio)
+        bridge = await start_bridge(msgspec.structs.replace(base, admin=AdminSettings(token=Secret(ADMIN))))
+        assert await post_sms(http, bridge.receiver_url) == 200
+        body: dict[str, object] = {}
+
+        async def shown() -> bool:
+            nonlocal body
+            async with http.get(f"{bridge.receiver_url}/v1/messages/mdr2-4e5435f325d9431f9e64118b20895b08",
+                                headers={"Authorization": f"Bearer {ADMIN}"}) as response:
+                body = await response.json() if response.status == 200 else {}
+            return bool(body.get("deliveries"))
+
+        await eventually(shown, what="the delivery in the history")
+        assert [(d["extension"], d["state"]) for d in body["deliveries"]] == [("1001", "accepted")]  # type: ignore[attr-defined]
+        assert phone.received == []
     finally:
         await phone.stop()

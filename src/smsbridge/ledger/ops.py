@@ -281,6 +281,23 @@ _HISTORY = (sa.select(status_history.c.state, status_history.c.reason_code, stat
             .where(status_history.c.message_id == _p("message_id")).order_by(status_history.c.id))
 
 
+class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
+    """Where an inbound text stands for one extension (and target: `1001#1` is the second one)."""
+
+    extension: str
+    state: str  # delivering | delivered | accepted (a relay took it, e.g. SIP 202: not proof of a phone)
+    updated_at: datetime
+
+
+_DELIVERIES_OF = (sa.select(deliveries.c.extension, deliveries.c.state, deliveries.c.updated_at)
+                  .where(deliveries.c.mdr_id == _p("mdr_id")).order_by(deliveries.c.extension))
+
+
+def deliveries_of(c: sa.Connection, mdr_id: str) -> list[DeliveryRow]:
+    return [DeliveryRow(extension=row.extension, state=row.state, updated_at=utc(row.updated_at))  # type: ignore[arg-type]
+            for row in c.execute(_DELIVERIES_OF, {"mdr_id": mdr_id})]
+
+
 def history(c: sa.Connection, message_id: int) -> list[StatusRow]:
     return [StatusRow(**{**dict(row._mapping), "at": utc(row.at)})
             for row in c.execute(_HISTORY, {"message_id": message_id})]

@@ -76,6 +76,9 @@ class Ledger:
         """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
         await self._db.write(ops.delivered, mdr_id, extension, self._now(), state)
 
+    async def deliveries(self, mdr_id: str) -> list[ops.DeliveryRow]:
+        return await self._db.read(ops.deliveries_of, mdr_id)
+
     async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
         return await self._db.read(ops.last_did, tenant, number, extension)
 
