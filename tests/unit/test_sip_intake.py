@@ -24,14 +24,16 @@ OTHER_DID = "+12065550101"
 class FakeLedger:
     def __init__(self, last: str | None = None) -> None:
         self.last = last
+        self.asked = 0
 
     async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
+        self.asked += 1
         return self.last
 
 
-def settings(*peers: SipPeer) -> Settings:
+def settings(*peers: SipPeer, dids: tuple[str, ...] = (DID, OTHER_DID)) -> Settings:
     config = SmsConfig(id="main", tenant="acme", access_key=Secret("a"), secret_key=Secret("s"),
-                       webhook_token=Secret("t" * 30), dids=[DID, OTHER_DID])
+                       webhook_token=Secret("t" * 30), dids=list(dids))
     return Settings(sms_configs=[config], outbound_rules=[OutboundRule(config="main", extensions=["101"])],
                     sip_intake=SipIntakeSettings(port=0, peers=list(peers) or [SipPeer(tenant="acme",
                                                                                         address="127.0.0.1")]))
@@ -129,6 +131,16 @@ async def test_without_a_prefix_the_did_last_used_with_that_number() -> None:
     finally:
         await intake.stop()
     assert requests(publisher)[0].from_did == OTHER_DID
+
+
+async def test_a_tenant_with_one_did_does_not_ask_the_ledger() -> None:
+    ledger = FakeLedger(last=OTHER_DID)
+    intake, publisher = await start(settings(dids=(DID,)), ledger)
+    try:
+        (answer,) = await udp(intake.port, message())
+    finally:
+        await intake.stop()
+    assert status(answer) == 202 and ledger.asked == 0 and requests(publisher)[0].from_did is None
 
 
 async def test_broker_down_is_503_with_retry_after_and_nothing_cached(running: Started) -> None:

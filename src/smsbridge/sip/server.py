@@ -145,7 +145,7 @@ class SipIntake:
     async def _publish(self, message: SipMessage, key: str, addressed: intake.Addressed,
                        text: str) -> tuple[bytes, bool]:
         last_did = None
-        if addressed.did is None:
+        if addressed.did is None and self._several_dids(addressed.tenant):  # one DID: nothing to choose
             with contextlib.suppress(Exception):  # no ledger: the outbound rule's default DID
                 last_did = await self._ledger.last_did(addressed.tenant, addressed.to, addressed.extension)
         request = intake.request(addressed, text, key, last_did)
@@ -160,6 +160,9 @@ class SipIntake:
         log.info("sip text accepted", outcome="accepted", status=202, extension=addressed.extension,
                  client_message_id=request.client_message_id)
         return response(message, 202, "Accepted", key), True
+
+    def _several_dids(self, tenant: str) -> bool:
+        return sum(len(c.dids) for c in self._settings.configs_of(tenant)) > 1
 
     def _refuse(self, message: SipMessage, key: str, refusal: intake.Refusal) -> bytes:
         log.info("sip text refused", outcome="refused", status=refusal.status, why=refusal.reason)
