@@ -67,12 +67,28 @@ class SipIntake:
         self.retransmissions = 0  # answered from the cache, not sent on again
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         cfg = self._settings.sip_intake
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(cfg.host, cfg.port))
-        self.port = int(self._udp.get_extra_info("sockname")[1])
-        self._tcp = await asyncio.start_server(self._tcp_client, cfg.host, self.port)
+        for _ in range(20 if cfg.port == 0 else 1):  # port 0: a UDP port whose TCP twin is free too
+            try:
+                await self._listen(cfg.host, cfg.port)
+                break
+            except OSError:
+                if cfg.port != 0:
+                    raise
+        else:
+            raise OSError("no port free for UDP and TCP alike")
         log.info("sip intake listening", host=cfg.host, port=self.port, peers=len(cfg.peers))
+
+    async def _listen(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), local_addr=(host, port))
+        chosen = int(udp.get_extra_info("sockname")[1])
+        try:
+            self._tcp = await asyncio.start_server(self._tcp_client, host, chosen)
+        except OSError:
+            udp.close()
+            raise
+        self._udp, self.port = udp, chosen
 
     async def stop(self) -> None:
         if self._udp is not None:
