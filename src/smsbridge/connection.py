@@ -9,6 +9,7 @@ TLS (aio-pika reads `cafile`, `certfile`, `keyfile` and `no_verify_ssl` from the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import structlog
@@ -28,10 +29,12 @@ def _safe(url: str) -> str:
     return f"{scheme}://{creds.split(':')[0]}:***@{host}"
 
 
-async def connect(urls: list[str], *, attempts: int | None = None) -> aio_pika.RobustConnection:
-    """Connect to the first URL that answers, trying them in turn with backoff.
+async def connect(urls: list[str], *, attempts: int | None = None,
+                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> aio_pika.RobustConnection:
+    """Connect to the first URL that answers, trying them in turn with backoff (at most 10 s apart).
 
-    `attempts=None` waits for ever (a bridge that starts before its broker waits for it).
+    `attempts=None` waits for ever (a bridge that starts before its broker waits for it): the
+    backoff's exponent is capped, so the thousandth round is no different from the tenth.
     """
     attempt = 0
     while True:
@@ -45,7 +48,7 @@ async def connect(urls: list[str], *, attempts: int | None = None) -> aio_pika.R
         attempt += 1
         if attempts is not None and attempt >= attempts:
             raise ConnectionError(f"no broker reachable at {', '.join(_safe(u) for u in urls)}")
-        await asyncio.sleep(compute_backoff(attempt, base=0.5, cap=10.0))
+        await sleep(compute_backoff(attempt, base=0.5, cap=10.0))
 
 
 async def failover(connection: aio_pika.RobustConnection, urls: list[str], *, after_s: float = 3.0,
