@@ -5,6 +5,12 @@ means it published its next message with a confirm or got its answer), or after 
 republished with a confirm to the delay or dead-letter exchange. If even that publish fails we
 nack with requeue; the quorum queue's delivery limit stops that from looping forever.
 The attempt count and first-seen time travel in the message headers, never in process memory.
+
+A message's outcome is settled under its order key's lock, the `given_up` hook included: the
+final state (e.g. `failed` in the ledger) is written before the next copy of the same request
+may start. Giving up runs the hook first, then publishes the dead-letter copy: a hook that fails
+(a ledger outage, say) sends the message round the delay queue marked `H_GIVING_UP`, and its next
+delivery only finishes giving up; it is never handled twice nor dead-lettered twice.
 """
 
 from __future__ import annotations
@@ -74,6 +80,18 @@ def retry_decision(attempt: Attempt, policy: RetryPolicy, *, now: int, requested
     if attempt.age_s(now) + delay > policy.max_age_s:
         return f"gave up: older than the {policy.max_age_s:g} s maximum age"
     return min(delay, names.MAX_DELAY_S)
+
+
+def _giving_up(message: AbstractIncomingMessage) -> tuple[str, str] | None:
+    """(reason, code) when an earlier delivery decided to dead-letter this message."""
+    headers = message.headers or {}
+    if not headers.get(names.H_GIVING_UP):
+        return None
+    return _text(headers.get(names.H_REASON)), _text(headers.get(names.H_REASON_CODE))
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "unknown")
 
 
 class StageConsumer(Generic[T]):
@@ -164,30 +182,38 @@ class StageConsumer(Generic[T]):
     async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
         started = time.perf_counter()
         key = self._order_key(event) if self._order_key else None
-        try:
-            async with self._locks.hold(key):
+        async with self._locks.hold(key):
+            giving_up = _giving_up(message)
+            if giving_up is not None:
+                await self._dead_letter(message, attempt, *giving_up, event)
+                return
+            try:
                 await self._handler.handle(event, MessageContext(self._origin_key(message), attempt.number + 1))
-        except PermanentError as exc:
-            await self._dead_letter(message, attempt, exc.reason, exc.code, event)
-        except RetryableError as exc:
-            await self._retry(message, attempt, exc.reason, exc.retry_after, event)
-        except BrokerUnavailable as exc:
-            await self._requeue(message, f"broker unavailable: {exc}")
-        except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
-            log.exception("handler crashed", error=repr(exc))
-            await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
-        else:
-            await self._settle(message.ack, "done", time.perf_counter() - started)
+            except PermanentError as exc:
+                await self._dead_letter(message, attempt, exc.reason, exc.code, event)
+            except RetryableError as exc:
+                await self._retry(message, attempt, exc.reason, exc.retry_after, event)
+            except BrokerUnavailable as exc:
+                await self._requeue(message, f"broker unavailable: {exc}")
+            except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
+                log.exception("handler crashed", error=repr(exc))
+                await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
+            else:
+                await self._settle(message.ack, "done", time.perf_counter() - started)
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
-                     requested: float | None, event: T) -> None:
+                     requested: float | None, event: T | None, marks: dict[str, Any] | None = None) -> None:
         decision = retry_decision(attempt, self._policy, now=now_ms(), requested=requested, rand=self._rand)
+        if isinstance(decision, str) and marks:  # giving up, and the hook kept failing: park without it
+            await self._dead_letter(message, attempt, f"{reason} ({decision}; the final state was not recorded)",
+                                    str(marks[names.H_REASON_CODE]), None)
+            return
         if isinstance(decision, str):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
         headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
-                   names.H_ORIGIN_KEY: self._origin_key(message)}
+                   names.H_ORIGIN_KEY: self._origin_key(message), **(marks or {})}
         try:
             # Always the stage queue's own key: the delay queue dead-letters into the direct work
             # exchange, where any other key would be unroutable and silently dropped.
@@ -204,23 +230,38 @@ class StageConsumer(Generic[T]):
 
     async def _dead_letter(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                            code: str, event: T | None) -> None:
+        if event is not None and not await self._given_up(message, attempt, reason, code, event):
+            return
         headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
                    names.H_ROUTING_KEY: self.queue_name, names.H_ORIGIN_KEY: self._origin_key(message)}
         headers.pop(names.H_DELAY_TIER, None)
+        headers.pop(names.H_GIVING_UP, None)
         try:
             await self._publisher.publish(
                 names.dead_exchange(self._prefix), self.queue_name, message.body,
                 headers=headers, message_id=message.message_id,
             )
-            if event is not None:
-                await self._handler.given_up(event, reason, code)
         except BrokerUnavailable as exc:
             await self._requeue(message, f"could not dead-letter: {exc}")
             return
         self._metrics.dead_lettered.labels(self.stage, code).inc()
         log.error("message dead-lettered", outcome="dead_letter", reason=reason, reason_code=code)
         await self._settle(message.ack, None, None)
+
+    async def _given_up(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str, code: str,
+                        event: T) -> bool:
+        """Run the hook (the final state) before the dead-letter copy exists. False: it failed,
+        and the message went round the delay queue marked to finish giving up next time."""
+        try:
+            await self._handler.given_up(event, reason, code)
+        except Exception as exc:  # noqa: BLE001 - a ledger outage or a lost publish: try again later
+            log.warning("could not record the final state before dead-lettering; will try again",
+                        reason_code=code, error=repr(exc)[:300])
+            await self._retry(message, attempt, reason, None, None,
+                              marks={names.H_GIVING_UP: "1", names.H_REASON: reason, names.H_REASON_CODE: code})
+            return False
+        return True
 
     async def _requeue(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("message requeued", outcome="requeue", reason=reason)

@@ -29,6 +29,9 @@ H_STAGE = "x-smsbridge-stage"
 H_REASON = "x-smsbridge-reason"
 H_REASON_CODE = "x-smsbridge-reason-code"
 H_DEAD_AT = "x-smsbridge-dead-at-ms"
+# Set on a message whose dead-lettering is decided but whose `given_up` hook failed: its next
+# delivery only finishes giving up (the hook again, then the dead-letter copy), never handles it.
+H_GIVING_UP = "x-smsbridge-dead-pending"
 H_ROUTING_KEY = "x-smsbridge-routing-key"
 H_CONFIG = "x-smsbridge-config"
 H_ORIGIN_KEY = "x-smsbridge-origin-key"
