@@ -20,6 +20,11 @@ class RetryableError(BridgeError):
         self.retry_after = retry_after
 
 
+class LedgerUnavailable(RetryableError):
+    """The ledger's database cannot be reached or refused the connection: nothing was written.
+    One condition for the whole outage, retried like any other (no traceback per message)."""
+
+
 class PermanentError(BridgeError):
     """Do not retry; `code` is a short machine-readable reason, `reason` is for people."""
 

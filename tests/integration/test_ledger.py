@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from smsbridge.events import DispatchRequest, InboundMessage
@@ -159,26 +160,44 @@ async def test_prune_forgets_old_rows_only(ledger: Ledger) -> None:
     assert await ledger.claim_dlr("old-key", "mdr2-old")  # forgotten too
 
 
-async def test_dispatcher_claims_or_records_its_request(ledger: Ledger) -> None:
-    row = await ledger.claim_send(dispatch("c-9"))  # absent (pruned, say): recorded, then claimed
+async def test_dispatcher_finds_or_records_its_request_and_leaves_its_state(ledger: Ledger) -> None:
+    row = await ledger.request_row(dispatch("c-9"))  # absent (pruned, say): recorded
     assert (row.client_message_id, row.state, row.dispatch_state) == ("c-9", "queued", "queued")
-    after = await ledger.outbound("acme", "c-9")
-    assert after is not None and after.dispatch_state == "sending" and after.send_started_at is not None
-    again = await ledger.claim_send(dispatch("c-9"))  # claimed before: "maybe sent", left as it is
-    assert again.id == row.id and again.dispatch_state == "sending"
-    assert again.send_started_at == after.send_started_at
-    await ledger.record_accepted(row.id, "mdr2-c-9", 1)
-    done = await ledger.claim_send(dispatch("c-9"))
+    started = await ledger.mark_sending(row.id)  # with a rate-limit slot in hand, before the POST
+    again = await ledger.request_row(dispatch("c-9"))  # "maybe sent", left as it is
+    assert again.id == row.id and again.dispatch_state == "sending" and again.send_started_at == started
+    assert await ledger.record_accepted(row.id, "mdr2-c-9", 1) is True
+    done = await ledger.request_row(dispatch("c-9"))
     assert done.dispatch_state == "done" and done.mdr_id == "mdr2-c-9"
     assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
 
 
-async def test_claiming_a_recorded_request_marks_it_sending(ledger: Ledger) -> None:
+async def test_finding_a_recorded_request_does_not_mark_it_sending(ledger: Ledger) -> None:
+    # A request waiting for the rate limiter when the process dies never reached Flowroute: it
+    # must not look "maybe sent" to the next dispatcher.
     assert await ledger.record_request(dispatch("c-8")) is True
-    row = await ledger.claim_send(dispatch("c-8"))
-    assert row.dispatch_state == "queued"  # as it was: this claim is the first
+    row = await ledger.request_row(dispatch("c-8"))
+    assert row.dispatch_state == "queued"
     after = await ledger.outbound("acme", "c-8")
-    assert after is not None and after.dispatch_state == "sending"
+    assert after is not None and after.dispatch_state == "queued"
+
+
+async def test_an_mdr_held_by_another_request_is_never_recorded_for_this_one(ledger: Ledger) -> None:
+    first, second = [await ledger.request_row(dispatch(c)) for c in ("c-a", "c-b")]
+    assert await ledger.record_accepted(first.id, "mdr2-same", 1) is True
+    assert await ledger.record_accepted(second.id, "mdr2-same", 1) is False  # was: IntegrityError
+    assert await ledger.held_mdrs(["mdr2-same", "mdr2-other"]) == {"mdr2-same"}
+    row = await ledger.outbound("acme", "c-b")
+    assert row is not None and row.dispatch_state == "queued" and row.mdr_id is None
+
+
+async def test_requests_alike_in_doubt(ledger: Ledger) -> None:
+    rows = [await ledger.request_row(dispatch(c)) for c in ("c-1", "c-2", "c-3")]
+    other = await ledger.request_row(msgspec.structs.replace(dispatch("c-4"), body="something else"))
+    for row in (*rows[1:], other):
+        await ledger.mark_sending(row.id)
+    alike = await ledger.alike_in_doubt(rows[0])
+    assert len(alike) == 2 and all(moment.tzinfo is not None for moment in alike)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -172,17 +172,33 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
     return message_row(row._mapping) if row else None
 
 
-def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
-    """The request's row as it was, recorded now if it is not there (pruned, or written
-    elsewhere); a "queued" one is "sending" once this transaction commits."""
+def request_row(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
+    """The request's row as it is, recorded now if it is not there (pruned, or written elsewhere).
+    Its dispatch state is left alone: "sending" is written only once a rate-limit slot is ours,
+    right before the POST, so that "sending" means "may have reached Flowroute"."""
     row = outbound(c, request.tenant, request.client_message_id)
     if row is None:
         record_request(c, request, now)
         row = outbound(c, request.tenant, request.client_message_id)
         assert row is not None
-    if row.dispatch_state == "queued":
-        mark_sending(c, row.id, now)
     return row
+
+
+def held_mdrs(c: sa.Connection, mdr_ids: list[str]) -> set[str]:
+    """Those of `mdr_ids` that a message in the ledger already has."""
+    if not mdr_ids:
+        return set()
+    return set(c.execute(sa.select(messages.c.mdr_id).where(messages.c.mdr_id.in_(mdr_ids))).scalars())
+
+
+def alike_in_doubt(c: sa.Connection, row: MessageRow) -> list[datetime]:
+    """When other requests with the same tenant, from, to and body, still "sending" (maybe sent,
+    never settled), started sending: their texts and this one's cannot be told apart at Flowroute."""
+    query = sa.select(messages.c.send_started_at, messages.c.updated_at).where(
+        (messages.c.direction == "outbound") & (messages.c.tenant == row.tenant)
+        & (messages.c.to_number == row.to_number) & (messages.c.from_number == row.from_number)
+        & (messages.c.body == row.body) & (messages.c.dispatch_state == "sending") & (messages.c.id != row.id))
+    return [utc(r.send_started_at or r.updated_at) for r in c.execute(query)]  # type: ignore[misc]
 
 
 def mark_sending(c: sa.Connection, message_id: int, now: datetime) -> None:
@@ -194,9 +210,16 @@ def mark_queued(c: sa.Connection, message_id: int, reason: str, now: datetime) -
 
 
 def record_accepted(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None,
-                    now: datetime) -> None:
+                    now: datetime) -> bool:
+    """False, and nothing written, when another message already has this Flowroute id: it is
+    not this request's send (writing it would break the unique `mdr_id` on every retry)."""
+    if mdr_id is not None:
+        holder = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+        if holder is not None and holder != message_id:
+            return False
     c.execute(_ACCEPTED, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
     advance(c, message_id, "accepted", now)
+    return True
 
 
 def record_failed(c: sa.Connection, message_id: int, code: str, reason: str, now: datetime) -> None:

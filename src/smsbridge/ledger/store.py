@@ -5,19 +5,26 @@ delivery is a row, not a lock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from smsbridge.config import LedgerSettings
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundMessage
 from smsbridge.ledger import ops, schema
 from smsbridge.ledger.ops import Claim, MessageRow, StatusRow
-from smsbridge.ledger.runner import AsyncRunner, Runner, SqliteRunner
+from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
 from smsbridge.ledger.schema import messages
+
+log = structlog.get_logger("smsbridge.ledger")
+# What an unreachable or failing database raises (not a bug, not a constraint): the driver's
+# operational and interface errors, a connection refused before any driver call, a timeout.
+OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
 __all__ = ["Claim", "Ledger", "MessageRow", "StatusRow", "engine_url", "open_from_settings"]
 
@@ -29,9 +36,52 @@ def engine_url(url: str) -> str:
     return url
 
 
+def _outage(exc: BaseException) -> bool:
+    if isinstance(exc, OUTAGE):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
+class OutageGuard:
+    """A runner whose outage errors are `LedgerUnavailable`, logged once when the outage starts
+    and once when it ends, instead of a traceback per message."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.down = False
+
+    async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._guard(self._runner.write(op, *args, **kwargs))
+
+    async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._guard(self._runner.read(op, *args, **kwargs))
+
+    async def _guard(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except Exception as exc:
+            if not _outage(exc):
+                raise
+            if not self.down:
+                log.error("ledger unavailable: messages are retried until it is back", error=repr(exc)[:300])
+            self.down = True
+            raise LedgerUnavailable(f"ledger unavailable: {exc.__class__.__name__}") from exc
+        if self.down:
+            log.warning("ledger available again")
+            self.down = False
+        return result
+
+    async def close(self) -> None:
+        await self._runner.close()
+
+    @property
+    def usable(self) -> bool:
+        return self._runner.usable
+
+
 class Ledger:
     def __init__(self, runner: Runner, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._db = runner
+        self._db = OutageGuard(runner)
         self._now = clock
 
     @classmethod
@@ -86,14 +136,22 @@ class Ledger:
     async def outbound(self, tenant: str, client_message_id: str) -> MessageRow | None:
         return await self._db.read(ops.outbound, tenant, client_message_id)
 
-    async def claim_send(self, request: DispatchRequest) -> MessageRow:
-        """The dispatcher's first step, in one transaction: the request's row as it was before
-        (recorded now if absent: pruned, or recorded by another ledger), and, if it was "queued",
-        "sending" from now on. Committed before the POST: a crash after it means "maybe sent"."""
-        return await self._db.write(ops.claim_send, request, self._now())
+    async def request_row(self, request: DispatchRequest) -> MessageRow:
+        """The dispatcher's first step: the request's row (recorded now if absent: pruned, or
+        recorded by another ledger), its dispatch state unchanged."""
+        return await self._db.write(ops.request_row, request, self._now())
+
+    async def held_mdrs(self, mdr_ids: list[str]) -> set[str]:
+        """Those of `mdr_ids` that some message in the ledger already has."""
+        return await self._db.read(ops.held_mdrs, mdr_ids)
+
+    async def alike_in_doubt(self, row: MessageRow) -> list[datetime]:
+        """When other requests with the same text to the same number, still "sending", started."""
+        return await self._db.read(ops.alike_in_doubt, row)
 
     async def mark_sending(self, message_id: int) -> datetime:
-        """Sending again after a lookup found nothing: restarts the "maybe sent" window."""
+        """Written with a rate-limit slot in hand, right before the POST, and committed before it:
+        a crash after it means "maybe sent". Again after a lookup found nothing: a new window."""
         now = self._now()
         await self._db.write(ops.mark_sending, message_id, now)
         return now
@@ -102,8 +160,9 @@ class Ledger:
         """Flowroute certainly did not take it (e.g. a 5xx): not "maybe sent" any more."""
         await self._db.write(ops.mark_queued, message_id, reason, self._now())
 
-    async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> None:
-        await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
+    async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> bool:
+        """False (nothing written) when another message already has `mdr_id`."""
+        return await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
 
     async def record_failed(self, message_id: int, code: str, reason: str) -> None:
         await self._db.write(ops.record_failed, message_id, code, reason, self._now())
