@@ -110,7 +110,7 @@ class LoggingSettings(_Section, frozen=True, kw_only=True):
 class FlowrouteSettings(_Section, frozen=True, kw_only=True):
     api_base: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.flowroute.com"
     timeout_s: PositiveFloat = 15.0
-    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.04
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01  # after an attempt's answer
     request_dlrs: bool = True
 
 
