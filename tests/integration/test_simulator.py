@@ -120,6 +120,18 @@ async def test_faults_script_latency_and_dropped_connections(flowroute: Flowrout
     assert asyncio.get_running_loop().time() - started >= 0.3
 
 
+async def test_jitter_delays_each_attempt_before_it_is_counted(flowroute: FlowrouteSimulator,
+                                                                client: aiohttp.ClientSession) -> None:
+    flowroute.faults.jitter_s = 0.05
+    sent = []
+    for _ in range(5):
+        sent.append(asyncio.get_running_loop().time())
+        assert (await send(client, flowroute.url))[0] == 202  # five: within the limit
+    counted = [at for at, _ in flowroute.accounts["AK-test"].attempts]
+    delays = [c - s for s, c in zip(sent, counted, strict=True)]
+    assert all(0 <= d for d in delays) and len({round(d, 3) for d in delays}) > 1  # random, not fixed
+
+
 async def test_inbound_injection_in_both_shapes_and_resends_until_200(flowroute: FlowrouteSimulator) -> None:
     got: list[Any] = []
     answers = [503, 200, 200]

@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     flowroute.add_argument("--sms-per-second", type=int, default=5, help="0 turns the limit off")
     flowroute.add_argument("--mms-per-second", type=int, default=1, help="0 turns the limit off")
     flowroute.add_argument("--latency", type=float, default=0.0, help="seconds added to every send")
+    flowroute.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS",
+                           help="each send is counted 0 to SECONDS after it arrives, at random (network jitter)")
     flowroute.add_argument("--error-ratio", type=float, default=0.0, help="share of sends answered 503")
     flowroute.add_argument("--drop-ratio", type=float, default=0.0, help="share of sends whose connection drops")
     inbound = what.add_parser("inbound", help="post a Flowroute-shaped inbound text to a webhook URL")
@@ -212,7 +214,7 @@ async def simulate_flowroute(args: argparse.Namespace) -> int:
     simulator = FlowrouteSimulator({key: secret for key, secret in pairs},
                                    sms_per_second=args.sms_per_second or None,
                                    mms_per_second=args.mms_per_second or None)
-    simulator.faults = Faults(latency_s=args.latency, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio)
+    simulator.faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio)
     stop = _stop_event()
     await simulator.start(args.host, args.port)
     structlog.get_logger("smsbridge").info("Flowroute simulator listening", url=simulator.url,

@@ -9,8 +9,9 @@
   per destination number (`behaviours`).
 - Inbound injection (`inject_inbound`, `POST /_sim/inbound`) in both payload shapes, resent like
   Flowroute does when the webhook does not answer 200.
-- Fault injection (`faults`, `POST /_sim/faults`): latency, a 5xx ratio, dropped connections, and
-  a script of statuses for the next sends.
+- Fault injection (`faults`, `POST /_sim/faults`): latency, jitter (a random delay before the
+  attempt is counted, as a network path adds), a 5xx ratio, dropped connections, and a script of
+  statuses for the next sends.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ API_OUTCOMES = {"opted_out", "unregistered", "invalid"}
 @dataclass
 class Faults:
     latency_s: float = 0.0
+    jitter_s: float = 0.0  # each send reaches "Flowroute" (is counted) 0 to jitter_s later, at random
     error_ratio: float = 0.0
     drop_ratio: float = 0.0
     respond_delay_s: float = 0.0  # accept, then wait this long before answering (a crash window)
@@ -161,6 +163,8 @@ class FlowrouteSimulator:
         if user is None:
             return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
         raw = await request.read()
+        if self.faults.jitter_s:  # the network path before Flowroute counts the attempt
+            await asyncio.sleep(self._random.uniform(0, self.faults.jitter_s))
         attributes = _attributes(raw)
         is_mms = bool(attributes and (attributes.get("media_urls") or str(attributes.get("is_mms")).lower() == "true"))
         account, now = self.accounts[user], time.monotonic()
