@@ -52,6 +52,7 @@ class Sizes:
     dispatch_messages: int
     dispatch_limited_seconds: float
     dispatch_processes: tuple[int, ...]
+    dispatch_takeover_seconds: float
     scaling_messages: int
     scaling_processes: tuple[int, ...]
     memory_messages: int
@@ -59,11 +60,13 @@ class Sizes:
 
 FULL = Sizes(receiver_seconds=4, receiver_rounds=3, inbound_rates=(100, 500, 1000), inbound_seconds=3,
              inbound_max_messages=1500, dispatch_messages=4000, dispatch_limited_seconds=30,
-             dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
+             dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=70, scaling_messages=4000,
+             scaling_processes=(1, 2, 4),
              memory_messages=100_000)
 QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 1000), inbound_seconds=0.3,
               inbound_max_messages=100, dispatch_messages=30, dispatch_limited_seconds=1,
-              dispatch_processes=(1, 2, 3), scaling_messages=600, scaling_processes=(1, 2, 4),
+              dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=2, scaling_messages=600,
+              scaling_processes=(1, 2, 4),
               memory_messages=300)
 
 
@@ -91,7 +94,8 @@ async def main(args: argparse.Namespace) -> int:
         if "dispatch" in wanted:
             await bench_dispatch.run(env, channel, messages=sizes.dispatch_messages,
                                      limited_seconds=sizes.dispatch_limited_seconds,
-                                     processes=sizes.dispatch_processes)
+                                     processes=sizes.dispatch_processes,
+                                     takeover_seconds=sizes.dispatch_takeover_seconds)
         if "scaling" in wanted:
             await bench_scaling.run(env, channel, messages=sizes.scaling_messages, counts=sizes.scaling_processes)
         if "memory" in wanted:
