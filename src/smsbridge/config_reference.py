@@ -47,8 +47,9 @@ MEANING: dict[str, str] = {
     "flowroute.api_base": "Flowroute's API; the sandbox points it at the simulator.",
     "flowroute.timeout_s": "How long a send to Flowroute may take; after a timeout the dispatcher looks the "
                            "message up before it sends again.",
-    "flowroute.rate_margin_s": "Extra time added to each rate window, so attempts spaced by the limiter stay under "
-                               "Flowroute's count despite clock and network jitter.",
+    "flowroute.rate_margin_s": "Extra time added to each rate window, counted from an attempt's answer (the "
+                               "limiter holds a slot from the send until a window after the answer, so network "
+                               "delay is already covered).",
     "flowroute.request_dlrs": "Ask Flowroute for delivery receipts (`dlr_callback`) on every send.",
     "ledger.url": "`sqlite:///path` for one host, `postgresql://user@host/db` for several.",
     "ledger.password": "The database password, as a secret reference.",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,7 @@ from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.pbx_client import publish_request
 from tests.support import processes
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -65,9 +66,9 @@ async def two_dispatchers(
     await topology.declare(channel, prefix, delivery_limit=20, accounts=["test"])
     logs = [tmp_path / "dispatcher-1.log", tmp_path / "dispatcher-2.log"]
     first = await processes.start(config, logs[0], "dispatcher", "outbound")
-    await processes.wait_ready(first, logs[0], timeout=60)  # subscribed first: the active consumer
+    await processes.wait_ready(first, logs[0])  # subscribed first: the active consumer
     second = await processes.start(config, logs[1], "dispatcher", "outbound")
-    await processes.wait_ready(second, logs[1], timeout=60)
+    await processes.wait_ready(second, logs[1])
     try:
         yield first, second, logs[0]
     finally:
@@ -90,11 +91,11 @@ async def test_failover_keeps_the_limit_and_loses_nothing(
     for client_id in ids:
         await publish_request(channel, prefix, OutboundRequest(
             tenant="acme", client_message_id=client_id, from_extension="101", to="+12065550199", body=client_id))
-    await until(lambda: len(flowroute.messages) >= 10, timeout=60)
+    await eventually(lambda: len(flowroute.messages) >= 10, timeout=90, what="10 texts sent")
     assert first.returncode is None and second.returncode is None, log.read_text()
     first.kill()  # SIGKILL the active dispatcher mid-stream
     await first.wait()
-    await until(lambda: set(sent(flowroute)) >= set(ids), timeout=120)
+    await eventually(lambda: set(sent(flowroute)) >= set(ids), timeout=120, what="every text sent")
     assert set(sent(flowroute)) == set(ids), f"lost: {set(ids) - set(sent(flowroute))}"
     assert flowroute.max_in_window("AK-test") <= 5  # every 1000 ms window, the takeover's included
     assert 429 not in flowroute.statuses()
@@ -104,10 +105,3 @@ async def test_failover_keeps_the_limit_and_loses_nothing(
 
 def sent(flowroute: FlowrouteSimulator) -> list[str]:
     return [r["body"]["data"]["attributes"]["body"] for r in flowroute.requests if r["status"] == 202]
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)

@@ -192,12 +192,16 @@ async def test_an_mdr_held_by_another_request_is_never_recorded_for_this_one(led
 
 
 async def test_requests_alike_in_doubt(ledger: Ledger) -> None:
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
     rows = [await ledger.request_row(dispatch(c)) for c in ("c-1", "c-2", "c-3")]
     other = await ledger.request_row(msgspec.structs.replace(dispatch("c-4"), body="something else"))
     for row in (*rows[1:], other):
         await ledger.mark_sending(row.id)
-    alike = await ledger.alike_in_doubt(rows[0])
+    alike = await ledger.alike_in_doubt(rows[0], timedelta(hours=1))
     assert len(alike) == 2 and all(moment.tzinfo is not None for moment in alike)
+    clock.now += timedelta(hours=2)  # no longer retried: not in doubt any more
+    assert await ledger.alike_in_doubt(rows[0], timedelta(hours=1)) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

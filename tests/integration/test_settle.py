@@ -5,8 +5,7 @@ the message unsettled nor dead-letters it twice."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
@@ -20,6 +19,7 @@ from smsbridge.errors import PermanentError
 from smsbridge.metrics import Metrics
 from tests.support.broker import depth
 from tests.support.settings import ACCOUNT
+from tests.support.wait import eventually
 
 STAGE = "outbound"
 
@@ -50,13 +50,6 @@ class Refusing:
             raise RuntimeError("ledger unavailable")
         await asyncio.sleep(self._record_s)
         self.final.add(event.request)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -93,7 +86,8 @@ async def test_the_final_state_is_written_before_the_next_copy_starts(
     stage = consumer(consumer_channel, prefix, handler)
     await publish(consumer_channel, prefix, Job("r-1", 1), Job("r-1", 2))
     await stage.start(consumer_channel)
-    await until(lambda: len(handler.seen_final_at_start) == 2 and handler.given_up_calls == 2)
+    await eventually(lambda: len(handler.seen_final_at_start) == 2 and handler.given_up_calls == 2,
+                     what="both copies handled and given up")
     assert handler.seen_final_at_start == [False, True]
 
 
@@ -106,19 +100,16 @@ async def test_a_failing_given_up_hook_is_retried_and_the_message_dead_lettered_
     stage = consumer(consumer_channel, prefix, handler)
     await publish(consumer_channel, prefix, Job("r-2", 1))
     await stage.start(consumer_channel)
-    await until(lambda: handler.final == {"r-2"} and stage.inflight == 0)
+    await eventually(lambda: handler.final == {"r-2"} and stage.inflight == 0, what="the final state recorded")
     await stage.cancel()
     await consumer_channel.close()  # an unsettled delivery would go back to the stage queue now
     dead = names.dead_queue(prefix)
-    await until_async(lambda: depth(channel, dead), 1)
+    await eventually(lambda: has_depth(channel, dead, 1), what="one dead letter")
     assert await depth(channel, names.stage_queue(prefix, STAGE)) == 0
     assert await depth(channel, dead) == 1
     assert handler.seen_final_at_start == [False]  # handled once: the retries only finish giving up
     assert handler.given_up_calls == 3
 
 
-async def until_async(read: Callable[[], Awaitable[int]], wanted: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while await read() != wanted:
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
+async def has_depth(channel: AbstractChannel, queue: str, count: int) -> bool:
+    return await depth(channel, queue) == count

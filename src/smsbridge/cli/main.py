@@ -214,7 +214,8 @@ async def simulate_flowroute(args: argparse.Namespace) -> int:
     simulator = FlowrouteSimulator({key: secret for key, secret in pairs},
                                    sms_per_second=args.sms_per_second or None,
                                    mms_per_second=args.mms_per_second or None)
-    simulator.faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio)
+    simulator.faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_ratio=args.error_ratio,
+                              drop_ratio=args.drop_ratio)
     stop = _stop_event()
     await simulator.start(args.host, args.port)
     structlog.get_logger("smsbridge").info("Flowroute simulator listening", url=simulator.url,

@@ -191,13 +191,15 @@ def held_mdrs(c: sa.Connection, mdr_ids: list[str]) -> set[str]:
     return set(c.execute(sa.select(messages.c.mdr_id).where(messages.c.mdr_id.in_(mdr_ids))).scalars())
 
 
-def alike_in_doubt(c: sa.Connection, row: MessageRow) -> list[datetime]:
+def alike_in_doubt(c: sa.Connection, row: MessageRow, since: datetime) -> list[datetime]:
     """When other requests with the same tenant, from, to and body, still "sending" (maybe sent,
-    never settled), started sending: their texts and this one's cannot be told apart at Flowroute."""
+    never settled) and touched since `since`, started sending: their texts and this one's cannot
+    be told apart at Flowroute. Older ones are no longer retried (their message ran out of time)."""
     query = sa.select(messages.c.send_started_at, messages.c.updated_at).where(
         (messages.c.direction == "outbound") & (messages.c.tenant == row.tenant)
         & (messages.c.to_number == row.to_number) & (messages.c.from_number == row.from_number)
-        & (messages.c.body == row.body) & (messages.c.dispatch_state == "sending") & (messages.c.id != row.id))
+        & (messages.c.body == row.body) & (messages.c.dispatch_state == "sending") & (messages.c.id != row.id)
+        & (messages.c.updated_at >= since))
     return [utc(r.send_started_at or r.updated_at) for r in c.execute(query)]  # type: ignore[misc]
 
 

@@ -145,9 +145,10 @@ class Ledger:
         """Those of `mdr_ids` that some message in the ledger already has."""
         return await self._db.read(ops.held_mdrs, mdr_ids)
 
-    async def alike_in_doubt(self, row: MessageRow) -> list[datetime]:
-        """When other requests with the same text to the same number, still "sending", started."""
-        return await self._db.read(ops.alike_in_doubt, row)
+    async def alike_in_doubt(self, row: MessageRow, within: timedelta) -> list[datetime]:
+        """When other requests with the same text to the same number, still "sending" and touched
+        within `within`, started."""
+        return await self._db.read(ops.alike_in_doubt, row, self._now() - within)
 
     async def mark_sending(self, message_id: int) -> datetime:
         """Written with a rate-limit slot in hand, right before the POST, and committed before it:

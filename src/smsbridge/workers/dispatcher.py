@@ -104,7 +104,7 @@ class DispatchHandler:
                             row: MessageRow) -> bool:
         """After a crash or a lost answer: did Flowroute take it? Then record it, never resend."""
         started = row.send_started_at or row.updated_at
-        alike = await self._ledger.alike_in_doubt(row)
+        alike = await self._ledger.alike_in_doubt(row, timedelta(seconds=self._settings.retry.dispatch.max_age_s))
         async with limiter.attempt(is_mms=False):  # the list shares the endpoint's budget
             lookup = await self._client.find_sent(config, request, since=min([started, *alike]) - LOOKUP_SLACK,
                                                   until=datetime.now(UTC) + LOOKUP_SLACK)
