@@ -124,7 +124,8 @@ def longest_gap(simulator: FlowrouteSimulator, key: str) -> float:
     return max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
 
 
-async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: float, case: Case) -> list[Row]:
+async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: float, case: Case,
+                  starting: asyncio.Semaphore) -> list[Row]:
     simulator = FlowrouteSimulator(KEYS, sms_per_second=LIMIT, mms_per_second=1)
     simulator.faults.jitter_s = JITTER_S if case.jitter else 0.0
     await simulator.start()
@@ -134,10 +135,9 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
         await _queue(env, channel, await _record_requests(env, messages))
         config = env.config(name, api_base=simulator.url, sms_rate=LIMIT)
         if case.takeover:
-            procs = await _takeover(env, config, name, simulator, messages)
+            procs = await _takeover(env, config, name, simulator, messages, starting)
         else:
-            procs = await asyncio.gather(*(env.bridge(config, "dispatcher", name=f"{name}-{i}")
-                                           for i in range(case.processes)))
+            procs = [await _start(env, config, f"{name}-{i}", starting) for i in range(case.processes)]
         await wait_until(lambda: len(set(sent_bodies(simulator, "AK-bench"))) >= messages,
                          timeout=seconds * 2 + 30)
         for proc in procs:
@@ -147,12 +147,19 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
         await simulator.stop()
 
 
+async def _start(env: Env, config: Path, name: str, starting: asyncio.Semaphore) -> asyncio.subprocess.Process:
+    """A few processes start at a time: fourteen at once on two busy cores (imports, connections,
+    quorum queue declarations) took longer than the harness waits."""
+    async with starting:
+        return await env.bridge(config, "dispatcher", name=name)
+
+
 async def _takeover(env: Env, config: Path, name: str, simulator: FlowrouteSimulator,
-                    messages: int) -> list[asyncio.subprocess.Process]:
+                    messages: int, starting: asyncio.Semaphore) -> list[asyncio.subprocess.Process]:
     """The first dispatcher starts sending, a second stands by; half-way the first is killed."""
-    first = await env.bridge(config, "dispatcher", name=f"{name}-0")
-    await wait_until(lambda: accepted(simulator, "AK-bench") >= 1, timeout=30)
-    second = await env.bridge(config, "dispatcher", name=f"{name}-1")
+    first = await _start(env, config, f"{name}-0", starting)
+    await wait_until(lambda: accepted(simulator, "AK-bench") >= 1, timeout=60)
+    second = await _start(env, config, f"{name}-1", starting)
     await wait_until(lambda: accepted(simulator, "AK-bench") >= messages // 2, timeout=messages)
     first.kill()  # SIGKILL: nothing is handed over but what the broker redelivers
     await first.wait()
@@ -190,9 +197,10 @@ async def run(env: Env, channel: aio_pika.abc.AbstractChannel, *, messages: int,
     siblings = [env.sibling(f"dispatch-{n}") for n in range(len(cases))]
     for sibling in siblings:
         await topology.declare(channel, sibling.prefix, delivery_limit=20, accounts=["bench"])
+    starting = asyncio.Semaphore(3)
     try:
         results = await asyncio.gather(*(
-            limited(sibling, channel, takeover_seconds if case.takeover else limited_seconds, case)
+            limited(sibling, channel, takeover_seconds if case.takeover else limited_seconds, case, starting)
             for sibling, case in zip(siblings, cases, strict=True)))
     finally:
         for sibling in siblings:

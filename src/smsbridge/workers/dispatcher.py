@@ -68,7 +68,8 @@ class DispatchHandler:
         self._warm: set[str] = set()
 
     def subscribed(self) -> None:
-        """Called after every (re)subscription: the next send per account waits a full window."""
+        """Called after every (re)subscription: the next send per account waits a window and the
+        takeover grace (`AccountLimiter.assume_busy`)."""
         self._warm.clear()
         for account in self._limiters:
             self._metrics.dispatcher_active.labels(account).set(0)
