@@ -17,7 +17,7 @@ from smsbridge.broker.publisher import Publisher
 from smsbridge.config import RetryPolicy
 from smsbridge.errors import PermanentError
 from smsbridge.metrics import Metrics
-from tests.support.broker import depth
+from tests.support.broker import depth, header, take
 from tests.support.settings import ACCOUNT
 from tests.support.wait import eventually
 
@@ -113,3 +113,20 @@ async def test_a_failing_given_up_hook_is_retried_and_the_message_dead_lettered_
 
 async def has_depth(channel: AbstractChannel, queue: str, count: int) -> bool:
     return await depth(channel, queue) == count
+
+
+async def test_a_hook_that_never_succeeds_ends_in_one_dead_letter_that_says_so(
+    consumer_channel: AbstractChannel, channel: AbstractChannel, prefix: str,
+) -> None:
+    handler = Refusing(failures=1000)
+    stage = consumer(consumer_channel, prefix, handler)  # max_attempts=5: the hook gets 5 tries
+    await publish(consumer_channel, prefix, Job("r-4", 1))
+    await stage.start(consumer_channel)
+    dead = names.dead_queue(prefix)
+    await eventually(lambda: has_depth(channel, dead, 1), what="one dead letter")
+    await eventually(lambda: stage.inflight == 0, what="nothing in flight")
+    (letter,) = await take(channel, dead)
+    assert header(letter, names.H_REASON) == "refused (the final state was not recorded)"
+    assert header(letter, names.H_REASON_CODE) == "refused" and header(letter, names.H_GIVING_UP) is None
+    assert handler.given_up_calls == 5 and handler.seen_final_at_start == [False]
+    assert await depth(channel, names.stage_queue(prefix, STAGE)) == 0

@@ -9,8 +9,10 @@ The attempt count and first-seen time travel in the message headers, never in pr
 A message's outcome is settled under its order key's lock, the `given_up` hook included: the
 final state (e.g. `failed` in the ledger) is written before the next copy of the same request
 may start. Giving up runs the hook first, then publishes the dead-letter copy: a hook that fails
-(a ledger outage, say) sends the message round the delay queue marked `H_GIVING_UP`, and its next
-delivery only finishes giving up; it is never handled twice nor dead-lettered twice.
+(a ledger outage, say) sends the message round the delay queue marked `H_GIVING_UP` (with a count
+of its own), and its next delivery only finishes giving up; it is never handled twice nor
+dead-lettered twice. Should the hook fail `max_attempts` times, the message is dead-lettered
+without it, its reason saying so.
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ def _giving_up(message: AbstractIncomingMessage) -> tuple[str, str] | None:
     if not headers.get(names.H_GIVING_UP):
         return None
     return _text(headers.get(names.H_REASON)), _text(headers.get(names.H_REASON_CODE))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _text(value: Any) -> str:
@@ -202,18 +208,14 @@ class StageConsumer(Generic[T]):
                 await self._settle(message.ack, "done", time.perf_counter() - started)
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
-                     requested: float | None, event: T | None, marks: dict[str, Any] | None = None) -> None:
+                     requested: float | None, event: T) -> None:
         decision = retry_decision(attempt, self._policy, now=now_ms(), requested=requested, rand=self._rand)
-        if isinstance(decision, str) and marks:  # giving up, and the hook kept failing: park without it
-            await self._dead_letter(message, attempt, f"{reason} ({decision}; the final state was not recorded)",
-                                    str(marks[names.H_REASON_CODE]), None)
-            return
         if isinstance(decision, str):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
         headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
-                   names.H_ORIGIN_KEY: self._origin_key(message), **(marks or {})}
+                   names.H_ORIGIN_KEY: self._origin_key(message)}
         try:
             # Always the stage queue's own key: the delay queue dead-letters into the direct work
             # exchange, where any other key would be unroutable and silently dropped.
@@ -230,8 +232,12 @@ class StageConsumer(Generic[T]):
 
     async def _dead_letter(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                            code: str, event: T | None) -> None:
-        if event is not None and not await self._given_up(message, attempt, reason, code, event):
-            return
+        if event is not None:
+            ran = await self._given_up(message, attempt, reason, code, event)
+            if ran is False:  # it goes round the delay queue and finishes giving up later
+                return
+            if ran is None:
+                reason = f"{reason} (the final state was not recorded)"
         headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
                    names.H_ROUTING_KEY: self.queue_name, names.H_ORIGIN_KEY: self._origin_key(message)}
@@ -250,18 +256,41 @@ class StageConsumer(Generic[T]):
         await self._settle(message.ack, None, None)
 
     async def _given_up(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str, code: str,
-                        event: T) -> bool:
-        """Run the hook (the final state) before the dead-letter copy exists. False: it failed,
-        and the message went round the delay queue marked to finish giving up next time."""
+                        event: T) -> bool | None:
+        """Run the hook (the final state) before the dead-letter copy exists. True: it ran.
+        False: it failed, and the message went round the delay queue marked to finish giving up
+        next time. None: it failed once too often; dead-letter without it."""
         try:
             await self._handler.given_up(event, reason, code)
         except Exception as exc:  # noqa: BLE001 - a ledger outage or a lost publish: try again later
             log.warning("could not record the final state before dead-lettering; will try again",
                         reason_code=code, error=repr(exc)[:300])
-            await self._retry(message, attempt, reason, None, None,
-                              marks={names.H_GIVING_UP: "1", names.H_REASON: reason, names.H_REASON_CODE: code})
-            return False
+            return await self._retry_giving_up(message, attempt, reason, code)
         return True
+
+    async def _retry_giving_up(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
+                               code: str) -> bool | None:
+        """Round the delay queue with the decision in the headers (False); the hook has its own
+        count of tries, as the message's may be spent already. Out of tries: None."""
+        tries = _int((message.headers or {}).get(names.H_GIVING_UP)) + 1
+        if tries >= self._policy.max_attempts:
+            log.error("gave up recording the final state; dead-lettering without it", reason_code=code)
+            return None
+        delay = min(compute_backoff(tries - 1, base=self._policy.base_delay_s, cap=self._policy.max_delay_s,
+                                    rand=self._rand), names.MAX_DELAY_S)
+        headers = {**(message.headers or {}), names.H_GIVING_UP: tries, names.H_REASON: reason,
+                   names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number,
+                   names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(delay)),
+                   names.H_ORIGIN_KEY: self._origin_key(message)}
+        try:
+            await self._publisher.publish(names.delay_exchange(self._prefix), self.queue_name, message.body,
+                                          headers=headers, message_id=message.message_id, expiration_s=delay)
+        except BrokerUnavailable as exc:
+            await self._requeue(message, f"could not schedule the end of giving up: {exc}")
+            return False
+        self._metrics.retried.labels(self.stage).inc()
+        await self._settle(message.ack, None, None)
+        return False
 
     async def _requeue(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("message requeued", outcome="requeue", reason=reason)
