@@ -138,7 +138,8 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
         if case.takeover:
             procs = await _takeover(env, config, name, simulator, messages, starting)
         else:
-            procs = [await _start(env, config, f"{name}-{i}", starting) for i in range(case.processes)]
+            procs = list(await asyncio.gather(*(_start(env, config, f"{name}-{i}", starting)
+                                                for i in range(case.processes))))
         await wait_until(lambda: len(set(sent_to(simulator, "AK-bench"))) >= messages,
                          timeout=seconds * 2 + 30)
         for proc in procs:
