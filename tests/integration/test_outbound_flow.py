@@ -52,7 +52,7 @@ async def test_request_is_sent_once_accepted_then_delivered_with_the_client_id(
     assert sent["status"] == 202 and sent["user"] == "AK-test"
     assert sent["content_type"] == "application/vnd.api+json"
     assert sent["body"] == {"data": {"type": "message", "attributes": {
-        "to": MOBILE, "from": "+12065550100", "body": "Your table is ready",
+        "to": "12065550199", "from": "12065550100", "body": "Your table is ready",
         "dlr_callback": f"{bridge.settings.receiver.public_url}/webhooks/flowroute/main/{TOKEN}?cmid=pbx-1"}}}
 
 
@@ -159,5 +159,5 @@ async def test_help_keyword_gets_the_configured_auto_reply(
     (reply,) = flowroute.requests
     attributes = reply["body"]["data"]["attributes"]
     assert (attributes["from"], attributes["to"], attributes["body"]) == (
-        "+12065550100", "+12065550199", "Acme: reply STOP to opt out.")
+        "12065550100", "12065550199", "Acme: reply STOP to opt out.")
     assert len(await pbx.wait_for(2)) == 2  # the PBX still sees the HELP text

@@ -84,6 +84,18 @@ def test_delivery_receipts_in_every_shape(name: str, level: int | None, status: 
     assert parsed.mdr_id.startswith("mdr2-")
 
 
+@pytest.mark.parametrize("shape", ["jsonapi", "legacy", "dlr"])
+def test_numbers_as_json_numbers_are_read_as_text(shape: str) -> None:
+    """A real 2022 inbound SMS carries `"to": 16085612999`: every shape takes a number or a string."""
+    docs = {
+        "jsonapi": {"data": {"type": "message", "id": "mdr2-a", "attributes": {"to": 16085612999, "from": 12065550199}}},
+        "legacy": {"id": "mdr2-a", "to": 16085612999, "from": 12065550199, "body": "hi"},
+        "dlr": {"type": "delivery_receipt", "id": "mdr2-a", "attributes": {"to": 16085612999, "from": 12065550199}},
+    }
+    parsed = parse_webhook(docs[shape])
+    assert (parsed.to, parsed.from_) == ("16085612999", "12065550199")
+
+
 def test_flat_dlr_keeps_to_and_from() -> None:
     parsed = parse_webhook(payload("dlr_flat_level2"))
     assert isinstance(parsed, ParsedReceipt)
@@ -102,8 +114,8 @@ def test_flat_dlr_keeps_to_and_from() -> None:
         ({"data": {"type": "message", "attributes": {"to": "1", "from": "2"}}}, "missing required field `id`"),
         ({"data": {"type": "message", "id": "m", "attributes": {"to": "1", "from": "2", "direction": "outbound"}}},
          "direction is 'outbound'"),
-        ({"data": {"type": "message", "id": "m", "attributes": {"to": 12065550100, "from": "2"}}},
-         "Expected `str`"),
+        ({"data": {"type": "message", "id": "m", "attributes": {"to": ["12065550100"], "from": "2"}}},
+         "Expected `int | str`, got `array` - at `$.data.attributes.to`"),
         ({"data": {"type": "delivery_receipt", "attributes": {}}}, "missing required field `id`"),
         ({"to": "1", "from": "2", "id": 5}, "legacy message"),
     ],

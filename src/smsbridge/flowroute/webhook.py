@@ -5,8 +5,9 @@
 - JSON:API DLR: `{"data": {"type": "delivery_receipt", "attributes": {...}}}`
 - flat DLR: `{"type": "delivery_receipt", "id", "attributes": {...}}` (seen by one integrator)
 
-Quirks tolerated: `body` null, amounts as strings, `status_code` null/int/string, `level`
-missing, `is_mms` as "true"/"false", timestamps of any ISO-8601 precision.
+Quirks tolerated: `body` null, numbers as JSON numbers (a 2022 capture's `"to": 16085612999`),
+amounts as strings, `status_code` null/int/string, `level` missing, `is_mms` as "true"/"false",
+timestamps of any ISO-8601 precision. Numbers leave here as text; `intake` normalises them.
 `parse_webhook` is pure: it returns a parsed payload or raises `UnknownShape`.
 """
 
@@ -52,11 +53,12 @@ class ParsedReceipt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Loose = int | str | None
+Number = str | int  # Flowroute's numbers are strings, but one real capture sent a JSON number
 
 
 class _MessageAttrs(msgspec.Struct):
-    to: str
-    from_: str = msgspec.field(name="from")
+    to: Number
+    from_: Number = msgspec.field(name="from")
     body: str | None = None
     is_mms: bool = False
     message_encoding: Loose = None
@@ -103,8 +105,8 @@ class _MessageDoc(msgspec.Struct):
 
 class _Legacy(msgspec.Struct):
     id: str
-    to: str
-    from_: str = msgspec.field(name="from")
+    to: Number
+    from_: Number = msgspec.field(name="from")
     body: str | None = None
 
 
@@ -114,8 +116,8 @@ class _ReceiptAttrs(msgspec.Struct):
     status_code: Loose = None
     status_code_description: str | None = None
     timestamp: str | None = None
-    to: str | None = None
-    from_: str | None = msgspec.field(default=None, name="from")
+    to: Number | None = None
+    from_: Number | None = msgspec.field(default=None, name="from")
 
 
 class _Receipt(msgspec.Struct):
@@ -158,8 +160,8 @@ def _jsonapi_message(doc: dict[str, Any]) -> ParsedMessage:
     media = _media(parsed.data.relationships, parsed.included)
     return ParsedMessage(
         mdr_id=parsed.data.id,
-        from_=attrs.from_,
-        to=attrs.to,
+        from_=str(attrs.from_),
+        to=str(attrs.to),
         body=attrs.body or "",
         is_mms=attrs.is_mms or bool(media),
         media=media,
@@ -173,8 +175,8 @@ def _legacy_message(doc: dict[str, Any]) -> ParsedMessage:
     parsed: _Legacy = _convert(doc, _Legacy, "legacy message")
     return ParsedMessage(
         mdr_id=parsed.id,
-        from_=parsed.from_,
-        to=parsed.to,
+        from_=str(parsed.from_),
+        to=str(parsed.to),
         body=parsed.body or "",
         is_mms=False,
         media=(),
@@ -194,8 +196,8 @@ def _receipt(data: dict[str, Any]) -> ParsedReceipt:
         status_code=_int_or_none(attrs.status_code),
         description=attrs.status_code_description,
         timestamp=parse_timestamp(attrs.timestamp),
-        to=attrs.to,
-        from_=attrs.from_,
+        to=None if attrs.to is None else str(attrs.to),
+        from_=None if attrs.from_ is None else str(attrs.from_),
     )
 
 

@@ -20,6 +20,7 @@ from smsbridge.events import (
 )
 from smsbridge.flowroute.dlr import classify_dlr
 from smsbridge.ledger import Ledger
+from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
 from smsbridge.segments import body_info
 from smsbridge.workers.status import publish_status
@@ -109,7 +110,7 @@ class InboundHandler:
         for delivery in deliveries:
             await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
                                            message_id=delivery.event_id)
-        if deliveries[0].keyword == "HELP" and config.help_reply:
+        if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
                                            encoder.encode(reply), message_id=reply.event_id)
