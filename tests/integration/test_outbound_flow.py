@@ -84,6 +84,47 @@ async def test_opted_out_recipient_fails_with_the_stop_reason_and_is_not_retried
     assert header(dead, names.H_STAGE) == "dispatch.test"
 
 
+@pytest.mark.parametrize(("behaviour", "status"), [("opted_out_title", 400), ("opted_out_403", 403)])
+async def test_1110_in_the_title_only_is_an_opt_out_whatever_the_status(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue, behaviour: str, status: int,
+) -> None:
+    """Flowroute's error object has no `code` field, and which field carries 1110 is undocumented:
+    a 400 or a 403 whose title alone says 1110 reaches the PBX as `opted_out`, not as a
+    registration problem, and is never retried."""
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    flowroute.behaviours[MOBILE] = behaviour
+    await publish_request(channel, prefix, request())
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert (failed.state, failed.reason_code) == ("failed", "opted_out")
+    assert failed.reason == "recipient opted out (STOP): they must text UNSTOP before you can text them again"
+    assert flowroute.statuses() == [status]
+
+
+async def test_sender_not_on_the_flowroute_account_gets_the_403_hint(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    flowroute.accounts["AK-test"].numbers = {"+12065550101"}  # the bridge's DID is not on the account
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    await publish_request(channel, prefix, request())
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert failed.reason_code == "not_permitted" and "+12065550100" in (failed.reason or "")
+    assert "must be on this Flowroute account" in (failed.reason or "")
+
+
+async def test_destination_outside_the_us_and_canada_fails_before_any_attempt(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    await publish_request(channel, prefix, request(to="+18765550100"))
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert failed.reason_code == "destination_not_us_ca"
+    assert failed.reason == "destination +18765550100 is in Jamaica: Flowroute sends only to the US and Canada"
+    assert flowroute.requests == []
+
+
 async def test_unregistered_sender_403_says_10dlc(
     start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
     statuses: AbstractQueue,
