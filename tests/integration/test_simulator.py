@@ -152,8 +152,8 @@ async def test_inbound_injection_in_both_shapes_and_resends_until_200(flowroute:
 async def test_every_answer_is_json_api_typed(flowroute: FlowrouteSimulator, client: aiohttp.ClientSession) -> None:
     """The spec declares responses `application/vnd.api+json` (flowroute-api.md §1)."""
     status, body = await send(client, flowroute.url)
-    urls = [f"/v2.2/messages/{body['data']['id']}", "/v2.2/messages/mdr2-missing", "/v2.2/messages?start_date=2000-01-01",
-            "/v2.2/messages?start_date=2000-01-01&limit=0"]
+    urls = [f"/v2.2/messages/{body['data']['id']}", "/v2.2/messages/mdr2-missing",
+            "/v2.2/messages?start_date=2000-01-01", "/v2.2/messages?start_date=2000-01-01&limit=0"]
     types = []
     for url in urls:
         async with client.get(flowroute.url + url) as r:

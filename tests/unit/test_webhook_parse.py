@@ -88,7 +88,8 @@ def test_delivery_receipts_in_every_shape(name: str, level: int | None, status: 
 def test_numbers_as_json_numbers_are_read_as_text(shape: str) -> None:
     """A real 2022 inbound SMS carries `"to": 16085612999`: every shape takes a number or a string."""
     docs = {
-        "jsonapi": {"data": {"type": "message", "id": "mdr2-a", "attributes": {"to": 16085612999, "from": 12065550199}}},
+        "jsonapi": {"data": {"type": "message", "id": "mdr2-a",
+                             "attributes": {"to": 16085612999, "from": 12065550199}}},
         "legacy": {"id": "mdr2-a", "to": 16085612999, "from": 12065550199, "body": "hi"},
         "dlr": {"type": "delivery_receipt", "id": "mdr2-a", "attributes": {"to": 16085612999, "from": 12065550199}},
     }
