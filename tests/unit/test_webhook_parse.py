@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from smsbridge.events import MediaProblem
 from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt, UnknownShape, parse_timestamp, parse_webhook
 from tests.support.fixtures import payload
 
@@ -127,11 +128,30 @@ def test_malformed_payloads_say_what_is_wrong(doc: object, fragment: str) -> Non
     assert fragment in info.value.reason
 
 
-def test_media_entry_without_url_is_an_unknown_shape() -> None:
-    doc = payload("mms_2017")
-    del doc["included"][0]["attributes"]["url"]
-    with pytest.raises(UnknownShape, match="included media"):
-        parse_webhook(doc)
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [({"url": None}, "Flowroute gave no URL for it"), ({}, "Flowroute gave no URL for it"),
+     ({"url": ""}, "Flowroute gave no URL for it"), ({"url": "ftp://x/1.png"}, "its URL is not http(s)"),
+     ({"url": ["https://x"]}, "unreadable attributes: Expected `str | null`, got `array` - at `$.url`")],
+)
+def test_an_attachment_without_a_usable_url_costs_neither_the_text_nor_the_others(
+        attributes: dict[str, object], reason: str) -> None:
+    doc = payload("mms_three_media")
+    bad = next(item for item in doc["included"] if item["id"] == "m-1")
+    bad["attributes"] = {"file_name": "one.jpg", **attributes}
+    parsed = parse_webhook(doc)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.body == "photos from the site visit" and parsed.is_mms
+    assert [m.media_id for m in parsed.media] == ["m-2", "m-3"]
+    assert parsed.media_problems == (MediaProblem(media_id="m-1", file_name="one.jpg", reason=reason),)
+
+
+def test_an_mms_whose_only_attachment_is_unusable_is_still_an_mms() -> None:
+    doc = payload("mms_2022_null_body")
+    doc["included"][0]["attributes"]["url"] = None
+    parsed = parse_webhook(doc)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.is_mms and parsed.media == () and len(parsed.media_problems) == 1
 
 
 @pytest.mark.parametrize(

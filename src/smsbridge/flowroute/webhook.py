@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from smsbridge.events import Media
+from smsbridge.events import Media, MediaProblem
 
 
 class UnknownShape(Exception):
@@ -39,6 +39,7 @@ class ParsedMessage(msgspec.Struct, frozen=True, kw_only=True):
     encoding: int | None
     timestamp: datetime | None
     shape: str
+    media_problems: tuple[MediaProblem, ...] = ()
 
 
 class ParsedReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,7 +87,7 @@ class _MessageData(msgspec.Struct):
 
 
 class _MediaAttrs(msgspec.Struct):
-    url: str
+    url: str | None = None
     mime_type: str | None = None
     file_name: str | None = None
     file_size: Loose = None
@@ -157,14 +158,15 @@ def _jsonapi_message(doc: dict[str, Any]) -> ParsedMessage:
     attrs = parsed.data.attributes
     if attrs.direction not in (None, "inbound"):
         raise UnknownShape(f"message direction is {attrs.direction!r}, expected 'inbound'")
-    media = _media(parsed.data.relationships, parsed.included)
+    media, problems = _media(parsed.data.relationships, parsed.included)
     return ParsedMessage(
         mdr_id=parsed.data.id,
         from_=str(attrs.from_),
         to=str(attrs.to),
         body=attrs.body or "",
-        is_mms=attrs.is_mms or bool(media),
+        is_mms=attrs.is_mms or bool(media) or bool(problems),
         media=media,
+        media_problems=problems,
         encoding=_int_or_none(attrs.message_encoding),
         timestamp=parse_timestamp(attrs.timestamp),
         shape="jsonapi",
@@ -201,22 +203,35 @@ def _receipt(data: dict[str, Any]) -> ParsedReceipt:
     )
 
 
-def _media(relationships: _Relationships | None, included: list[_Included]) -> tuple[Media, ...]:
-    """Media in the order `relationships` lists them, matched to `included` by id.
+def _media(relationships: _Relationships | None,
+           included: list[_Included]) -> tuple[tuple[Media, ...], tuple[MediaProblem, ...]]:
+    """Media in the order `relationships` lists them, matched to `included` by id, and the
+    attachments that cannot be delivered (no usable URL), named.
 
     `included` entries nobody references are kept too (after the referenced ones): a
-    mismatched id must never cost the PBX an attachment.
+    mismatched id must never cost the PBX an attachment. One bad attachment never costs the
+    text or the other attachments either.
     """
     if not included:  # an SMS: nothing to match (a reference with nothing included has no URL)
-        return ()
+        return (), ()
     by_id = {item.id: item for item in included if item.type == "media"}
     refs = [ref.id for ref in (relationships.media.data if relationships and relationships.media else [])]
     ordered = [by_id[i] for i in refs if i in by_id] + [m for i, m in by_id.items() if i not in refs]
-    return tuple(_one_media(item) for item in ordered)
+    found = [_one_media(item) for item in ordered]
+    return (tuple(m for m in found if isinstance(m, Media)), tuple(m for m in found if isinstance(m, MediaProblem)))
 
 
-def _one_media(item: _Included) -> Media:
-    attrs: _MediaAttrs = _convert(item.attributes, _MediaAttrs, f"included media {item.id!r}")
+def _one_media(item: _Included) -> Media | MediaProblem:
+    name = item.attributes.get("file_name")
+    name = name if isinstance(name, str) else None
+    try:
+        attrs = msgspec.convert(item.attributes, _MediaAttrs, strict=False)
+    except msgspec.ValidationError as exc:
+        return MediaProblem(media_id=item.id, file_name=name, reason=f"unreadable attributes: {exc}")
+    if not attrs.url:
+        return MediaProblem(media_id=item.id, file_name=name, reason="Flowroute gave no URL for it")
+    if not attrs.url.startswith(("https://", "http://")):
+        return MediaProblem(media_id=item.id, file_name=name, reason="its URL is not http(s)")
     return Media(
         url=attrs.url,
         mime_type=attrs.mime_type,
