@@ -42,8 +42,8 @@ def test_every_documented_failure_has_its_own_actionable_reason(code: int) -> No
      (1201, "too_long", "the carrier refused the message as too long: send it shorter (DLR 1201)"),
      (1206, "invalid_destination", "the carrier refused the destination number's address: check the number is a "
                                    "US or Canadian mobile number (DLR 1206)"),
-     (1216, "carrier_error", "the carrier gateway refused the message's ESM class, which the bridge does not set: "
-                             "contact Flowroute support with the message id (DLR 1216)")],
+     (1216, "carrier_error", "the carrier gateway refused the ESM class (the bridge sets none): contact Flowroute "
+                             "support with the message id (DLR 1216)")],
 )
 def test_formerly_generic_codes_now_say_what_to_do(code: int, reason_code: str, reason: str) -> None:
     assert classify_dlr(2, "delivery failed", code) == ("failed", reason_code, reason)

@@ -30,9 +30,8 @@ def _failed(label: str, reason_code: str, reason: str) -> Code:
 
 
 def _gateway(label: str, what: str) -> Code:
-    """SMPP fields the bridge never sets: only Flowroute can say why its gateway complained."""
-    return _failed(label, "carrier_error", f"the carrier gateway refused the message's {what}, which the bridge "
-                                           f"does not set: {SUPPORT}")
+    """SMPP fields the bridge has no say in: only Flowroute can say why its gateway complained."""
+    return _failed(label, "carrier_error", f"the carrier gateway refused {what}: {SUPPORT}")
 
 
 def _bad_sender(label: str, what: str) -> Code:
@@ -94,22 +93,22 @@ CODES: dict[int, Code] = {
     1200: _failed("Unknown error", "carrier_error",
                   f"unknown error at the carrier gateway: send again later; if it repeats, {SUPPORT}"),
     1201: _failed("Message too long", "too_long", "the carrier refused the message as too long: send it shorter"),
-    1202: _gateway("Invalid priority flag", "priority flag"),
-    1203: _gateway("Invalid registered-delivery flag", "delivery-receipt flag"),
+    1202: _gateway("Invalid priority flag", "the priority flag (the bridge sets none)"),
+    1203: _gateway("Invalid registered-delivery flag", "the delivery-receipt flag (the bridge sets none)"),
     1204: _failed("System error", "carrier_error", f"carrier system error: {LATER}"),
     1205: _bad_sender("Invalid source address", "address"),
     1206: _bad_destination("Invalid destination address", "address"),
-    1207: _gateway("Invalid message id", "message id"),
-    1208: _gateway("Cancel failed", "cancel request"),
-    1209: _gateway("Replace failed", "replace request"),
+    1207: _gateway("Invalid message id", "the message id"),
+    1208: _gateway("Cancel failed", "a cancel request (the bridge sends none)"),
+    1209: _gateway("Replace failed", "a replace request (the bridge sends none)"),
     1210: _failed("Message queue full", "carrier_busy", f"carrier queue full: {LATER}"),
-    1211: _gateway("Invalid service type", "service type"),
-    1212: _gateway("Invalid number of destinations", "number of destinations"),
-    1213: _gateway("Invalid distribution list", "distribution list"),
-    1214: _gateway("Invalid destination flag", "destination flag"),
-    1215: _gateway("Invalid submit-with-replace", "submit-with-replace request"),
-    1216: _gateway("Invalid esm class", "ESM class"),
-    1217: _gateway("Invalid submit to distribution list", "submit to a distribution list"),
+    1211: _gateway("Invalid service type", "the service type (the bridge sets none)"),
+    1212: _gateway("Invalid number of destinations", "the number of destinations (the bridge sends one)"),
+    1213: _gateway("Invalid distribution list", "a distribution list (the bridge uses none)"),
+    1214: _gateway("Invalid destination flag", "the destination flag (the bridge sets none)"),
+    1215: _gateway("Invalid submit-with-replace", "a submit-with-replace (the bridge sends none)"),
+    1216: _gateway("Invalid esm class", "the ESM class (the bridge sets none)"),
+    1217: _gateway("Invalid submit to distribution list", "a submit to a distribution list (the bridge sends none)"),
     1218: _failed("Submitting failed", "carrier_error",
                   f"the carrier gateway could not take the message: send again later; if it repeats, {SUPPORT}"),
     1219: _bad_sender("Invalid source TON", "type of number"),
