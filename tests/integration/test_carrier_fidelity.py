@@ -3,8 +3,6 @@ to the status event, with the exact outcome (issue 18)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +23,7 @@ from tests.integration.test_outbound_flow import request, statuses  # noqa: F401
 from tests.support.broker import depth, scratch_queue, take
 from tests.support.fixtures import raw_payload
 from tests.support.settings import settings, with_flowroute
+from tests.support.wait import eventually
 
 FRONT, BILLING = ["101", "102"], ["201"]
 S3 = "https://s3.us-west-2.amazonaws.com/flowroute-messaging-media"
@@ -62,17 +61,13 @@ async def status_queue_for(channel: AbstractChannel, prefix: str) -> AbstractQue
     return queue
 
 
-async def metric(http: aiohttp.ClientSession, base: str, line: str, timeout: float = 15.0) -> None:
+async def metric(http: aiohttp.ClientSession, base: str, line: str) -> None:
     """Wait until the /metrics page shows `line`."""
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
+    async def shown() -> bool:
         async with http.get(f"{base}/metrics") as response:
-            text = await response.text()
-        if line in text:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{line!r} not in /metrics:\n{text}")
+            return line in await response.text()
+
+    await eventually(shown, what=f"{line!r} on /metrics")
 
 
 async def test_every_known_inbound_shape_reaches_the_pbx_exactly(
@@ -180,13 +175,13 @@ async def test_a_receipt_without_cmid_for_a_message_we_sent_reaches_its_sender(
     """An account-level DLR callback carries no `cmid`: the ledger knows the Flowroute id."""
     bridge = await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
     await publish_request(channel, prefix, request())
-    seen = await watch(statuses, "pbx-1", timeout=15)
+    seen = await watch(statuses, "pbx-1", timeout=30)
     mdr_id = seen[0].mdr_id
     assert mdr_id is not None
     payload = dlr_payload(mdr_id, level=2, status="delivery failed", code=1105,
                           description="Destination Carrier Disabled")
     assert (await post(http, hook_url(bridge.receiver_url), msgspec.json.encode(payload)))[0] == 200
-    (failed,) = await watch(statuses, "pbx-1", until=frozenset({"failed"}), timeout=15)
+    (failed,) = await watch(statuses, "pbx-1", until=frozenset({"failed"}), timeout=30)
     assert (failed.state, failed.reason_code, failed.mdr_id) == ("failed", "carrier_disabled", mdr_id)
 
 
@@ -222,9 +217,6 @@ async def test_help_reply_is_not_sent_where_flowroute_cannot_send(
     us_help = body.replace(f'"from": "{to[1:]}"'.encode(), b'"from": "12065550199"').replace(
         b"mdr2-4e5435f325d9431f9e64118b20895b08", b"mdr2-4e5435f325d9431f9e64118b20895b09")
     assert (await post(http, hook_url(bridge.receiver_url), us_help))[0] == 200
-    for _ in range(200):
-        if flowroute.requests:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: bool(flowroute.requests), what="the HELP auto-reply to the US number")
     await pbx.wait_for(4)
     assert [r["body"]["data"]["attributes"]["to"] for r in flowroute.requests] == ["12065550199"]
