@@ -99,6 +99,8 @@ async def webhook(request: web.Request) -> web.Response:
         return json_error(404, "not_found", "no such webhook")
     response = await _accept(request, config, where)
     metrics.webhook_result(config.id, response.status).inc()
+    if response.status == 200:  # a JSON body (accepted or parked), read whatever its label said
+        metrics.webhook_content_type(config.id, request.headers.get("Content-Type"))
     metrics.webhook_seconds.observe(time.perf_counter() - started)
     return response
 
@@ -119,8 +121,6 @@ async def _accept(request: web.Request, config: SmsConfig, where: Where) -> web.
     except msgspec.DecodeError as exc:
         log.warning("webhook refused: body is not JSON", **where, error=str(exc))
         return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
-    # Flowroute posts application/json; any JSON body is read whatever it is labelled, and counted.
-    request.app[METRICS].webhook_content_type(config.id, request.headers.get("Content-Type"))
     try:
         event = to_event(parse_webhook(doc), config, client_message_id=request.query.get("cmid"))
     except UnknownShape as exc:
