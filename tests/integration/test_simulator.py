@@ -53,7 +53,8 @@ async def test_wrong_credentials_get_flowroutes_401(flowroute: FlowrouteSimulato
     ("attributes", "fragment"),
     [({"to": "206555", "from": "12065550100", "body": "x"}, "'to' must be an 11-digit number"),
      ({"to": "12065550199", "from": "12065550100"}, "'body' is required"),
-     ({"to": "12065550199", "from": "12065550100", "body": "x", "media_urls": "nope"}, "media_urls")],
+     ({"to": "12065550199", "from": "12065550100", "body": "x", "media_urls": "nope"}, "media_urls"),
+     ({"to": "12065550199", "from": "12065550100", "is_mms": True}, "an MMS needs 'body' or 'media_urls'")],
 )
 async def test_invalid_requests_get_422_with_a_detail(
     flowroute: FlowrouteSimulator, client: aiohttp.ClientSession, attributes: dict[str, Any], fragment: str

@@ -81,8 +81,8 @@ def send_problem(attributes: Mapping[str, Any], is_mms: bool) -> str | None:
     media = attributes.get("media_urls") or []
     if not isinstance(media, list) or not all(isinstance(u, str) for u in media):
         return "'media_urls' must be a list of URLs"
-    if not attributes.get("body") and not is_mms:
-        return "'body' is required for SMS"
+    if not attributes.get("body") and not media:  # MMS: either may be left out, not both
+        return "an MMS needs 'body' or 'media_urls'" if is_mms else "'body' is required for SMS"
     return None
 
 

@@ -58,7 +58,6 @@ API_REFUSALS: dict[str, tuple[int, str, str]] = {
     "unregistered": (403, "ActionNotAuthorizedError", ""),
     "invalid": (422, "Unprocessable Entity", "Invalid value"),
 }
-API_OUTCOMES = set(API_REFUSALS)
 CONTENT_TYPE = "application/vnd.api+json"
 
 
