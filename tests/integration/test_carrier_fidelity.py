@@ -12,6 +12,9 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.broker import names
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import InboundRule
+from smsbridge.dlq import DeadLetterQueue, Filter
 from smsbridge.flowroute.dlr import CODES, classify_dlr
 from smsbridge.flowroute.payloads import dlr_payload
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -220,3 +223,33 @@ async def test_help_reply_is_not_sent_where_flowroute_cannot_send(
     await eventually(lambda: bool(flowroute.requests), what="the HELP auto-reply to the US number")
     await pbx.wait_for(4)
     assert [r["body"]["data"]["attributes"]["to"] for r in flowroute.requests] == ["12065550199"]
+
+
+async def test_webhooks_parked_by_an_older_version_are_delivered_by_a_replay(
+    start_bridge: StartBridge, pbx: FakePbx, prefix: str, channel: AbstractChannel,
+) -> None:
+    """Before issue 18 a numeric `to` and an MMS with a media entry without URL were parked as
+    `unknown_shape`; docs/operations.md says a replay delivers them now."""
+    config = settings(prefix=prefix, pbx_url=pbx.url, rules=[InboundRule(config="main", extensions=["101"])])
+    bridge = await start_bridge(config)
+    assert bridge.publisher is not None
+    extra = {names.H_CONFIG: "main", names.H_ROUTING_KEY: "receiver"}
+    for name, reason in (("sms_2022_numeric_to", "JSON:API message: Expected `str`, got `int`"),
+                         ("mms_null_media_url", "included media 'n-1': Expected `str`, got `null`")):
+        await bridge.publisher.park(prefix, "receiver", raw_payload(name), reason=reason, code="unknown_shape",
+                                    extra=extra)
+    confirm_channel = await bridge.connection.channel(publisher_confirms=True)  # type: ignore[union-attr]
+    queue = DeadLetterQueue(confirm_channel, config, Publisher(confirm_channel, timeout=5))
+    await eventually(lambda: _walked(queue, 2), what="both parked webhooks listed")
+    done, kept = await queue.walk(Filter(stage="receiver"), act=queue.replay)
+    assert len(done) == 2 and kept == []
+    received = sorted(await pbx.wait_for(2), key=lambda d: d["body"])
+    assert [(d["from"], d["body"]) for d in received] == [
+        ("+447911123456", "Is the shop open on Sunday?"), ("+12065550199", "two photos, one lost")]
+    assert [p["media_id"] for p in received[1]["media_problems"]] == ["n-1"]
+    await confirm_channel.close()
+
+
+async def _walked(queue: DeadLetterQueue, count: int) -> bool:
+    found, _ = await queue.walk(Filter(stage="receiver"))
+    return len(found) == count
