@@ -19,7 +19,7 @@ from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
-from tests.support.settings import ACCOUNT, unique_prefix
+from tests.support.settings import ACCOUNT, DID_BILLING, DID_MAIN, unique_prefix
 
 UNIT = Path(__file__).resolve().parent / "unit"
 
@@ -92,8 +92,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def flowroute() -> AsyncIterator[FlowrouteSimulator]:
-    """The Flowroute simulator, with the test account's keys and Flowroute's default limits."""
-    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, dlr_delay_s=0.05, webhook_resend_interval_s=0.2)
+    """The Flowroute simulator, with the test account's keys, numbers and Flowroute's default limits."""
+    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, dlr_delay_s=0.05, webhook_resend_interval_s=0.2,
+                                   numbers={"AK-test": [DID_MAIN, DID_BILLING]})
     await simulator.start()
     yield simulator
     await simulator.stop()

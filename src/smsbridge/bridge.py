@@ -121,8 +121,8 @@ class Bridge:
     async def _start_consumers(self, ledger: Ledger) -> None:
         assert self.publisher is not None
         if "inbound" in self.roles:
-            await self._consume("inbound", inbound_stage_decoder,
-                                InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
+            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics)
+            await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
         if "delivery" in self.roles:
             handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)

@@ -47,6 +47,7 @@ def to_event(
         encoding=parsed.encoding,
         flowroute_timestamp=parsed.timestamp,
         payload_shape="legacy" if parsed.shape == "legacy" else "jsonapi",
+        media_problems=parsed.media_problems,
     )
 
 

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from smsbridge.config import OutboundRule, OutboundSettings, Settings, SmsConfig
 from smsbridge.errors import InvalidNumber, PermanentError
 from smsbridge.events import DispatchRequest, OutboundRequest
-from smsbridge.numbers import to_e164
+from smsbridge.numbers import foreign_country, to_e164
 from smsbridge.segments import body_info, replace_smart_punctuation
 
 
@@ -66,6 +66,10 @@ def choose_sender(request: OutboundRequest, config: SmsConfig, rule: OutboundRul
 
 def check_destination(to: str, rule: OutboundRule) -> str:
     number = _number(to, "destination")
+    country = foreign_country(number)
+    if country is not None:  # refused before it costs a Flowroute attempt
+        raise Refused(f"destination {number} is in {country}: Flowroute sends only to the US and Canada",
+                      code="destination_not_us_ca")
     if rule.destinations and not any(fnmatchcase(number, pattern) for pattern in rule.destinations):
         raise Refused(f"destination {number} is not allowed for extension senders of rule "
                       f"'{rule.name or rule.config}' (allowed: {', '.join(rule.destinations)})",

@@ -99,6 +99,8 @@ async def webhook(request: web.Request) -> web.Response:
         return json_error(404, "not_found", "no such webhook")
     response = await _accept(request, config, where)
     metrics.webhook_result(config.id, response.status).inc()
+    if response.status == 200:  # a JSON body (accepted or parked), read whatever its label said
+        metrics.webhook_content_type(config.id, request.headers.get("Content-Type"))
     metrics.webhook_seconds.observe(time.perf_counter() - started)
     return response
 

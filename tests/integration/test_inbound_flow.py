@@ -154,7 +154,8 @@ async def test_status_nobody_is_bound_for_is_kept_in_unrouted(
     start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, channel: AbstractChannel
 ) -> None:
     bridge = await start_bridge(settings(prefix=prefix))
-    assert (await post(http, hook_url(bridge.receiver_url), raw_payload("dlr_flat_level1")))[0] == 200
+    url = hook_url(bridge.receiver_url) + "?cmid=pbx-78"
+    assert (await post(http, url, raw_payload("dlr_flat_level1")))[0] == 200
     (message,) = await take(channel, names.unrouted_queue(prefix))
     assert msgspec.json.decode(message.body)["state"] == "sent"
 

@@ -14,13 +14,17 @@ from smsbridge.errors import RetryableError
 from smsbridge.events import DispatchRequest
 from smsbridge.flowroute.outcome import Outcome, Retry, classify_send
 from smsbridge.flowroute.sent_lookup import Lookup, SentText
+from smsbridge.numbers import flowroute_format
 
 CONTENT_TYPE = "application/vnd.api+json"
 
 
 def message_body(request: DispatchRequest) -> dict[str, Any]:
-    """The JSON:API body for `POST /v2.2/messages` (E.164 with `+`, as v2.2 documents)."""
-    attributes: dict[str, Any] = {"to": request.to, "from": request.from_, "body": request.body}
+    """The JSON:API body for `POST /v2.2/messages`: numbers in the 11-digit form every version of
+    the docs accepts; a media-only MMS has no `body` at all (as known clients send it)."""
+    attributes: dict[str, Any] = {"to": flowroute_format(request.to), "from": flowroute_format(request.from_)}
+    if request.body or not request.is_mms:
+        attributes["body"] = request.body
     if request.is_mms:
         attributes["is_mms"] = True
         attributes["media_urls"] = list(request.media_urls)

@@ -20,6 +20,8 @@ from smsbridge.events import (
 )
 from smsbridge.flowroute.dlr import classify_dlr
 from smsbridge.ledger import Ledger
+from smsbridge.metrics import Metrics
+from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
 from smsbridge.segments import body_info
 from smsbridge.workers.status import publish_status
@@ -44,6 +46,7 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list
             media=message.media,
             keyword=keyword,
             received_at=message.occurred_at,
+            media_problems=message.media_problems,
         )
         for extension in extensions
     ]
@@ -56,7 +59,7 @@ def dlr_key(receipt: DeliveryReceipt) -> str:
 
 
 def status_for(receipt: DeliveryReceipt) -> StatusEvent:
-    outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code)
+    outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code, receipt.description)
     return StatusEvent(
         tenant=receipt.tenant,
         config_id=receipt.config_id,
@@ -81,8 +84,9 @@ def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
 
 
 class InboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._publisher = publisher
         self._ledger = ledger
         self._prefix = settings.broker.prefix
@@ -109,7 +113,7 @@ class InboundHandler:
         for delivery in deliveries:
             await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
                                            message_id=delivery.event_id)
-        if deliveries[0].keyword == "HELP" and config.help_reply:
+        if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
                                            encoder.encode(reply), message_id=reply.event_id)
@@ -118,6 +122,9 @@ class InboundHandler:
         await self._ledger.record_inbound(message)
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
                  keyword=deliveries[0].keyword, media=len(message.media))
+        for problem in message.media_problems:  # the text went on; say which attachment did not
+            log.warning("attachment not delivered", media_id=problem.media_id, file_name=problem.file_name,
+                        reason=problem.reason)
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
         key = dlr_key(receipt)
@@ -126,8 +133,12 @@ class InboundHandler:
             return
         if receipt.client_message_id is None:  # e.g. an account-level DLR callback without our cmid
             known = await self._ledger.find(receipt.mdr_id)
-            if known is not None:
-                receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
+            if known is None:  # not ours (another system on the account?): no PBX asked about it
+                self._metrics.dlr_unknown.labels(receipt.config_id).inc()
+                log.warning("delivery receipt for a message this bridge never sent: not forwarded",
+                            outcome="unknown_message", dlr_level=receipt.level, dlr_code=receipt.status_code)
+                return
+            receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
         status = status_for(receipt)
         try:
             await publish_status(self._publisher, self._prefix, status)
