@@ -6,6 +6,7 @@ from smsbridge.config import SmsConfig
 from smsbridge.errors import InvalidNumber
 from smsbridge.events import DeliveryReceipt, InboundMessage
 from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt
+from smsbridge.limits import check_webhook
 from smsbridge.numbers import sender_e164, to_e164
 
 
@@ -21,6 +22,8 @@ class Unroutable(Exception):
 def to_event(
     parsed: ParsedMessage | ParsedReceipt, config: SmsConfig, *, client_message_id: str | None = None
 ) -> InboundMessage | DeliveryReceipt:
+    """The event for a parsed webhook; raises `FieldRejected` (a field breaks its limit) or `Unroutable`."""
+    check_webhook(parsed, client_message_id)
     if isinstance(parsed, ParsedReceipt):
         return DeliveryReceipt(
             tenant=config.tenant,

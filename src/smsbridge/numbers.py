@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 
 from smsbridge.errors import InvalidNumber
+from smsbridge.redact import mask
+
+__all__ = ["flowroute_format", "mask", "sender_e164", "to_e164"]
 
 _NON_DIGITS = re.compile(r"[\s().\-]")
 
@@ -45,10 +48,3 @@ def sender_e164(raw: str) -> str:
 def flowroute_format(e164: str) -> str:
     """The form we send to Flowroute v2.2: E.164 with `+` (accepted per the v2.2 docs)."""
     return to_e164(e164)
-
-
-def mask(number: str) -> str:
-    """Hide all but the last four digits, for logs that must not carry full numbers."""
-    if len(number) <= 4:
-        return "*" * len(number)
-    return number[:2] + "*" * (len(number) - 6) + number[-4:]

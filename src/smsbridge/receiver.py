@@ -6,7 +6,7 @@
     GET  /metrics   Prometheus
 
 Answers: 200 accepted (published) or parked (stored in the dead-letter queue for people to
-look at); 400 not JSON; 404 unknown configuration or wrong token (the same answer for both);
+look at); 400 not JSON, or a field breaks its limit (`limits.py`; the answer names the field); 404 unknown configuration or wrong token (the same answer for both);
 413 too large; 503 the broker did not confirm (Flowroute resends). Every error body is JSON
 `{"error": code, "detail": text}` and never contains a secret.
 """
@@ -30,7 +30,9 @@ from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
 from smsbridge.history_api import add_history_routes
 from smsbridge.intake import Unroutable, to_event
 from smsbridge.ledger import Ledger
+from smsbridge.limits import FieldRejected
 from smsbridge.metrics import Metrics
+from smsbridge.redact import clip
 from smsbridge.secret import Secret
 
 log = structlog.get_logger("smsbridge.receiver")
@@ -116,11 +118,17 @@ async def _accept(request: web.Request, config: SmsConfig, where: Where) -> web.
         return json_error(413, "too_large", f"body exceeds {settings.receiver.max_body_bytes} bytes")
     try:
         doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         log.warning("webhook refused: body is not JSON", **where, error=str(exc))
         return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
     try:
         event = to_event(parse_webhook(doc), config, client_message_id=request.query.get("cmid"))
+    except FieldRejected as exc:
+        log.warning("webhook refused: a field breaks its limit", **where, field=exc.field, reason=exc.reason)
+        return json_answer({"error": "invalid_field", "field": exc.field, "detail": exc.reason}, 400)
+    except RecursionError:
+        log.warning("webhook refused: nested too deeply", **where)
+        return json_error(400, "invalid_json", "body is nested too deeply")
     except UnknownShape as exc:
         return await _park(request, config, raw, exc.reason, "unknown_shape", where)
     except Unroutable as exc:
@@ -157,7 +165,7 @@ async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str
         return json_error(503, "unavailable", "could not store the message; please retry")
     metrics.parked.labels(config.id, code).inc()
     log.warning("webhook parked in the dead-letter queue", **where, outcome="parked", reason=reason, reason_code=code)
-    return json_answer({"status": "parked", "reason": reason})
+    return json_answer({"status": "parked", "reason": clip(reason)})
 
 
 async def healthz(request: web.Request) -> web.Response:
