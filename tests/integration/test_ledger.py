@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from smsbridge.events import DispatchRequest, InboundMessage
@@ -229,3 +230,14 @@ async def test_a_webhooks_lookups_stay_in_its_configuration(ledger: Ledger) -> N
     found = await ledger.receipt_target(MAIN, "mdr2-out-1")
     assert found is not None and found.client_message_id == "c-1"
     assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
+
+
+async def test_a_failed_statement_never_quotes_its_parameters(tmp_path: Path) -> None:
+    """Issue 16 point 5: PostgreSQL refuses what SQLite takes; the error (logged as "handler
+    crashed") must not carry the numbers and the body it was given."""
+    async with open_ledger("postgresql", tmp_path) as ledger:
+        too_long = dispatch(to="+12065550199" + "7" * 40)
+        with pytest.raises(Exception) as info:
+            await ledger.record_request(msgspec.structs.replace(too_long, body="my secret PIN 4321"))
+        text = f"{info.value!s} {info.value!r}"
+        assert "2065550199" not in text and "PIN 4321" not in text and "+12065550100" not in text

@@ -44,7 +44,9 @@ class Ledger:
                 Path(target.database).parent.mkdir(parents=True, exist_ok=True)
             return cls(SqliteRunner(target))
         args = {"server_settings": {"search_path": schema_name}} if schema_name else {}
-        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args)))
+        # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
+        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args,
+                                                   hide_parameters=True)))
 
     async def upgrade(self) -> list[int]:
         return await self._db.write(schema.upgrade)
