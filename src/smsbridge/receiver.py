@@ -29,9 +29,9 @@ from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.events import DeliveryReceipt, InboundMessage, encoder
-from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
+from smsbridge.flowroute.webhook import UnknownShape
 from smsbridge.history_api import add_history_routes
-from smsbridge.intake import Unroutable, to_event
+from smsbridge.intake import NotJson, Unroutable, read_webhook
 from smsbridge.ledger import Ledger
 from smsbridge.limits import FieldRejected
 from smsbridge.metrics import Metrics
@@ -125,18 +125,13 @@ async def _accept(request: web.Request, config: SmsConfig, where: Where) -> web.
         response.force_close()  # the rest of a stalled body is not waited for
         return response
     try:
-        doc = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        log.warning("webhook refused: body is not JSON", **where, error=str(exc))
-        return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
-    try:
-        event = to_event(parse_webhook(doc), config, client_message_id=request.query.get("cmid"))
+        event = read_webhook(raw, config, client_message_id=request.query.get("cmid"))
+    except NotJson as exc:
+        log.warning("webhook refused: body is not JSON", **where, error=exc.reason)
+        return json_error(400, "invalid_json", exc.reason)
     except FieldRejected as exc:
         log.warning("webhook refused: a field breaks its limit", **where, field=exc.field, reason=exc.reason)
         return json_answer({"error": "invalid_field", "field": exc.field, "detail": exc.reason}, 400)
-    except RecursionError:
-        log.warning("webhook refused: nested too deeply", **where)
-        return json_error(400, "invalid_json", "body is nested too deeply")
     except UnknownShape as exc:
         return await _park(request, config, raw, exc.reason, "unknown_shape", where)
     except Unroutable as exc:
