@@ -28,8 +28,8 @@ from smsbridge.secret import MASK, Secret
 SECRET_KEYS = frozenset({"token", "secret", "secret_key", "access_key", "password", "authorization", "auth_value"})
 NUMBER_KEYS = frozenset({"from", "to", "from_", "number", "did"})
 BODY_KEYS = frozenset({"body", "text"})
-# Free text that may quote input (a reason, an error, a traceback): full numbers in it are masked.
-FREE_TEXT_KEYS = ("event", "reason", "error", "exception", "detail")
+# Identifiers that are not free text: masking a digit run in them would only mangle them.
+ID_KEYS = frozenset({"timestamp", "event_id", "amqp_message_id", "mdr_id", "client_message_id"})
 
 
 def redactor(show_pii: bool) -> structlog.types.Processor:
@@ -51,14 +51,14 @@ def redactor(show_pii: bool) -> structlog.types.Processor:
 
 
 def text_masker(show_pii: bool) -> structlog.types.Processor:
-    """After the traceback is rendered: full phone numbers in free text masked (`redact.mask_numbers`)."""
+    """After the traceback is rendered: full phone numbers in any text masked (`redact.mask_numbers`):
+    a reason, an error or a traceback may quote input, and so may a value a PBX chose (its tenant)."""
 
     def mask_text(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         if show_pii:
             return event
-        for key in FREE_TEXT_KEYS:
-            value = event.get(key)
-            if type(value) is str:
+        for key, value in event.items():
+            if type(value) is str and key not in ID_KEYS:
                 event[key] = mask_numbers(value)
         return event
 

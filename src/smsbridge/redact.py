@@ -15,8 +15,8 @@ from typing import Any
 REASON_LIMIT = 300  # characters of a reason in a header or a status: a sentence, never the input
 QUOTE_LIMIT = 40  # characters of one quoted input value inside a reason
 
-# 7 to 15 digits not inside a word (E.164 is at most 15): a phone number, whatever its prefix.
-_NUMBER = re.compile(r"(?<![\w])\+?\d{7,15}(?!\d)")
+# 7 digits or more not inside a word: a phone number, whatever its prefix, or several run together.
+_NUMBER = re.compile(r"(?<![\w])\+?\d{7,}")
 
 
 def mask(number: str) -> str:

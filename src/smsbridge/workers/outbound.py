@@ -10,9 +10,9 @@ from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
 from smsbridge.ledger import Ledger
-from smsbridge.limits import NAME_CHARS, check_request
+from smsbridge.limits import CLIENT_ID_CHARS, NAME_CHARS, check_request
 from smsbridge.outbound_rules import Refused, decide
-from smsbridge.redact import quote
+from smsbridge.redact import clip, quote
 from smsbridge.workers.status import publish_status
 
 log = structlog.get_logger("smsbridge.outbound")
@@ -26,8 +26,10 @@ class OutboundHandler:
         self._prefix = settings.broker.prefix
 
     async def handle(self, request: OutboundRequest, context: MessageContext) -> None:
-        structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant,
-                                               from_extension=request.from_extension)
+        # Clipped: these are the PBX's values, not yet checked against their limits.
+        structlog.contextvars.bind_contextvars(client_message_id=clip(request.client_message_id, CLIENT_ID_CHARS),
+                                               tenant=clip(request.tenant, NAME_CHARS),
+                                               from_extension=clip(request.from_extension, NAME_CHARS))
         # A PBX may only publish for its own tenant: RabbitMQ's topic permissions pin its key, and
         # the key (never a header it set) names the tenant. A key that names no tenant is refused.
         if names.tenant_of_request_key(context.origin_key) != request.tenant:
