@@ -3,6 +3,7 @@ can send. Deterministic from a seed, so a failure can be replayed (`make fuzz` p
 
 from __future__ import annotations
 
+import copy
 import gzip
 import json
 import random
@@ -26,7 +27,7 @@ def _odd(rng: random.Random) -> Any:
     if roll < 0.45:
         return rng.choice(_ODD_STRINGS)
     if roll < 0.8:
-        return rng.choice(_ODD_VALUES)
+        return copy.deepcopy(rng.choice(_ODD_VALUES))  # a shared list mutated later would loop
     return "x" * rng.choice([100, 10_000, 60_000]) if rng.random() < 0.7 else rng.choice(NUMBERS) * 3000
 
 
