@@ -4,6 +4,7 @@ can send. Deterministic from a seed, so a failure can be replayed (`make fuzz` p
 from __future__ import annotations
 
 import copy
+import functools
 import gzip
 import json
 import random
@@ -65,6 +66,11 @@ def _json_bytes(doc: Any) -> bytes:
     return json.dumps(doc).encode()  # ASCII: every odd character as a \u escape, as a client would
 
 
+@functools.cache
+def _bomb() -> bytes:
+    return gzip.compress(b'{"x": "' + b"0" * 5_000_000 + b'"}')
+
+
 def webhook_body(rng: random.Random) -> tuple[bytes, dict[str, str]]:
     """One hostile webhook: (body, extra request headers)."""
     kind = rng.randrange(10)
@@ -84,7 +90,7 @@ def webhook_body(rng: random.Random) -> tuple[bytes, dict[str, str]]:
     elif kind == 7:  # huge
         body = b'{"data": {"type": "message", "id": "' + b"m" * rng.choice([1000, 60_000]) + b'"}}'
     elif kind == 8:  # compressed bomb: small on the wire, huge if inflated
-        body = gzip.compress(b'{"x": "' + b"0" * 5_000_000 + b'"}')
+        body = _bomb()
         headers["Content-Encoding"] = "gzip"
     else:  # wrong types at the top
         body = _json_bytes(rng.choice([[], "text", 12, None, {"data": []}, {"data": {"type": None}}]))
