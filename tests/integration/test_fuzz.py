@@ -2,8 +2,8 @@
 hostile outbound requests at the outbound stage, then the log audit over everything they logged.
 
 `make test` runs a short seeded form; `make fuzz` the long one (SMSBRIDGE_FUZZ_BODIES=10000 each).
-Each test prints its figures: bodies sent, answers by status, 500s, handler crashes, broker
-disconnects. SMSBRIDGE_FUZZ_SEED replays a run.
+Each test runs on both ledgers and prints its figures: bodies sent, answers by status, 500s,
+handler crashes, broker disconnects. SMSBRIDGE_FUZZ_SEED replays a run.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from aio_pika.abc import AbstractChannel
 from smsbridge import logs
 from smsbridge.bridge import Bridge
 from smsbridge.broker import names
-from smsbridge.config import LoggingSettings
+from smsbridge.config import LedgerSettings, LoggingSettings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
 from tests.integration.test_inbound_flow import hook_url
 from tests.support import hostile
 from tests.support.broker import depth
 from tests.support.fixtures import raw_payload
+from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.log_audit import audit, read_lines
 from tests.support.settings import ACCOUNT, TOKEN, settings, sms_config, with_flowroute
 
@@ -61,12 +62,19 @@ async def logged(tmp_path: Path) -> AsyncIterator[Path]:
     structlog.reset_defaults()
 
 
+@pytest.fixture(params=BACKENDS)
+async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerSettings]:
+    """Both ledgers: PostgreSQL refuses what SQLite takes, and the limits must hold for both."""
+    async with ledger_location(request.param, tmp_path) as (url, schema):
+        yield LedgerSettings(url=url, schema=schema)
+
+
 @pytest.fixture
-async def fuzzed_bridge(start_bridge: Any, pbx: FakePbx, prefix: str, logged: Path
+async def fuzzed_bridge(start_bridge: Any, pbx: FakePbx, prefix: str, logged: Path, ledger_settings: LedgerSettings,
                         ) -> AsyncIterator[tuple[Bridge, Disconnects]]:
     simulator = FlowrouteSimulator({"AK-test": "SK-test"}, sms_per_second=None, mms_per_second=None)
     await simulator.start()
-    base = settings(prefix=prefix, pbx_url=pbx.url)
+    base = settings(prefix=prefix, pbx_url=pbx.url, ledger=ledger_settings)
     base = msgspec.structs.replace(base, sms_configs=[sms_config(sms_per_second=10_000, mms_per_second=10_000)])
     bridge: Bridge = await start_bridge(with_flowroute(base, simulator.url))
     disconnects = Disconnects()
@@ -127,7 +135,8 @@ async def test_fuzzed_webhooks_get_no_500_no_crash_no_disconnect(
     lines = read_lines(logged)
     slowest.sort(reverse=True)
     print(f"\nslowest answers: {[(round(t, 2), status, head) for t, status, head in slowest[:5]]}")
-    print(f"\nfuzz receiver: seed {SEED}, {BODIES} bodies, answers {dict(sorted(statuses.items()))}, "
+    backend = bridge.settings.ledger.url.split(":")[0]
+    print(f"\nfuzz receiver ({backend}): seed {SEED}, {BODIES} bodies, answers {dict(sorted(statuses.items()))}, "
           f"500s {statuses[500]}, crashes {crashes(lines)}, disconnects {disconnects.count}")
     assert sum(statuses.values()) == BODIES
     assert statuses[500] == 0 and not [s for s in statuses if s >= 500]
@@ -163,7 +172,8 @@ async def test_fuzzed_outbound_requests_are_refused_by_name_with_no_crash_no_dis
     lines = read_lines(logged)
     refusals = [e for e in outbound
                 if e.get("event") == "message dead-lettered" and e["reason_code"] == "invalid_field"]
-    print(f"\nfuzz outbound: seed {SEED}, {BODIES} requests, allowed {done}, dead-lettered {dict(dead)}, "
+    backend = bridge.settings.ledger.url.split(":")[0]
+    print(f"\nfuzz outbound ({backend}): seed {SEED}, {BODIES} requests, allowed {done}, dead-lettered {dict(dead)}, "
           f"crashes {crashes(lines)}, disconnects {disconnects.count}")
     assert done + sum(dead.values()) == BODIES  # each one accounted for, once
     assert crashes(lines) == 0 and disconnects.count == 0
