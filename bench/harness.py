@@ -187,9 +187,12 @@ async def queue_depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
 
 
 async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes],
-                  batch: int = 500) -> int:
-    """Publish straight into a stage queue (confirmed, in batches), as the previous stage would."""
+                  batch: int = 500, origin_key: str | None = None) -> int:
+    """Publish straight into a stage queue (confirmed, in batches), as the previous stage would;
+    `origin_key` as the bridge's own retries carry it (the outbound stage needs `outbound.<tenant>`)."""
     headers: dict[str, aio_pika.abc.FieldValue] = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(time.time() * 1000)}
+    if origin_key:
+        headers[names.H_ORIGIN_KEY] = origin_key
     exchange = channel.default_exchange
     pending: list[Any] = []
     count = 0
@@ -205,17 +208,18 @@ async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Ite
     return count
 
 
-async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes], rate: float) -> int:
+async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes], rate: float,
+                origin_key: str | None = None) -> int:
     """`preload` at `rate` messages/s, in tenth-of-a-second slices."""
     slice_size = max(1, int(rate / 10))
     started, sent, chunk = time.monotonic(), 0, []
     for body in bodies:
         chunk.append(body)
         if len(chunk) == slice_size:
-            sent += await preload(channel, queue, chunk)
+            sent += await preload(channel, queue, chunk, origin_key=origin_key)
             chunk = []
             await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
-    return sent + await preload(channel, queue, chunk)
+    return sent + await preload(channel, queue, chunk, origin_key=origin_key)
 
 
 

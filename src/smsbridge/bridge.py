@@ -221,8 +221,11 @@ class Bridge:
         assert self.publisher is not None
         assert self.ledger is not None
         app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
-        # No access log: the webhook path carries the configuration's secret token.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
+        # No access log: the webhook path carries the configuration's secret token. keepalive_timeout
+        # also closes a connection whose headers are not complete in time (aiohttp runs it from the
+        # connection's start); the body's own deadline is the receiver's (`receiver._read_body`).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s,
+                               keepalive_timeout=self.settings.receiver.read_timeout_s)
         await self._serve(runner, self.settings.receiver.host, self.settings.receiver.port)
         host, port = runner.addresses[0][:2]
         self.receiver_url = f"http://{host}:{port}"

@@ -44,6 +44,10 @@ class ReceiverSettings(_Section, frozen=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: PositiveInt = 256 * 1024
     allowed_source_ips: list[str] = []
+    # Seconds a client has to send a request's headers (from its connection, or the end of the
+    # previous answer), and again for its body; then the connection is closed. A slow or stalled
+    # sender must not hold a connection (and its memory) for ever.
+    read_timeout_s: PositiveFloat = 10.0
 
 
 class RetryPolicy(_Section, frozen=True, kw_only=True):

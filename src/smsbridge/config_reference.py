@@ -34,6 +34,8 @@ MEANING: dict[str, str] = {
     "receiver.public_url": "The URL Flowroute reaches the receiver at; webhook and `dlr_callback` URLs start with it.",
     "receiver.max_body_bytes": "Webhook bodies above this size are refused with 413.",
     "receiver.allowed_source_ips": "If not empty, only these source addresses may post webhooks (403 otherwise).",
+    "receiver.read_timeout_s": "Seconds a client has to send a request's headers, and again its body (408); "
+                               "then the connection is closed.",
     "retry.*.max_attempts": "Tries of a message at this stage before it is dead-lettered.",
     "retry.*.max_age_s": "Seconds since the message was first seen after which it is dead-lettered instead of "
                          "retried.",

@@ -28,6 +28,7 @@ from smsbridge.config import Settings
 from smsbridge.events import encoder
 from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
 from smsbridge.intake import Unroutable, to_event
+from smsbridge.limits import FieldRejected
 
 COPY_DROPS = ("x-delivery-count",)  # set by the broker on each delivery; a copy starts afresh
 BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
@@ -160,7 +161,7 @@ class DeadLetterQueue:
             return False
         try:
             event = to_event(parse_webhook(msgspec.json.decode(dead.body)), config)
-        except (msgspec.DecodeError, UnknownShape, Unroutable):
+        except (msgspec.DecodeError, RecursionError, UnknownShape, Unroutable, FieldRejected):
             return False  # still not usable with today's configuration: leave it parked
         await self._publisher.to_stage(self._prefix, "inbound", encoder.encode(event), message_id=event.event_id)
         return True

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from smsbridge.redact import quote
+
 
 class BridgeError(Exception):
     """Base of every error smsbridge raises on purpose."""
@@ -36,7 +38,7 @@ class PermanentError(BridgeError):
 
 class InvalidNumber(PermanentError):
     def __init__(self, number: str, why: str) -> None:
-        super().__init__(f"invalid number {number!r}: {why}", code="invalid_number")
+        super().__init__(f"invalid number {quote(number)}: {why}", code="invalid_number")
         self.number = number
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import re
 
 from smsbridge.errors import InvalidNumber
+from smsbridge.redact import mask
+
+__all__ = ["flowroute_format", "foreign_country", "is_us_ca", "mask", "sender_e164", "to_e164", "us_ca_e164"]
 
 _NON_DIGITS = re.compile(r"[\s().\-]")
 
@@ -91,9 +94,3 @@ def is_us_ca(number: str) -> bool:
         return False
     return True
 
-
-def mask(number: str) -> str:
-    """Hide all but the last four digits, for logs that must not carry full numbers."""
-    if len(number) <= 4:
-        return "*" * len(number)
-    return number[:2] + "*" * (len(number) - 6) + number[-4:]

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import Claim, Ledger
+from smsbridge.ledger import Claim, Ledger, Scope
 from smsbridge.ledger.schema import LATEST
 from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 
@@ -20,6 +20,10 @@ from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     async with open_ledger(request.param, tmp_path) as opened:
         yield opened
+
+
+MAIN = Scope("acme", "main")
+BETA = Scope("beta", "beta-main")
 
 
 class Clock:
@@ -57,10 +61,10 @@ async def test_processes_upgrading_at_once_do_not_clash(backend: str, tmp_path: 
 
 
 async def test_inbound_once(ledger: Ledger) -> None:
-    assert not await ledger.inbound_seen("mdr2-in-1")
+    assert not await ledger.inbound_seen(MAIN, "mdr2-in-1")
     assert await ledger.record_inbound(inbound()) is True
     assert await ledger.record_inbound(inbound()) is False
-    assert await ledger.inbound_seen("mdr2-in-1")
+    assert await ledger.inbound_seen(MAIN, "mdr2-in-1")
     row = await ledger.find("mdr2-in-1")
     assert row is not None and row.direction == "inbound" and row.state == "received"
 
@@ -109,16 +113,16 @@ async def test_dlrs_deduplicated_and_states_only_move_forward(ledger: Ledger) ->
     await ledger.record_accepted(row.id, "mdr2-out-1", 1)
     assert await ledger.claim_dlr("mdr2-out-1|2|message buffered|1003|t", "mdr2-out-1")
     assert not await ledger.claim_dlr("mdr2-out-1|2|message buffered|1003|t", "mdr2-out-1")
-    await ledger.record_dlr("mdr2-out-1", "buffered", None, None, 2, 1003)
-    await ledger.record_dlr("mdr2-out-1", "sent", None, None, 1, None)  # level 1 arriving late
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "buffered", None, None, 2, 1003)
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "sent", None, None, 1, None)  # level 1 arriving late
     assert (await ledger.find("mdr2-out-1")).state == "buffered"  # type: ignore[union-attr]
-    await ledger.record_dlr("mdr2-out-1", "delivered", None, None, 2, 1004)
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "delivered", None, None, 2, 1004)
     found = await ledger.find("c-1", tenant="acme")
     assert found is not None and found.state == "delivered"
     history = await ledger.history(found.id)
     assert [h.state for h in history] == ["queued", "accepted", "buffered", "sent", "delivered"]
     assert history[-1].dlr_code == 1004
-    assert await ledger.record_dlr("mdr2-unknown", "sent", None, None, 1, None) is None
+    assert await ledger.record_dlr(MAIN, "mdr2-unknown", "sent", None, None, 1, None) is None
 
 
 async def test_history_queries_by_number_and_state_paged(ledger: Ledger) -> None:
@@ -229,3 +233,33 @@ async def test_racing_processes_get_one_claim_each(backend: str, tmp_path: Path)
         finally:
             for ledger in ledgers:
                 await ledger.close()
+
+
+async def test_a_webhooks_lookups_stay_in_its_configuration(ledger: Ledger) -> None:
+    """Issue 16 point 2: beta's webhook finds nothing of acme's, by Flowroute id or by row id."""
+    await ledger.record_request(dispatch())
+    row = await ledger.outbound("acme", "c-1")
+    assert row is not None
+    await ledger.record_accepted(row.id, "mdr2-out-1", 1)
+    await ledger.record_inbound(inbound())
+    assert await ledger.receipt_target(BETA, "mdr2-out-1") is None
+    assert await ledger.receipt_target(Scope("acme", "other-config"), "mdr2-out-1") is None
+    assert await ledger.receipt_target(BETA, str(row.id)) is None  # a message id is never a row id
+    assert await ledger.receipt_target(MAIN, str(row.id)) is None
+    assert await ledger.record_dlr(BETA, "mdr2-out-1", "failed", "spam", "spam", 2, 1010) is None
+    assert not await ledger.inbound_seen(BETA, "mdr2-in-1")
+    assert await ledger.receipt_target(MAIN, "mdr2-in-1") is None  # an inbound text is no receipt's target
+    found = await ledger.receipt_target(MAIN, "mdr2-out-1")
+    assert found is not None and found.client_message_id == "c-1"
+    assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
+
+
+async def test_a_failed_statement_never_quotes_its_parameters(tmp_path: Path) -> None:
+    """Issue 16 point 5: PostgreSQL refuses what SQLite takes; the error (logged as "handler
+    crashed") must not carry the numbers and the body it was given."""
+    async with open_ledger("postgresql", tmp_path) as ledger:
+        too_long = dispatch(to="+12065550199" + "7" * 40)
+        with pytest.raises(Exception) as info:
+            await ledger.record_request(msgspec.structs.replace(too_long, body="my secret PIN 4321"))
+        text = f"{info.value!s} {info.value!r}"
+        assert "2065550199" not in text and "PIN 4321" not in text and "+12065550100" not in text

@@ -202,3 +202,26 @@ async def test_help_keyword_gets_the_configured_auto_reply(
     assert (attributes["from"], attributes["to"], attributes["body"]) == (
         "12065550100", "12065550199", "Acme: reply STOP to opt out.")
     assert len(await pbx.wait_for(2)) == 2  # the PBX still sees the HELP text
+
+
+async def test_an_oversized_field_fails_by_name_with_a_bounded_dead_letter_and_no_reconnect(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    """Issue 16 point 3: a 200 kB `to` (and a PBX header near a frame's size) once made RabbitMQ
+    close the bridge's connection (frame_too_large) on every dead-letter attempt."""
+    import aio_pika
+
+    bridge = await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    assert bridge.connection is not None
+    reconnects: list[object] = []
+    bridge.connection.close_callbacks.add(lambda *args: reconnects.append(args))
+    exchange = await channel.get_exchange(names.requests_exchange(prefix))
+    body = msgspec.json.encode(request(to="1" * 200_000))
+    await exchange.publish(aio_pika.Message(body, headers={"x-pbx-trace": "t" * 100_000}), routing_key="outbound.acme")
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert (failed.state, failed.reason_code) == ("failed", "invalid_field")
+    assert failed.reason is not None and failed.reason.startswith("field 'to' is longer than 32 characters")
+    (dead,) = await take(channel, names.dead_queue(prefix))
+    assert len(header(dead, names.H_REASON)) < 400 and "x-pbx-trace" not in (dead.headers or {})
+    assert reconnects == [] and not bridge.connection.is_closed

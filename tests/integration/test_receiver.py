@@ -66,7 +66,7 @@ async def test_text_to_a_did_of_another_configuration_is_parked(
     status, _ = await post(http, hook_url(bridge.receiver_url), raw)
     assert status == 200
     (dead,) = await take(channel, names.dead_queue(prefix))
-    assert header(dead, names.H_REASON) == "+13125550100 is not a DID of SMS configuration 'main'"
+    assert header(dead, names.H_REASON) == "+1******0100 is not a DID of SMS configuration 'main'"  # masked
 
 
 async def test_health_readiness_and_metrics(

@@ -34,6 +34,7 @@ from smsbridge.broker.publisher import Publisher, now_ms
 from smsbridge.config import RetryPolicy
 from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
 from smsbridge.metrics import Metrics
+from smsbridge.redact import carried, clip, header_text
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -180,10 +181,11 @@ class StageConsumer(Generic[T]):
         await self._run(message, attempt, event)
 
     def _origin_key(self, message: AbstractIncomingMessage) -> str:
-        origin = (message.headers or {}).get(names.H_ORIGIN_KEY)
-        if isinstance(origin, bytes):
-            origin = origin.decode()
-        return origin if isinstance(origin, str) else (message.routing_key or self.queue_name)
+        header = (message.headers or {}).get(names.H_ORIGIN_KEY)
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        return names.origin_key(self._prefix, message.exchange or "", message.routing_key or self.queue_name,
+                                header if isinstance(header, str) else None)
 
     async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
         started = time.perf_counter()
@@ -213,7 +215,7 @@ class StageConsumer(Generic[T]):
         if isinstance(decision, str):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
-        headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_ATTEMPT: attempt.number + 1,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
                    names.H_ORIGIN_KEY: self._origin_key(message)}
         try:
@@ -232,13 +234,15 @@ class StageConsumer(Generic[T]):
 
     async def _dead_letter(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                            code: str, event: T | None) -> None:
+        reason = clip(reason)  # it may quote input: a sentence for people, never input-sized
         if event is not None:
             ran = await self._given_up(message, attempt, reason, code, event)
             if ran is False:  # it goes round the delay queue and finishes giving up later
                 return
             if ran is None:
                 reason = f"{reason} (the final state was not recorded)"
-        headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_STAGE: self.stage,
+                   names.H_REASON: header_text(reason),
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
                    names.H_ROUTING_KEY: self.queue_name, names.H_ORIGIN_KEY: self._origin_key(message)}
         headers.pop(names.H_DELAY_TIER, None)
@@ -278,7 +282,8 @@ class StageConsumer(Generic[T]):
             return None
         delay = min(compute_backoff(tries - 1, base=self._policy.base_delay_s, cap=self._policy.max_delay_s,
                                     rand=self._rand), names.MAX_DELAY_S)
-        headers = {**(message.headers or {}), names.H_GIVING_UP: tries, names.H_REASON: reason,
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_GIVING_UP: tries,
+                   names.H_REASON: header_text(reason),
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(delay)),
                    names.H_ORIGIN_KEY: self._origin_key(message)}

@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.errors import BrokerUnavailable
+from smsbridge.redact import header_text
 
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
@@ -74,7 +75,7 @@ class Publisher:
         """Straight to the dead-letter queue: for input we cannot process but must not drop."""
         headers = {
             names.H_STAGE: stage,
-            names.H_REASON: reason,
+            names.H_REASON: header_text(reason),
             names.H_REASON_CODE: code,
             names.H_ATTEMPT: 0,
             names.H_DEAD_AT: now_ms(),

@@ -244,8 +244,11 @@ def _one_media(item: _Included) -> Media | MediaProblem:
 def _int_or_none(value: int | str | None) -> int | None:
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and value.isascii():  # int() takes other scripts' digits ("٣")
+        try:
+            return int(value.strip())
+        except ValueError:  # "²" and "--5" pass str.isdigit() checks but are not integers
+            return None
     return None
 
 

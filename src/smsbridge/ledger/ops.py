@@ -90,7 +90,12 @@ _NEW_CLAIM = _insert_or_skip(deliveries)
 _NEW_DLR = _insert_or_skip(dlrs_seen)
 _ADD_HISTORY = sa.insert(status_history)
 _ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))
-_ROW_BY_MDR = sa.select(messages).where(messages.c.mdr_id == _p("mdr_id"))
+# What a webhook may look up: only its own configuration's (and so tenant's) messages, by
+# Flowroute id in one direction. Another tenant's id must find nothing, not its row.
+_WEBHOOK_SCOPE = ((messages.c.mdr_id == _p("mdr_id")) & (messages.c.tenant == _p("tenant"))
+                  & (messages.c.config_id == _p("config_id")) & (messages.c.direction == _p("direction")))
+_SCOPED_ID = sa.select(messages.c.id).where(_WEBHOOK_SCOPE)
+_SCOPED_ROW = sa.select(messages).where(_WEBHOOK_SCOPE)
 _ROW_BY_CLIENT_ID = sa.select(messages).where(
     (messages.c.tenant == _p("tenant")) & (messages.c.client_message_id == _p("client_message_id")))
 # Keys in WHERE are named apart from the columns: an UPDATE's parameters named like a column are SET.
@@ -110,8 +115,19 @@ _UNCLAIM_DLR = sa.delete(dlrs_seen).where(dlrs_seen.c.dedupe_key == _p("dedupe_k
 
 
 # ----- inbound ------------------------------------------------------------------------------------
-def inbound_seen(c: sa.Connection, mdr_id: str) -> bool:
-    return c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).first() is not None
+class Scope(msgspec.Struct, frozen=True):
+    """The configuration (and its tenant) a webhook came in for: all its look-ups stay inside."""
+
+    tenant: str
+    config_id: str
+
+
+def _scoped(scope: Scope, mdr_id: str, direction: str) -> dict[str, str]:
+    return {"mdr_id": mdr_id, "tenant": scope.tenant, "config_id": scope.config_id, "direction": direction}
+
+
+def inbound_seen(c: sa.Connection, scope: Scope, mdr_id: str) -> bool:
+    return c.execute(_SCOPED_ID, _scoped(scope, mdr_id, "inbound")).first() is not None
 
 
 def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bool:
@@ -240,9 +256,15 @@ def unclaim_dlr(c: sa.Connection, dedupe_key: str) -> None:
     c.execute(_UNCLAIM_DLR, {"dedupe_key": dedupe_key[:255]})
 
 
-def record_dlr(c: sa.Connection, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
-               level: int | None, code: int | None, now: datetime) -> MessageRow | None:
-    row = c.execute(_ROW_BY_MDR, {"mdr_id": mdr_id}).first()
+def receipt_target(c: sa.Connection, scope: Scope, mdr_id: str) -> MessageRow | None:
+    """The outbound message of this configuration that a receipt for `mdr_id` is about."""
+    row = c.execute(_SCOPED_ROW, _scoped(scope, mdr_id, "outbound")).first()
+    return message_row(row._mapping) if row else None
+
+
+def record_dlr(c: sa.Connection, scope: Scope, mdr_id: str, state: str, reason_code: str | None,
+               reason: str | None, level: int | None, code: int | None, now: datetime) -> MessageRow | None:
+    row = c.execute(_SCOPED_ROW, _scoped(scope, mdr_id, "outbound")).first()
     if row is None:
         return None
     advance(c, row.id, state, now, reason_code, reason, level, code)

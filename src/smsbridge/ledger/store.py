@@ -17,7 +17,7 @@ from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundMessage
 from smsbridge.ledger import ops, schema
-from smsbridge.ledger.ops import Claim, MessageRow, StatusRow
+from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
 from smsbridge.ledger.schema import messages
 
@@ -26,7 +26,7 @@ log = structlog.get_logger("smsbridge.ledger")
 # operational and interface errors, a connection refused before any driver call, a timeout.
 OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
-__all__ = ["Claim", "Ledger", "MessageRow", "StatusRow", "engine_url", "open_from_settings"]
+__all__ = ["Claim", "Ledger", "MessageRow", "Scope", "StatusRow", "engine_url", "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -94,7 +94,9 @@ class Ledger:
                 Path(target.database).parent.mkdir(parents=True, exist_ok=True)
             return cls(SqliteRunner(target))
         args = {"server_settings": {"search_path": schema_name}} if schema_name else {}
-        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args)))
+        # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
+        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args,
+                                                   hide_parameters=True)))
 
     async def upgrade(self) -> list[int]:
         return await self._db.write(schema.upgrade)
@@ -111,8 +113,9 @@ class Ledger:
         return self._db.usable
 
     # ----- inbound ------------------------------------------------------------------------------
-    async def inbound_seen(self, mdr_id: str) -> bool:
-        return await self._db.read(ops.inbound_seen, mdr_id)
+    async def inbound_seen(self, scope: Scope, mdr_id: str) -> bool:
+        """Whether this configuration already took the inbound text `mdr_id`."""
+        return await self._db.read(ops.inbound_seen, scope, mdr_id)
 
     async def record_inbound(self, event: InboundMessage) -> bool:
         """Remember an inbound text (after its publish was confirmed); False if already known."""
@@ -178,9 +181,14 @@ class Ledger:
     async def unclaim_dlr(self, dedupe_key: str) -> None:
         await self._db.write(ops.unclaim_dlr, dedupe_key)
 
-    async def record_dlr(self, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
+    async def receipt_target(self, scope: Scope, mdr_id: str) -> MessageRow | None:
+        """The outbound message a receipt is about, within the receipt's configuration only."""
+        return await self._db.read(ops.receipt_target, scope, mdr_id)
+
+    async def record_dlr(self, scope: Scope, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
                          level: int | None, code: int | None) -> MessageRow | None:
-        return await self._db.write(ops.record_dlr, mdr_id, state, reason_code, reason, level, code, self._now())
+        return await self._db.write(ops.record_dlr, scope, mdr_id, state, reason_code, reason, level, code,
+                                    self._now())
 
     # ----- history --------------------------------------------------------------------------------
     async def search(self, *, tenant: str | None = None, number: str | None = None, state: str | None = None,

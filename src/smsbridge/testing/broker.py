@@ -56,6 +56,7 @@ class StubMessage:
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
     routing_key: str | None = None
+    exchange: str | None = None  # the exchange the broker delivered it from (the consumer trusts it)
     message_id: str | None = None
     user_id: str | None = None
     settled: str | None = None  # "ack", "requeue" or "reject"

@@ -19,7 +19,7 @@ from smsbridge.events import (
     encoder,
 )
 from smsbridge.flowroute.dlr import classify_dlr
-from smsbridge.ledger import Ledger
+from smsbridge.ledger import Ledger, Scope
 from smsbridge.metrics import Metrics
 from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
@@ -55,7 +55,9 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...]) -> list
 def dlr_key(receipt: DeliveryReceipt) -> str:
     """What makes two receipts the same receipt (flowroute-api.md §6.3)."""
     stamp = receipt.flowroute_timestamp.isoformat() if receipt.flowroute_timestamp else ""
-    return f"{receipt.mdr_id}|{receipt.level}|{receipt.status}|{receipt.status_code}|{stamp}"
+    # The configuration first: a receipt posted to another configuration's webhook with the same
+    # id must not pass for this one's resend (and so suppress it).
+    return f"{receipt.config_id}|{receipt.mdr_id}|{receipt.level}|{receipt.status}|{receipt.status_code}|{stamp}"
 
 
 def status_for(receipt: DeliveryReceipt) -> StatusEvent:
@@ -105,7 +107,7 @@ class InboundHandler:
         config = self._settings.sms_config(message.config_id)
         if config is None:
             raise PermanentError(f"unknown SMS configuration '{message.config_id}'", code="unknown_config")
-        if await self._ledger.inbound_seen(message.mdr_id):
+        if await self._ledger.inbound_seen(Scope(message.tenant, message.config_id), message.mdr_id):
             log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
             return
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
@@ -131,13 +133,17 @@ class InboundHandler:
         if not await self._ledger.claim_dlr(key, receipt.mdr_id):
             log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
             return
-        if receipt.client_message_id is None:  # e.g. an account-level DLR callback without our cmid
-            known = await self._ledger.find(receipt.mdr_id)
-            if known is None:  # not ours (another system on the account?): no PBX asked about it
-                self._metrics.dlr_unknown.labels(receipt.config_id).inc()
-                log.warning("delivery receipt for a message this bridge never sent: not forwarded",
-                            outcome="unknown_message", dlr_level=receipt.level, dlr_code=receipt.status_code)
-                return
+        # Only this configuration's own message: another tenant's id (or a bare number, which is
+        # never a row id here) finds nothing, and its history and client id stay untouched.
+        scope = Scope(receipt.tenant, receipt.config_id)
+        known = await self._ledger.receipt_target(scope, receipt.mdr_id)
+        if known is None and receipt.client_message_id is None:  # an account-level DLR callback, no cmid
+            # not ours (another system on the account?): no PBX asked about it
+            self._metrics.dlr_unknown.labels(receipt.config_id).inc()
+            log.warning("delivery receipt for a message this bridge never sent: not forwarded",
+                        outcome="unknown_message", dlr_level=receipt.level, dlr_code=receipt.status_code)
+            return
+        if known is not None and known.client_message_id:  # ours is better than a cmid in a URL
             receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
         status = status_for(receipt)
         try:
@@ -145,7 +151,7 @@ class InboundHandler:
         except BrokerUnavailable:
             await self._ledger.unclaim_dlr(key)  # so the retry is not mistaken for a resend
             raise
-        await self._ledger.record_dlr(receipt.mdr_id, status.state, status.reason_code, status.reason,
+        await self._ledger.record_dlr(scope, receipt.mdr_id, status.state, status.reason_code, status.reason,
                                       receipt.level, receipt.status_code)
         log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
                  client_message_id=receipt.client_message_id)
