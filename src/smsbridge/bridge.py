@@ -24,6 +24,7 @@ from aiohttp import web
 from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
+from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
 from smsbridge.connection import connect, failover
@@ -70,6 +71,7 @@ class Bridge:
         self._http: aiohttp.ClientSession | None = None
         self._declared = False
         self.ledger: Ledger | None = None
+        self.liveness: BrokerLiveness | None = None
         self.health_url: str | None = None
         self._stack = AsyncExitStack()
 
@@ -77,7 +79,9 @@ class Bridge:
         conn = self.connection
         connected = conn is not None and not conn.is_closed and conn.connected.is_set()
         ledger_usable = self.ledger is not None and self.ledger.usable
-        return {"broker_connected": connected, "topology_declared": self._declared, LEDGER_USABLE: ledger_usable}
+        answering = self.liveness is not None and self.liveness.responsive()
+        return {"broker_connected": connected, "broker_answering": answering, "topology_declared": self._declared,
+                LEDGER_USABLE: ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         try:
@@ -104,6 +108,9 @@ class Bridge:
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        self.liveness = BrokerLiveness(self.publisher, broker.prefix)
+        self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
+        self._background(self.liveness.run(), "broker-liveness")
         await self._start_consumers(ledger)
         stack.push_async_callback(self._stop_consumers)
         if "receiver" in self.roles:
