@@ -4,8 +4,10 @@ A silent partition (packets dropped, no reset) leaves the TCP connection looking
 still reports "connected" until AMQP heartbeats give up, and every publish waits its whole
 confirm timeout. So readiness and the receiver's fail-fast both ask one question instead: did
 the broker confirm a publish of ours in the last `stale_after_s` seconds? The probe publishes
-an empty, non-mandatory message to the default exchange with a routing key no queue has: the
-broker drops it and confirms it at once, and nothing is stored. It goes through the same
+an empty, non-mandatory message to the bridge's own work exchange with a routing key no queue
+is bound with: the broker drops it and confirms it at once, and nothing is stored. (Not the
+default exchange: the bridge's RabbitMQ user may write only to `<prefix>.*` exchanges, see
+deploy/rabbitmq/definitions.json, and a refused publish would close the publishing channel.) It goes through the same
 channel as the real publishes, so a broker that blocks publishers (memory or disk alarm)
 counts as not answering too, which it is for a webhook.
 """
@@ -18,6 +20,7 @@ from collections.abc import Callable
 
 import structlog
 
+from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
 from smsbridge.errors import BrokerUnavailable
 
@@ -29,7 +32,7 @@ STALE_AFTER_S = 3.0  # readiness goes false this long after the last confirmed r
 
 
 def probe_key(prefix: str) -> str:
-    """A routing key that no queue is named after: the probe is confirmed, then dropped."""
+    """A routing key no queue is bound with: the probe is confirmed, then dropped."""
     return f"{prefix}.liveness-probe.no-such-queue"
 
 
@@ -41,6 +44,7 @@ class BrokerLiveness:
                  timeout_s: float = PROBE_TIMEOUT_S, stale_after_s: float = STALE_AFTER_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._publisher = publisher
+        self._exchange = names.work_exchange(prefix)
         self._key = probe_key(prefix)
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -58,7 +62,7 @@ class BrokerLiveness:
 
     async def probe(self) -> bool:
         try:
-            await self._publisher.publish("", self._key, b"", mandatory=False, timeout=self._timeout_s,
+            await self._publisher.publish(self._exchange, self._key, b"", mandatory=False, timeout=self._timeout_s,
                                           gated=False)
         except BrokerUnavailable:
             return False
