@@ -48,6 +48,7 @@ from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
+from smsbridge.workers.turns import OrderSweeper, Turns, stale_after
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 BROKER_STEP_TIMEOUT_S = 5.0
@@ -131,7 +132,10 @@ class Bridge:
             await self._consume("inbound", inbound_stage_decoder,
                                 InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
         if "delivery" in self.roles:
-            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
+            turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), self._delivery_lease_s()
+            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=lease_s, turns=turns)
+            sweeper = OrderSweeper(ledger, turns, stale_after(self.settings.retry.delivery.max_delay_s, lease_s))
+            self._background(sweeper.run(), "delivery-order-sweep")
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,
