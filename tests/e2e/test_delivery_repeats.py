@@ -5,7 +5,6 @@ claim whose lease runs out; the next worker then hands the text over again, with
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -13,19 +12,14 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.sandbox.pbx import FakePbx
+from smsbridge.testing.config import FAST_RETRY, bridge_document, merge, write
 from tests.support import processes
 from tests.support.fixtures import raw_payload
 from tests.support.ledger import ledger_location
 from tests.support.settings import free_port
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
-
-
-async def until(condition: object, timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_worker_killed_after_the_pbx_stored_a_text_repeats_it_with_the_same_idempotency_key(
@@ -33,11 +27,11 @@ async def test_a_worker_killed_after_the_pbx_stored_a_text_repeats_it_with_the_s
 ) -> None:
     port = free_port()
     async with ledger_location("sqlite", tmp_path) as (url, schema):  # the claim is the same on both
-        config = processes.write_config(tmp_path / "bridge.toml", amqp_url=amqp_url, prefix=prefix, port=port,
-                                        ledger_url=url, ledger_schema=schema, pbx_url=pbx.url)
+        doc = bridge_document(amqp_url=amqp_url, prefix=prefix, ledger_url=url, port=port, pbx_url=pbx.url)
         # A short lease (2 × the PBX timeout + 10 s): the repeat comes 14 s after the claim.
-        config.write_text(config.read_text().replace(f'prefix = "{prefix}"', f'prefix = "{prefix}"\n'
-                                                     "publish_timeout_s = 2") + "timeout_s = 2\n")
+        doc = merge(doc, FAST_RETRY, {"ledger": {"schema": schema}, "broker": {"publish_timeout_s": 2}})
+        doc["pbx_targets"] = [{**doc["pbx_targets"][0], "timeout_s": 2}]
+        config = write(tmp_path / "bridge.toml", doc)
         pbx.delay_s = 1.0  # the PBX stores each text a second after it arrived
         first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
         first = await processes.start(config, first_log)
@@ -46,7 +40,7 @@ async def test_a_worker_killed_after_the_pbx_stored_a_text_repeats_it_with_the_s
                 f"http://127.0.0.1:{port}/webhooks/flowroute/main/{processes.ENV['E2E_TOKEN']}",
                 data=raw_payload("sms_jsonapi_2024")) as response:
             assert response.status == 200
-        await until(lambda: pbx.arrived == 1, timeout=20)
+        await eventually(lambda: pbx.arrived == 1, what="the text reached the PBX")
         first.kill()  # SIGKILL while the PBX holds the text: it stores it, nobody hears its 200
         await first.wait()
         second = await processes.start(config, second_log, "delivery")

@@ -25,6 +25,7 @@ from tests.support.broker import header, take
 from tests.support.fixtures import raw_payload
 from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.settings import DID_MAIN, TOKEN, settings
+from tests.support.wait import eventually
 
 StartRoles = Callable[[Settings, tuple[str, ...]], Awaitable[Bridge]]
 # Patient enough to outlast the PBX outage: order must hold through many retries.
@@ -64,13 +65,6 @@ async def post_in_order(http: aiohttp.ClientSession, url: str, sender: int, coun
         await asyncio.sleep(gap_s)  # pacing the offered load, not synchronisation
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 def out_of_order(received: list[dict[str, Any]]) -> int:
     """Texts that reached an extension after a later text of the same conversation."""
     last: dict[tuple[str, str], int] = defaultdict(lambda: -1)
@@ -101,7 +95,7 @@ async def test_pbx_down_then_back_every_text_arrives_in_order_per_conversation_a
         hook = f"{front.receiver_url}/webhooks/flowroute/main/{TOKEN}"
         await asyncio.gather(*(post_in_order(http, hook, sender, per_conversation, 0.2)
                                for sender in range(conversations)))
-        await wait_until(lambda: len(pbx.attempts) >= 100, timeout=60)  # several refusals per stream
+        await eventually(lambda: len(pbx.attempts) >= 100, timeout=60, what="100 refused attempts")
         assert not pbx.received
         pbx.down_with = None
         received = await pbx.wait_for(2 * conversations * per_conversation, timeout=120)

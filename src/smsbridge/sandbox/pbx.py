@@ -22,7 +22,6 @@ class FakePbx:
                  expect_auth: tuple[str, str] | None = None, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s  # a slow PBX: each answer waits this long
         self.down_with: int | None = None  # a PBX that is down: every answer is this status while set
-        self.arrived = 0  # requests that reached the PBX, answered or not yet
         self._answers = list(answers)
         self._path = path
         self._expect_auth = expect_auth
