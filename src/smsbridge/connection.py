@@ -23,8 +23,10 @@ import yarl
 from smsbridge.backoff import compute_backoff
 
 log = structlog.get_logger("smsbridge.broker")
-HEARTBEAT_S = 5  # RabbitMQ's default, 60, would keep a dead connection for over three minutes
-CONNECT_TIMEOUT_S = 10.0
+# RabbitMQ's default, 60, keeps a dead connection for over three minutes; much below 10 risks
+# dropping a live one whose process was busy. Readiness does not wait for it (broker/liveness.py).
+HEARTBEAT_S = 10
+CONNECT_TIMEOUT_S = 30.0  # a broker under heavy load can take seconds to finish a handshake
 
 
 def tuned(url: str) -> str:
