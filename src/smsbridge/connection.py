@@ -26,7 +26,7 @@ log = structlog.get_logger("smsbridge.broker")
 # RabbitMQ's default, 60, keeps a dead connection for over three minutes; much below 10 risks
 # dropping a live one whose process was busy. Readiness does not wait for it (broker/liveness.py).
 HEARTBEAT_S = 10
-CONNECT_TIMEOUT_S = 30.0  # a broker under heavy load can take seconds to finish a handshake
+CONNECT_TIMEOUT_S = 60.0  # a broker under heavy load can take many seconds to finish a handshake
 
 
 def tuned(url: str) -> str:
