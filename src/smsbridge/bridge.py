@@ -24,6 +24,7 @@ from aiohttp import web
 from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
+from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
 from smsbridge.connection import connect, failover
@@ -47,6 +48,7 @@ from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
+from smsbridge.workers.turns import OrderSweeper, Turns, stale_after
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 BROKER_STEP_TIMEOUT_S = 5.0
@@ -70,6 +72,7 @@ class Bridge:
         self._http: aiohttp.ClientSession | None = None
         self._declared = False
         self.ledger: Ledger | None = None
+        self.liveness: BrokerLiveness | None = None
         self.health_url: str | None = None
         self._stack = AsyncExitStack()
 
@@ -77,7 +80,9 @@ class Bridge:
         conn = self.connection
         connected = conn is not None and not conn.is_closed and conn.connected.is_set()
         ledger_usable = self.ledger is not None and self.ledger.usable
-        return {"broker_connected": connected, "topology_declared": self._declared, LEDGER_USABLE: ledger_usable}
+        answering = self.liveness is not None and self.liveness.responsive()
+        return {"broker_connected": connected, "broker_answering": answering, "topology_declared": self._declared,
+                LEDGER_USABLE: ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         try:
@@ -104,6 +109,9 @@ class Bridge:
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        self.liveness = BrokerLiveness(self.publisher, broker.prefix)
+        self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
+        self._background(self.liveness.run(), "broker-liveness")
         await self._start_consumers(ledger)
         stack.push_async_callback(self._stop_consumers)
         if "receiver" in self.roles:
@@ -124,7 +132,10 @@ class Bridge:
             inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics)
             await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
         if "delivery" in self.roles:
-            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
+            turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), self._delivery_lease_s()
+            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=lease_s, turns=turns)
+            sweeper = OrderSweeper(ledger, turns, stale_after(self.settings.retry.delivery.max_delay_s, lease_s))
+            self._background(sweeper.run(), "delivery-order-sweep")
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,

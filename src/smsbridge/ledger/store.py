@@ -5,7 +5,7 @@ delivery is a row, not a lock)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
-from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import ops, schema
+from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
+from smsbridge.ledger import ops, order, schema
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
 from smsbridge.ledger.schema import messages
@@ -131,6 +131,30 @@ class Ledger:
     async def release_delivery(self, mdr_id: str, extension: str) -> None:
         await self._db.write(ops.release_delivery, mdr_id, extension)
 
+    # ----- order of deliveries (see ledger/order.py): each returns the texts now due -------------
+    async def enqueue_deliveries(self, deliveries: Sequence[InboundDelivery]) -> list[bytes]:
+        entries = [order.Entry(d.mdr_id, d.extension, d.conversation, d.received_at, encoder.encode(d))
+                   for d in deliveries]
+        return await self._db.write(order.enqueue, entries, self._now())
+
+    async def claim_turn(self, mdr_id: str, extension: str, lease_s: float) -> tuple[order.Turn, list[bytes]]:
+        now = self._now()
+        return await self._db.write(order.claim, mdr_id, extension, now, now + timedelta(seconds=lease_s))
+
+    async def delivered_in_turn(self, mdr_id: str, extension: str) -> list[bytes]:
+        return await self._db.write(order.delivered, mdr_id, extension, self._now())
+
+    async def settle_turn(self, mdr_id: str, extension: str) -> list[bytes]:
+        """The text was dead-lettered: the conversation's next text may go."""
+        return await self._db.write(order.settle, mdr_id, extension, self._now())
+
+    async def stale_turns(self, older_than: timedelta) -> list[tuple[str, str, bytes]]:
+        return await self._db.read(order.stale_heads, self._now() - older_than)
+
+    async def release_turn(self, mdr_id: str, extension: str, older_than: timedelta) -> list[bytes]:
+        now = self._now()
+        return await self._db.write(order.release, mdr_id, extension, now - older_than, now)
+
     # ----- outbound -----------------------------------------------------------------------------
     async def record_request(self, request: DispatchRequest) -> bool:
         """Remember an allowed outbound request; False when (tenant, client id) is already known."""
@@ -227,7 +251,10 @@ class Ledger:
 
     async def prune(self, older_than: timedelta) -> int:
         """Forget messages (and their history), claims and receipts not touched for `older_than`."""
-        return await self._db.write(ops.prune, self._now() - older_than)
+        cutoff = self._now() - older_than
+        removed = await self._db.write(ops.prune, cutoff)
+        await self._db.write(order.prune, cutoff)
+        return removed
 
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:

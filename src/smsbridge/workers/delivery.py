@@ -10,23 +10,29 @@ import structlog
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery
-from smsbridge.ledger import Claim, Ledger
+from smsbridge.ledger import Ledger
+from smsbridge.ledger.order import Turn
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.base import DeliveryAdapter
+from smsbridge.workers.turns import Turns
 
 log = structlog.get_logger("smsbridge.delivery")
 
 
 class DeliveryHandler:
     """Each (text, extension) is claimed in the ledger before the PBX is called, so two workers
-    holding copies of one delivery never both hand it over, and a success is never repeated."""
+    holding copies of one delivery never both hand it over, and a success is not repeated by
+    the bridge (a worker that dies after the PBX stored a text but before the ledger heard of
+    it repeats it, with the same Idempotency-Key). The same claim keeps each conversation in
+    arrival order (`ledger/order.py`): a text waits while an earlier one is still retrying."""
 
     def __init__(self, adapters: Mapping[str, DeliveryAdapter], metrics: Metrics, ledger: Ledger,
-                 lease_s: float) -> None:
+                 lease_s: float, turns: Turns) -> None:
         self._adapters = adapters
         self._metrics = metrics
         self._ledger = ledger
         self._lease_s = lease_s
+        self._turns = turns
 
     async def handle(self, delivery: InboundDelivery, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(
@@ -35,21 +41,33 @@ class DeliveryHandler:
         adapter = self._adapters.get(delivery.tenant)
         if adapter is None:
             raise PermanentError(f"no PBX target for tenant '{delivery.tenant}'", code="no_target")
-        claim = await self._ledger.claim_delivery(delivery.mdr_id, delivery.extension, self._lease_s)
-        if claim is Claim.DONE:
+        turn, due = await self._ledger.claim_turn(delivery.mdr_id, delivery.extension, self._lease_s)
+        await self._turns.publish_or_leave(due)
+        if turn is Turn.WAIT:
+            log.info("an earlier text of this conversation goes first: this one waits in the ledger",
+                     outcome="waiting")
+            return
+        if turn is Turn.DONE:
             log.info("already delivered to this extension: not repeated", outcome="duplicate")
             return
-        if claim is Claim.BUSY:
+        if turn is Turn.BUSY:
             raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
         try:
             await adapter.deliver(delivery)
         except BaseException:
             await self._ledger.release_delivery(delivery.mdr_id, delivery.extension)
             raise
-        await self._ledger.delivered(delivery.mdr_id, delivery.extension)
+        due = await self._ledger.delivered_in_turn(delivery.mdr_id, delivery.extension)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
         self._metrics.inbound_latency.observe((datetime.now(UTC) - delivery.received_at).total_seconds())
         log.info("delivered to PBX", adapter=adapter.kind)
+        await self._turns.publish_or_leave(due)
 
     async def given_up(self, event: InboundDelivery, reason: str, code: str) -> None:
-        return None
+        """Dead-lettered: the conversation's next text goes now instead of waiting for this one."""
+        try:
+            due = await self._ledger.settle_turn(event.mdr_id, event.extension)
+        except Exception as exc:  # the ledger is down: the order sweep releases the conversation later
+            log.warning("could not release the conversation after a dead letter", error=repr(exc))
+            return
+        await self._turns.publish_or_leave(due)

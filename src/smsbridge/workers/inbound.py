@@ -25,6 +25,7 @@ from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
 from smsbridge.segments import body_info
 from smsbridge.workers.status import publish_status
+from smsbridge.workers.turns import Turns
 
 log = structlog.get_logger("smsbridge.inbound")
 
@@ -92,6 +93,7 @@ class InboundHandler:
         self._publisher = publisher
         self._ledger = ledger
         self._prefix = settings.broker.prefix
+        self._turns = Turns(publisher, self._prefix)
 
     async def handle(self, event: InboundMessage | DeliveryReceipt, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(mdr_id=event.mdr_id, event_id=event.event_id)
@@ -112,9 +114,9 @@ class InboundHandler:
             return
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
         deliveries = deliveries_for(message, chosen.extensions)
-        for delivery in deliveries:
-            await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
-                                           message_id=delivery.event_id)
+        # Recorded in the ledger in arrival order; only texts whose turn it is go to RabbitMQ now
+        # (ledger/order.py). A failure after this is redone safely: the same texts are found.
+        await self._turns.publish(await self._ledger.enqueue_deliveries(deliveries))
         if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
