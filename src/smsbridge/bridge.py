@@ -25,7 +25,7 @@ from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
+from smsbridge.config import AmqpTarget, FlowrouteTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
 from smsbridge.connection import connect, failover
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -40,9 +40,11 @@ from smsbridge.ledger_pruner import prune_forever
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
+from smsbridge.pbx.flowroute import FlowrouteAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
+from smsbridge.workers import relay_dlr
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
@@ -195,6 +197,8 @@ class Bridge:
         for target in self.settings.pbx_targets:
             if isinstance(target, HttpTarget):
                 self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
+            elif isinstance(target, FlowrouteTarget):
+                self._adapters[target.tenant] = FlowrouteAdapter(target, self._http_session())
             else:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
             self._stack.push_async_callback(self._adapters[target.tenant].close)
