@@ -104,6 +104,8 @@ class Bridge:
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
+        if self.settings.relay_clients:
+            await relay_dlr.declare(channel, self.settings)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         await self._start_consumers(ledger)
@@ -128,6 +130,9 @@ class Bridge:
         if "delivery" in self.roles:
             handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s())
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
+            if self.settings.relay_clients:  # receipts for relayed sends go back over HTTP, like deliveries
+                await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, relay_dlr.RelayDlrHandler(
+                    self.settings, ledger, self._http_session()), policy=self.settings.retry.delivery)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,
                                 OutboundHandler(self.settings, self.publisher, ledger))
@@ -183,7 +188,7 @@ class Bridge:
 
     def _delivery_lease_s(self) -> float:
         """Longer than any one delivery attempt can take, so a live claim is never stolen."""
-        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
+        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget | FlowrouteTarget)]
         return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
 
     def _http_session(self) -> aiohttp.ClientSession:

@@ -31,6 +31,7 @@ from smsbridge.history_api import add_history_routes
 from smsbridge.intake import Unroutable, to_event
 from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
+from smsbridge.relay_api import add_relay_routes
 from smsbridge.secret import Secret
 
 log = structlog.get_logger("smsbridge.receiver")
@@ -62,6 +63,7 @@ def make_app(
     app.router.add_post(WEBHOOK_PATH, webhook)
     add_health_routes(app)
     add_history_routes(app)
+    add_relay_routes(app, settings)
     return app
 
 

@@ -14,12 +14,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from smsbridge.config import LedgerSettings
 from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import ops, schema
+from smsbridge.ledger import ops, relay_ops, schema
 from smsbridge.ledger.ops import Claim, MessageRow, StatusRow
+from smsbridge.ledger.relay_ops import RelaySend
 from smsbridge.ledger.runner import AsyncRunner, Runner, SqliteRunner
 from smsbridge.ledger.schema import messages
 
-__all__ = ["Claim", "Ledger", "MessageRow", "StatusRow", "engine_url", "open_from_settings"]
+__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "StatusRow", "engine_url", "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -120,6 +121,22 @@ class Ledger:
                          level: int | None, code: int | None) -> MessageRow | None:
         return await self._db.write(ops.record_dlr, mdr_id, state, reason_code, reason, level, code, self._now())
 
+    # ----- relay API (ledger/relay_ops.py) -------------------------------------------------------
+    async def claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> RelaySend | None:
+        """Record a relay send; or the earlier send with its idempotency key (None: recorded)."""
+        now = self._now()
+        return await self._db.write(relay_ops.claim, send, now - timedelta(seconds=window_s),
+                                    now - timedelta(seconds=stale_s))
+
+    async def relay_queued(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.queued, bridge_id)
+
+    async def forget_relay(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.forget, bridge_id)
+
+    async def relay_send(self, tenant: str, bridge_id: str) -> RelaySend | None:
+        return await self._db.read(relay_ops.find, tenant, bridge_id)
+
     # ----- history --------------------------------------------------------------------------------
     async def search(self, *, tenant: str | None = None, number: str | None = None, state: str | None = None,
                      since: datetime | None = None, until: datetime | None = None, limit: int = 50,
@@ -157,7 +174,9 @@ class Ledger:
 
     async def prune(self, older_than: timedelta) -> int:
         """Forget messages (and their history), claims and receipts not touched for `older_than`."""
-        return await self._db.write(ops.prune, self._now() - older_than)
+        cutoff = self._now() - older_than
+        await self._db.write(relay_ops.prune, cutoff)
+        return await self._db.write(ops.prune, cutoff)
 
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:

@@ -164,8 +164,9 @@ async def send_jsonapi(session: aiohttp.ClientSession, api_base: str, auth: tupl
 
 async def _post(session: aiohttp.ClientSession, url: str, auth: tuple[str, str], payload: bytes,
                 content_type: str, headers: dict[str, str]) -> tuple[int, Any]:
-    async with session.post(url, data=payload, auth=aiohttp.BasicAuth(*auth),
-                            headers={"Content-Type": content_type, **headers}) as response:
+    basic = aiohttp.encode_basic_auth(*auth)
+    async with session.post(url, data=payload,
+                            headers={"Content-Type": content_type, "Authorization": basic, **headers}) as response:
         raw = await response.read()
         try:
             return response.status, msgspec.json.decode(raw)
