@@ -203,12 +203,15 @@ class FlowrouteTarget(_Section, frozen=True, kw_only=True, tag="flowroute", tag_
     `extension_urls` lets the inbound rules choose between several such PBXs: an extension named
     here goes to its URL, any other to `url`. `forward_dlrs`: delivery receipts of texts this
     tenant sent through the relay API also go to `url` (besides the request's `dlr_callback`).
+    `payload = "legacy"` posts Flowroute's flat v2 body instead, for PBX hooks older than the
+    JSON:API shape (FusionPBX's Flowroute hook before 2020).
     """
 
     tenant: Ident
     url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
     extension_urls: dict[Extension, Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = {}
     forward_dlrs: bool = False
+    payload: Literal["jsonapi", "legacy"] = "jsonapi"  # legacy: the flat {to, from, body, id} of old hooks
     timeout_s: PositiveFloat = 10.0
 
 

@@ -9,7 +9,7 @@ import pytest
 from smsbridge.config import FlowrouteTarget
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media, utcnow
-from smsbridge.pbx.flowroute import FlowrouteAdapter, post_url, webhook_body
+from smsbridge.pbx.flowroute import FlowrouteAdapter, legacy_body, post_url, webhook_body
 from smsbridge.sandbox.flowroute_pbx import FlowroutePbx, shape_problem
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.ports import free_port
@@ -65,6 +65,18 @@ def test_the_validator_refuses_what_the_pbx_hooks_could_not_read() -> None:
     assert shape_problem(plus) == "data.attributes.to is not 11 digits"
     del good["included"][0]["attributes"]["url"]
     assert shape_problem(good) == "included[].attributes.url missing"
+
+
+def test_legacy_payload_is_the_flat_v2_body_with_media_as_links() -> None:
+    assert legacy_body(delivery(media=(PHOTO,), is_mms=True)) == {
+        "to": "12065550100", "from": "12065550199", "body": "Table for two?\nhttps://media.example/p/1.jpg",
+        "id": "mdr2-abc"}
+
+
+async def test_a_legacy_target_posts_the_flat_body(pbx: FakePbx, http: aiohttp.ClientSession) -> None:
+    await FlowrouteAdapter(target(pbx.url, payload="legacy"), http).deliver(delivery())
+    ((_, body, _),) = pbx.attempts
+    assert body == legacy_body(delivery())
 
 
 def test_a_ring_group_to_one_pbx_is_posted_once() -> None:

@@ -61,6 +61,13 @@ def webhook_body(delivery: InboundDelivery) -> dict[str, Any]:
     return doc
 
 
+def legacy_body(delivery: InboundDelivery) -> dict[str, Any]:
+    """Flowroute's flat v2 inbound body (flowroute-api.md §5.4): SMS only, media as links in the text."""
+    links = "".join(f"\n{m.url}" for m in delivery.media)
+    return {"to": flowroute_digits(delivery.to), "from": flowroute_digits(delivery.from_),
+            "body": delivery.body + links, "id": delivery.mdr_id}
+
+
 def url_for(target: FlowrouteTarget, extension: str) -> str:
     return target.extension_urls.get(extension, target.url)
 
@@ -86,7 +93,8 @@ class FlowrouteAdapter:
         url = post_url(self._target, delivery)
         if url is None:
             return  # handed over with another extension of this text
-        await post_json(self._session, url, webhook_body(delivery), self._timeout,
+        body = legacy_body(delivery) if self._target.payload == "legacy" else webhook_body(delivery)
+        await post_json(self._session, url, body, self._timeout,
                         idempotency_key=delivery.mdr_id)
 
     async def close(self) -> None:
