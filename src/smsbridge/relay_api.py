@@ -13,6 +13,7 @@ request; 503 when it did not; 400/401/403/413/422 in Flowroute's `errors[]` shap
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -79,9 +80,12 @@ async def send(request: web.Request) -> web.Response:
     except RelayError as exc:
         log.warning("relay send refused", status=exc.status, detail=exc.detail, source_ip=request.remote)
         return _refusal(exc)
+    # Without a key nothing can repeat this send: its row is written once, already "queued" (and
+    # removed if the publish fails). With a key, "pending" keeps a concurrent twin from a 202.
     row = RelaySend(bridge_id=outbound.client_message_id, tenant=client.tenant, access_key=client.access_key,
-                    idempotency_key=key, request_hash=hashlib.sha256(raw).hexdigest(), state="pending",
-                    dlr_callback=attributes.dlr_callback, created_at=utcnow())
+                    idempotency_key=key, request_hash=hashlib.sha256(raw).hexdigest(),
+                    state="queued" if key is None else "pending", dlr_callback=attributes.dlr_callback,
+                    created_at=utcnow())
     return await _record_and_publish(request, client, row, outbound)
 
 
@@ -89,9 +93,10 @@ async def _record_and_publish(request: web.Request, client: RelayClient, row: Re
                               outbound: OutboundRequest) -> web.Response:
     settings, ledger = request.app[SETTINGS], request.app[LEDGER]
     where = {"tenant": client.tenant, "client": client.access_key, "id": row.bridge_id}
+    if row.idempotency_key is None:
+        return await _record_beside_publish(request, row, outbound, where)
     try:
-        earlier = await ledger.claim_relay(row, window_s=settings.relay.idempotency_window_s,
-                                           stale_s=2 * settings.broker.publish_timeout_s + 5)
+        earlier = await _claim(request, row)
     except LEDGER_ERRORS as exc:
         log.error("relay send not accepted: ledger unavailable", **where, error=repr(exc))
         return _answer(error_doc(503, "could not store the message; please retry"), 503)
@@ -107,8 +112,34 @@ async def _record_and_publish(request: web.Request, client: RelayClient, row: Re
         await ledger.relay_queued(row.bridge_id)
     except LEDGER_ERRORS as exc:  # it is queued all the same: the answer must say so
         log.error("relay send queued but not marked so in the ledger", **where, error=repr(exc))
-    log.info("relay send accepted", **where, outcome="published", idempotency_key=row.idempotency_key is not None)
+    log.info("relay send accepted", **where, outcome="published", idempotency_key=True)
     return _answer(accepted_doc(settings, row.bridge_id), 202)
+
+
+async def _claim(request: web.Request, row: RelaySend) -> RelaySend | None:
+    settings = request.app[SETTINGS]
+    return await request.app[LEDGER].claim_relay(row, window_s=settings.relay.idempotency_window_s,
+                                                 stale_s=2 * settings.broker.publish_timeout_s + 5)
+
+
+async def _record_beside_publish(request: web.Request, row: RelaySend, outbound: OutboundRequest,
+                                 where: dict[str, Any]) -> web.Response:
+    """Without a key nothing can repeat this send, so its row is written while the broker
+    confirms: the client waits for the slower of the two, not for both in turn."""
+    recorded, published = await asyncio.gather(_claim(request, row), _publish(request, outbound),
+                                               return_exceptions=True)
+    for outcome in (recorded, published):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, (BrokerUnavailable, *LEDGER_ERRORS)):
+            raise outcome
+    if isinstance(published, BrokerUnavailable):
+        log.error("relay send not accepted: broker unavailable", **where, error=str(published))
+        if not isinstance(recorded, BaseException):
+            await _forget(request, row.bridge_id)
+        return _answer(error_doc(503, "could not store the message; please retry"), 503)
+    if isinstance(recorded, BaseException):  # queued all the same: a 503 would have it sent twice
+        log.error("relay send queued without its ledger row: no DLRs or lookup for it", **where, error=repr(recorded))
+    log.info("relay send accepted", **where, outcome="published", idempotency_key=False)
+    return _answer(accepted_doc(request.app[SETTINGS], row.bridge_id), 202)
 
 
 def _repeat(settings: Settings, earlier: RelaySend, row: RelaySend, where: dict[str, Any]) -> web.Response:
