@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from typing import Any
 
 import msgspec
@@ -35,6 +36,7 @@ from smsbridge.relay_request import RelayError, authenticate, error_doc, idempot
 log = structlog.get_logger("smsbridge.relay")
 CONTENT_TYPE = "application/vnd.api+json"
 LEDGER_ERRORS = (SQLAlchemyError, RuntimeError, OSError)
+BRIDGE_ID = re.compile(r"mdr2-[0-9a-f]{32}")
 # Flowroute's MDR `status` wording for each of our states.
 MDR_STATUS = {"queued": "queued", "accepted": "accepted", "sent": "smsc submit", "buffered": "message buffered",
               "delivered": "delivered", "failed": "delivery failed"}
@@ -175,6 +177,8 @@ async def lookup(request: web.Request) -> web.Response:
     except RelayError as exc:
         return _refusal(exc)
     message_id = request.match_info["message_id"]
+    if not BRIDGE_ID.fullmatch(message_id):
+        return _answer(error_doc(404, "Could not find that resource on your account."), 404)
     try:
         found = await ledger.relay_send(client.tenant, message_id)
         row = await ledger.outbound(client.tenant, message_id) if found else None
