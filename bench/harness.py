@@ -116,7 +116,7 @@ class Env:
                                                     stdout=asyncio.subprocess.PIPE)
         self.processes.append(proc)
         assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 20)
+        await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)  # as generous as a bridge start
         return proc
 
     async def stop(self, proc: asyncio.subprocess.Process) -> None:
