@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90
 ENV = secrets_env("BENCH", access_key="AK-bench", secret_key="SK-bench",
                   webhook_token="bench-token-0123456789abcdefghij")
+# the relay benchmark's three PBX clients
+ENV.update({f"BENCH_RELAY_{n}": f"bench-relay-secret-{n}-0123456789abcdef" for n in range(3)})
 
 
 
@@ -114,7 +116,7 @@ class Env:
                                                     stdout=asyncio.subprocess.PIPE)
         self.processes.append(proc)
         assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 20)
+        await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)  # as generous as a bridge start
         return proc
 
     async def stop(self, proc: asyncio.subprocess.Process) -> None:

@@ -26,7 +26,7 @@ from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
-from smsbridge.config import AmqpTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
+from smsbridge.config import AmqpTarget, FlowrouteTarget, HttpTarget, LedgerSettings, RetryPolicy, Settings
 from smsbridge.connection import connect, failover
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -41,9 +41,11 @@ from smsbridge.ledger_pruner import prune_forever
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
+from smsbridge.pbx.flowroute import FlowrouteAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
+from smsbridge.workers import relay_dlr
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.inbound import InboundHandler
@@ -107,6 +109,8 @@ class Bridge:
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
+        if self.settings.relay_clients:
+            await relay_dlr.declare(channel, self.settings)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
@@ -137,6 +141,9 @@ class Bridge:
             sweeper = OrderSweeper(ledger, turns, stale_after(self.settings.retry.delivery.max_delay_s, lease_s))
             self._background(sweeper.run(), "delivery-order-sweep")
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
+            if self.settings.relay_clients:  # receipts for relayed sends go back over HTTP, like deliveries
+                await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, relay_dlr.RelayDlrHandler(
+                    self.settings, ledger, self._http_session()), policy=self.settings.retry.delivery)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,
                                 OutboundHandler(self.settings, self.publisher, ledger))
@@ -192,7 +199,7 @@ class Bridge:
 
     def _delivery_lease_s(self) -> float:
         """Longer than any one delivery attempt can take, so a live claim is never stolen."""
-        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
+        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget | FlowrouteTarget)]
         return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
 
     def _http_session(self) -> aiohttp.ClientSession:
@@ -206,6 +213,8 @@ class Bridge:
         for target in self.settings.pbx_targets:
             if isinstance(target, HttpTarget):
                 self._adapters[target.tenant] = HttpAdapter(target, self._http_session())
+            elif isinstance(target, FlowrouteTarget):
+                self._adapters[target.tenant] = FlowrouteAdapter(target, self._http_session())
             else:
                 self._adapters[target.tenant] = AmqpAdapter(target, self.publisher)
             self._stack.push_async_callback(self._adapters[target.tenant].close)

@@ -200,7 +200,52 @@ class AmqpTarget(_Section, frozen=True, kw_only=True, tag="amqp", tag_field="kin
     exchange: str = "smsbridge.pbx"
 
 
-PbxTarget = HttpTarget | AmqpTarget
+class FlowrouteTarget(_Section, frozen=True, kw_only=True, tag="flowroute", tag_field="kind"):
+    """POST each inbound text, shaped as Flowroute posts it, to the PBX's own Flowroute webhook
+    (PortSIP's "Copy Webhook", FreePBX SMS Connector's and FusionPBX's Flowroute hook).
+
+    `extension_urls` lets the inbound rules choose between several such PBXs: an extension named
+    here goes to its URL, any other to `url`. `forward_dlrs`: delivery receipts of texts this
+    tenant sent through the relay API also go to `url` (besides the request's `dlr_callback`).
+    `payload = "legacy"` posts Flowroute's flat v2 body instead, for PBX hooks older than the
+    JSON:API shape (FusionPBX's Flowroute hook before 2020).
+    """
+
+    tenant: Ident
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    extension_urls: dict[Extension, Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = {}
+    forward_dlrs: bool = False
+    payload: Literal["jsonapi", "legacy"] = "jsonapi"  # legacy: the flat {to, from, body, id} of old hooks
+    timeout_s: PositiveFloat = 10.0
+
+
+PbxTarget = HttpTarget | AmqpTarget | FlowrouteTarget
+
+RelayKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{8,64}$")]
+
+
+class RelayClient(_Section, frozen=True, kw_only=True):
+    """Basic credentials the bridge issues to one PBX for its Flowroute-compatible send API.
+
+    The PBX uses them where it would put Flowroute's Access Key and Secret Key; they are never
+    the real Flowroute keys. Its sends go through the outbound rules as `extension`, and may use
+    only the DIDs of the tenant's SMS configurations.
+    """
+
+    tenant: Ident
+    access_key: RelayKey
+    secret_key: Secret
+    extension: Extension = "relay"
+    name: str = ""
+
+
+class RelaySettings(_Section, frozen=True, kw_only=True):
+    """The Flowroute-compatible send API (`<path_prefix>/v2/messages`, `/v2.1/…`, `/v2.2/…`),
+    served by the receiver when `[[relay_clients]]` lists at least one client."""
+
+    path_prefix: Annotated[str, msgspec.Meta(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/flowroute"
+    idempotency_window_s: PositiveFloat = 24 * 3600.0
+    max_body_chars: PositiveInt = 5000
 
 
 class Settings(_Section, frozen=True, kw_only=True):
@@ -214,16 +259,21 @@ class Settings(_Section, frozen=True, kw_only=True):
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
+    relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []
     outbound_rules: list[OutboundRule] = []
     pbx_targets: list[PbxTarget] = []
+    relay_clients: list[RelayClient] = []
 
     def sms_config(self, config_id: str) -> SmsConfig | None:
         return next((c for c in self.sms_configs if c.id == config_id), None)
 
     def pbx_target(self, tenant: str) -> PbxTarget | None:
         return next((t for t in self.pbx_targets if t.tenant == tenant), None)
+
+    def relay_client(self, access_key: str) -> RelayClient | None:
+        return next((c for c in self.relay_clients if c.access_key == access_key), None)
 
     def configs_of(self, tenant: str) -> list[SmsConfig]:
         return [c for c in self.sms_configs if c.tenant == tenant]

@@ -98,13 +98,34 @@ MEANING: dict[str, str] = {
     "outbound_rules.default_did": "The DID used when a request names none; one of the configuration's DIDs.",
     "outbound_rules.destinations": "Globs on the E.164 destination (`+1206*`); empty: every US/Canada number.",
     "outbound_rules.name": "A name for logs and `check-config`.",
-    "pbx_targets.kind": "`http` (POST each delivery to the PBX) or `amqp` (publish it to an exchange the PBX "
-                        "consumes).",
+    "pbx_targets.kind": "`http` (POST each delivery to the PBX), `amqp` (publish it to an exchange the PBX "
+                        "consumes) or `flowroute` (POST it as Flowroute's own webhook to the PBX's Flowroute "
+                        "webhook URL: docs/pbx/).",
     "pbx_targets.tenant": "The tenant whose deliveries go here; one target per tenant.",
-    "pbx_targets.url": "http: where each delivery is POSTed.",
+    "pbx_targets.url": "http: where each delivery is POSTed. flowroute: the PBX's own Flowroute webhook URL.",
     "pbx_targets.auth_header": "http: the header that carries `auth_value`.",
     "pbx_targets.auth_value": "http: its value, as a secret reference (e.g. `Bearer ...`).",
-    "pbx_targets.timeout_s": "http: how long the PBX may take to answer before the delivery is retried.",
+    "pbx_targets.timeout_s": "http, flowroute: how long the PBX may take to answer before the delivery is "
+                             "retried.",
+    "pbx_targets.extension_urls": "flowroute: extension (as named by inbound rules) → another PBX's webhook URL; "
+                                  "other extensions go to `url`. Each URL gets each text once.",
+    "pbx_targets.forward_dlrs": "flowroute: also post Flowroute-shaped delivery receipts of this tenant's relayed "
+                                "sends to `url` (they always go to the send's `dlr_callback`).",
+    "pbx_targets.payload": "flowroute: `jsonapi` (Flowroute's current webhook) or `legacy` (its flat v2 body, for "
+                           "hooks older than 2020).",
+    "relay.path_prefix": "Where the receiver serves the Flowroute-compatible send API "
+                         "(`<prefix>/v2/messages`, `/v2.1/...`, `/v2.2/...`), when relay clients are configured.",
+    "relay.idempotency_window_s": "A send repeating an `Idempotency-Key` of the same tenant within this window "
+                                  "gets the first answer and is not sent again.",
+    "relay.max_body_chars": "Relayed sends with a longer body are refused with 422 (the segment limit of "
+                            "`[outbound]` applies too).",
+    "relay_clients.tenant": "The tenant this PBX sends for; it may send from that tenant's DIDs only.",
+    "relay_clients.access_key": "The Basic user name the PBX uses in place of Flowroute's Access Key (not a "
+                                "Flowroute key).",
+    "relay_clients.secret_key": "Its password, in place of Flowroute's Secret Key, as a secret reference; at least "
+                                "24 characters, never a Flowroute key.",
+    "relay_clients.extension": "Who the outbound rules see sending: name it in an `[[outbound_rules]]` entry.",
+    "relay_clients.name": "A name for logs and `check-config`.",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
 }
 

@@ -36,6 +36,7 @@ from smsbridge.ledger import Ledger
 from smsbridge.limits import FieldRejected
 from smsbridge.metrics import Metrics
 from smsbridge.redact import clip
+from smsbridge.relay_api import add_relay_routes
 from smsbridge.secret import Secret
 
 log = structlog.get_logger("smsbridge.receiver")
@@ -67,6 +68,7 @@ def make_app(
     app.router.add_post(WEBHOOK_PATH, webhook)
     add_health_routes(app)
     add_history_routes(app)
+    add_relay_routes(app, settings)
     return app
 
 

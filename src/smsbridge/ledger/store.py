@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
-from smsbridge.ledger import ops, order, schema
+from smsbridge.ledger import ops, order, relay_ops, schema
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
+from smsbridge.ledger.relay_ops import RelaySend
 from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
 from smsbridge.ledger.schema import messages
 
@@ -26,7 +27,7 @@ log = structlog.get_logger("smsbridge.ledger")
 # operational and interface errors, a connection refused before any driver call, a timeout.
 OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
-__all__ = ["Claim", "Ledger", "MessageRow", "Scope", "StatusRow", "engine_url", "open_from_settings"]
+__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "engine_url", "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -214,6 +215,22 @@ class Ledger:
         return await self._db.write(ops.record_dlr, scope, mdr_id, state, reason_code, reason, level, code,
                                     self._now())
 
+    # ----- relay API (ledger/relay_ops.py) -------------------------------------------------------
+    async def claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> RelaySend | None:
+        """Record a relay send; or the earlier send with its idempotency key (None: recorded)."""
+        now = self._now()
+        return await self._db.write(relay_ops.claim, send, now - timedelta(seconds=window_s),
+                                    now - timedelta(seconds=stale_s))
+
+    async def relay_queued(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.queued, bridge_id)
+
+    async def forget_relay(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.forget, bridge_id)
+
+    async def relay_send(self, tenant: str, bridge_id: str) -> RelaySend | None:
+        return await self._db.read(relay_ops.find, tenant, bridge_id)
+
     # ----- history --------------------------------------------------------------------------------
     async def search(self, *, tenant: str | None = None, number: str | None = None, state: str | None = None,
                      since: datetime | None = None, until: datetime | None = None, limit: int = 50,
@@ -254,6 +271,7 @@ class Ledger:
         cutoff = self._now() - older_than
         removed = await self._db.write(ops.prune, cutoff)
         await self._db.write(order.prune, cutoff)
+        await self._db.write(relay_ops.prune, cutoff)
         return removed
 
 
