@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
+import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from smsbridge.bridge import Bridge
+from smsbridge.bridge import ROLES, Bridge
 from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -100,16 +101,20 @@ async def flowroute() -> AsyncIterator[FlowrouteSimulator]:
     await simulator.stop()
 
 
-StartBridge = Callable[[Settings], Awaitable[Bridge]]
+StartBridge = Callable[..., Awaitable[Bridge]]  # (settings, roles=every role) -> a started Bridge
 
 
 @pytest.fixture
 async def start_bridge(channel: AbstractChannel) -> AsyncIterator[StartBridge]:
-    """Start bridges on given settings; all are stopped (in reverse order) after the test."""
+    """Start bridges on given settings, with every role or some (like separate processes; each
+    then serves its own health port); all are stopped in reverse order after the test."""
     started: list[Bridge] = []
 
-    async def start(settings: Settings) -> Bridge:
-        bridge = Bridge(settings)
+    async def start(settings: Settings, roles: Iterable[str] = ROLES) -> Bridge:
+        if tuple(roles) != ROLES:
+            settings = msgspec.structs.replace(
+                settings, observability=msgspec.structs.replace(settings.observability, port=0))
+        bridge = Bridge(settings, roles)
         await bridge.start(connect_attempts=3)
         started.append(bridge)
         return bridge

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from smsbridge.config import InboundRule, LedgerSettings, RetryPolicy, Settings
 from smsbridge.events import InboundDelivery
 from smsbridge.sandbox.pbx import FakePbx
 from smsbridge.workers.turns import OrderSweeper, Turns
+from tests.conftest import StartBridge
 from tests.support.broker import header, take
 from tests.support.fixtures import raw_payload
 from tests.support.ledger import BACKENDS, ledger_location
@@ -33,20 +34,9 @@ PATIENT = RetryPolicy(max_attempts=200, base_delay_s=0.2, max_delay_s=1.0, max_a
 
 
 @pytest.fixture
-async def start_roles(channel: AbstractChannel) -> AsyncIterator[StartRoles]:
-    """Bridges running some roles each, like separate processes; stopped in reverse order."""
-    started: list[Bridge] = []
-
-    async def start(config: Settings, roles: tuple[str, ...]) -> Bridge:
-        observability = msgspec.structs.replace(config.observability, port=0)  # each its own
-        bridge = Bridge(msgspec.structs.replace(config, observability=observability), roles)
-        await bridge.start(connect_attempts=3)
-        started.append(bridge)
-        return bridge
-
-    yield start
-    for bridge in reversed(started):
-        await bridge.stop()
+def start_roles(start_bridge: StartBridge) -> StartRoles:
+    """Bridges running some roles each, like separate processes."""
+    return start_bridge
 
 
 def text(sender: int, seq: int) -> bytes:

@@ -3,7 +3,7 @@ request is in the broker, Flowroute's errors for everything else, Idempotency-Ke
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,7 @@ from smsbridge.broker import names
 from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest
 from smsbridge.sandbox.flowroute_pbx import send_flat, send_jsonapi
+from tests.conftest import StartBridge
 from tests.support.broker import depth, take
 from tests.support.relay import FREEPBX, FUSION, GLOBEX, GLOBEX_DID, relay_queue, relay_settings
 from tests.support.settings import DID_MAIN
@@ -28,19 +29,9 @@ Start = Callable[[Settings], Awaitable[Bridge]]
 
 
 @pytest.fixture
-async def receiver_only(relay_queue: str, channel: AbstractChannel) -> AsyncIterator[Start]:
+def receiver_only(relay_queue: str, start_bridge: StartBridge) -> Start:
     """A bridge running only the receiver, so accepted requests stay in the outbound queue."""
-    started: list[Bridge] = []
-
-    async def start(settings: Settings) -> Bridge:
-        bridge = Bridge(settings, roles=["receiver"])
-        await bridge.start(connect_attempts=3)
-        started.append(bridge)
-        return bridge
-
-    yield start
-    for bridge in reversed(started):
-        await bridge.stop()
+    return lambda settings: start_bridge(settings, ["receiver"])
 
 
 def api(bridge: Bridge) -> str:
