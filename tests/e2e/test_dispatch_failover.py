@@ -16,53 +16,20 @@ from smsbridge.broker import topology
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.pbx_client import publish_request
+from smsbridge.testing.config import bridge_document, merge, write
 from tests.support import processes
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.e2e
-
-CONFIG = """
-[broker]
-urls = ["{amqp_url}"]
-prefix = "{prefix}"
-
-[ledger]
-url = "sqlite:///{ledger}"
-
-[observability]
-port = 0
-
-[flowroute]
-api_base = "{api_base}"
-timeout_s = 5
-
-[[sms_configs]]
-id = "main"
-tenant = "acme"
-account = "test"
-access_key = {{ env = "E2E_AK" }}
-secret_key = {{ env = "E2E_SK" }}
-webhook_token = {{ env = "E2E_TOKEN" }}
-dids = ["+12065550100"]
-
-[[outbound_rules]]
-config = "main"
-extensions = ["*"]
-
-[[pbx_targets]]
-kind = "amqp"
-tenant = "acme"
-exchange = "{prefix}.pbx"
-"""
 
 
 @pytest.fixture
 async def two_dispatchers(
     tmp_path: Path, amqp_url: str, prefix: str, flowroute: FlowrouteSimulator, channel: AbstractChannel
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, asyncio.subprocess.Process, Path]]:
-    config = tmp_path / "bridge.toml"
-    config.write_text(CONFIG.format(amqp_url=amqp_url, prefix=prefix, api_base=flowroute.url,
-                                    ledger=tmp_path / "ledger.sqlite3"))
+    doc = bridge_document(amqp_url=amqp_url, prefix=prefix, ledger_url=f"sqlite:///{tmp_path / 'ledger.sqlite3'}",
+                          api_base=flowroute.url, pbx_exchange=f"{prefix}.pbx")
+    config = write(tmp_path / "bridge.toml", merge(doc, {"receiver": None, "inbound_rules": None}))
     await topology.declare(channel, prefix, delivery_limit=20, accounts=["test"])
     logs = [tmp_path / "dispatcher-1.log", tmp_path / "dispatcher-2.log"]
     first = await processes.start(config, logs[0], "dispatcher", "outbound")
