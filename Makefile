@@ -10,7 +10,7 @@ CONFIG ?= deploy/sample.toml
 LOCK   := requirements/dev.lock
 RUNS   ?= 1
 
-.PHONY: run test test-loaded unit lint typecheck check-config bench bench-memory lock clean
+.PHONY: run test test-loaded unit fuzz lint typecheck check-config bench bench-memory lock clean
 
 # A fresh venv from the lock whenever the lock changes: exactly the locked versions, each checked
 # against its hash, nothing resolved at install time (requirements/README.md says why).
@@ -34,6 +34,14 @@ test-loaded: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+## fuzz: the long hostile-input run, 10,000 bodies at the receiver and 10,000 requests at the outbound
+## stage (make test runs 400 of each); FUZZ_SEED=n replays a run
+FUZZ_BODIES ?= 10000
+FUZZ_SEED   ?= 1616
+fuzz: $(STAMP)
+	SMSBRIDGE_FUZZ_BODIES=$(FUZZ_BODIES) SMSBRIDGE_FUZZ_SEED=$(FUZZ_SEED) $(BIN)/python -m pytest -q -s \
+	  tests/integration/test_fuzz.py tests/unit/test_hostile_input.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -37,6 +37,7 @@ ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
 UNLIMITED_RATE = 500  # SMS/s configured for the account (its prefetch is twice that)
 RATE = 350  # texts/s offered at each end during the run
 WARM_UP = 2 * 2 * UNLIMITED_RATE  # twice the largest prefetch window (the dispatcher's)
+ORIGIN = names.request_routing_key("acme")  # the workloads' tenant, as the requests exchange gives it
 PREFETCH = 64  # the other roles' (the benchmark configuration's [broker] prefetch)
 
 
@@ -67,7 +68,8 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
             requests = workloads.outbound_requests(n)
             result, _ = await asyncio.gather(
                 pool.load(webhook_url, 3600, rate, 32, n),
-                paced(channel, outbound_queue, requests, rate) if rate else preload(channel, outbound_queue, requests))
+                (paced(channel, outbound_queue, requests, rate, origin_key=ORIGIN) if rate
+                 else preload(channel, outbound_queue, requests, origin_key=ORIGIN)))
             if result.ok != n:
                 raise RuntimeError(f"the receiver accepted {result.ok} of {n} webhooks")
             await drained(texts, sends)
@@ -82,7 +84,7 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
             await asyncio.gather(
                 preload(channel, names.stage_queue(env.prefix, "inbound"), workloads.inbound_messages(small)),
                 preload(channel, names.stage_queue(env.prefix, "delivery"), workloads.deliveries(small)),
-                preload(channel, outbound_queue, workloads.outbound_requests(small)),
+                preload(channel, outbound_queue, workloads.outbound_requests(small), origin_key=ORIGIN),
                 preload(channel, names.stage_queue(env.prefix, names.dispatch_stage("bench")),
                         (encoder.encode(r) for r in workloads.dispatch_requests(large))))
             await drained(texts, sends)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90
 ENV = secrets_env("BENCH", access_key="AK-bench", secret_key="SK-bench",
                   webhook_token="bench-token-0123456789abcdefghij")
+# the relay benchmark's three PBX clients
+ENV.update({f"BENCH_RELAY_{n}": f"bench-relay-secret-{n}-0123456789abcdef" for n in range(3)})
 
 
 
@@ -114,7 +116,7 @@ class Env:
                                                     stdout=asyncio.subprocess.PIPE)
         self.processes.append(proc)
         assert proc.stdout is not None
-        await asyncio.wait_for(proc.stdout.readline(), 20)
+        await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT_S)  # as generous as a bridge start
         return proc
 
     async def stop(self, proc: asyncio.subprocess.Process) -> None:
@@ -187,9 +189,12 @@ async def queue_depth(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
 
 
 async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes],
-                  batch: int = 500) -> int:
-    """Publish straight into a stage queue (confirmed, in batches), as the previous stage would."""
+                  batch: int = 500, origin_key: str | None = None) -> int:
+    """Publish straight into a stage queue (confirmed, in batches), as the previous stage would;
+    `origin_key` as the bridge's own retries carry it (the outbound stage needs `outbound.<tenant>`)."""
     headers: dict[str, aio_pika.abc.FieldValue] = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(time.time() * 1000)}
+    if origin_key:
+        headers[names.H_ORIGIN_KEY] = origin_key
     exchange = channel.default_exchange
     pending: list[Any] = []
     count = 0
@@ -205,17 +210,18 @@ async def preload(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Ite
     return count
 
 
-async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes], rate: float) -> int:
+async def paced(channel: aio_pika.abc.AbstractChannel, queue: str, bodies: Iterable[bytes], rate: float,
+                origin_key: str | None = None) -> int:
     """`preload` at `rate` messages/s, in tenth-of-a-second slices."""
     slice_size = max(1, int(rate / 10))
     started, sent, chunk = time.monotonic(), 0, []
     for body in bodies:
         chunk.append(body)
         if len(chunk) == slice_size:
-            sent += await preload(channel, queue, chunk)
+            sent += await preload(channel, queue, chunk, origin_key=origin_key)
             chunk = []
             await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
-    return sent + await preload(channel, queue, chunk)
+    return sent + await preload(channel, queue, chunk, origin_key=origin_key)
 
 
 

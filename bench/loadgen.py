@@ -19,8 +19,17 @@ TEMPLATE = ('{"data":{"attributes":{"amount_display":"$0.0070","amount_nanodolla
             '"type":"message","id":"mdr2-bench%027d"}}')
 
 
+# A send through the Flowroute-compatible API, as FreePBX SMS Connector posts it (JSON:API, v2.2).
+RELAY_TEMPLATE = ('{"data":{"type":"message","attributes":{"to":"+1206555%04d","from":"+12065550100",'
+                  '"body":"Greetings on Friday evening! This is a benchmark text."}}}')
+
+
 def payload(n: int, offset: int) -> bytes:
     return (TEMPLATE % ((n % 9000) + 1000, offset + n)).encode()
+
+
+def relay_payload(n: int, offset: int) -> bytes:
+    return (RELAY_TEMPLATE % ((n % 9000) + 1000)).encode()
 
 
 @dataclass
@@ -33,7 +42,7 @@ class Result:
 
 
 async def _run(url: str, duration: float, rate: float | None, connections: int, offset: int,
-               total: int | None) -> Result:
+               total: int | None, relay_auth: str | None = None) -> Result:
     latencies: list[float] = []
     issued = errors = 0
     limit = total if total is not None else 2**62
@@ -50,14 +59,17 @@ async def _run(url: str, duration: float, rate: float | None, connections: int, 
         issued += 1
         return issued - 1
 
+    # relay_auth set: sends through the relay API (Basic auth), answered 202; else webhooks, 200.
+    build, success = (relay_payload, 202) if relay_auth else (payload, 200)
+    headers = {"Content-Type": "application/json", **({"Authorization": relay_auth} if relay_auth else {})}
+
     async def one(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal errors
         t0 = time.perf_counter()
         try:
-            async with session.post(url, data=payload(n, offset),
-                                    headers={"Content-Type": "application/json"}) as response:
+            async with session.post(url, data=build(n, offset), headers=headers) as response:
                 await response.read()
-                if response.status == 200:
+                if response.status == success:
                     latencies.append(time.perf_counter() - t0)
                 else:
                     errors += 1
@@ -84,6 +96,6 @@ async def _run(url: str, duration: float, rate: float | None, connections: int, 
 
 
 def run(url: str, duration: float, rate: float | None, connections: int, offset: int,
-        total: int | None = None) -> Result:
+        total: int | None = None, relay_auth: str | None = None) -> Result:
     """Entry point for a `multiprocessing` child. Stops at `duration` s or `total` requests."""
-    return asyncio.run(_run(url, duration, rate, connections, offset, total))
+    return asyncio.run(_run(url, duration, rate, connections, offset, total, relay_auth))

@@ -7,7 +7,7 @@ from typing import Any
 
 ROWS: list[dict[str, Any]] = []
 
-HEADER = (f"{'bench':<10} {'figure':<44} {'value':>10} {'unit':<5} {'reference':>10} {'ratio':>7}  "
+HEADER = (f"{'bench':<10} {'figure':<62} {'value':>10} {'unit':<5} {'reference':>10} {'ratio':>7}  "
           f"{'target':<16} verdict")
 
 
@@ -21,7 +21,7 @@ def row(bench: str, figure: str, value: float, reference: float | None = None, *
     ref = f"{reference:>10.2f}" if reference is not None else f"{'-':>10}"
     rat = f"{ratio:>7.3f}" if ratio is not None else f"{'-':>7}"
     verdict = "" if ok is None else ("ok" if ok else "MISSED")
-    print(f"{bench:<10} {figure:<44} {value:>10.2f} {unit:<5} {ref} {rat}  {target:<16} {verdict}", flush=True)
+    print(f"{bench:<10} {figure:<62} {value:>10.2f} {unit:<5} {ref} {rat}  {target:<16} {verdict}", flush=True)
 
 
 @dataclass(frozen=True)

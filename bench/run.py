@@ -30,13 +30,14 @@ import bench_dispatch
 import bench_inbound
 import bench_memory
 import bench_receiver
+import bench_relay
 import bench_scaling
 from harness import Env
 from pool import Pool
 from report import HEADER, ROWS
 from smsbridge.broker import topology
 
-BENCHES = ("receiver", "inbound", "dispatch", "scaling", "memory")
+BENCHES = ("receiver", "inbound", "dispatch", "relay", "scaling", "memory")
 BUDGET_S = 600  # the full suite's time budget on two cores
 
 
@@ -52,19 +53,25 @@ class Sizes:
     dispatch_messages: int
     dispatch_limited_seconds: float
     dispatch_processes: tuple[int, ...]
+    dispatch_takeover_seconds: float
     scaling_messages: int
     scaling_processes: tuple[int, ...]
     memory_messages: int
+    relay_seconds: float = 4
+    relay_rounds: int = 2
+    relay_limited_seconds: float = 30
 
 
 FULL = Sizes(receiver_seconds=4, receiver_rounds=3, inbound_rates=(100, 500, 1000), inbound_seconds=3,
              inbound_max_messages=1500, dispatch_messages=4000, dispatch_limited_seconds=30,
-             dispatch_processes=(1, 2, 3), scaling_messages=4000, scaling_processes=(1, 2, 4),
+             dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=70, scaling_messages=4000,
+             scaling_processes=(1, 2, 4),
              memory_messages=100_000)
 QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 1000), inbound_seconds=0.3,
               inbound_max_messages=100, dispatch_messages=30, dispatch_limited_seconds=1,
-              dispatch_processes=(1, 2, 3), scaling_messages=600, scaling_processes=(1, 2, 4),
-              memory_messages=300)
+              dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=2, scaling_messages=600,
+              scaling_processes=(1, 2, 4),
+              memory_messages=300, relay_seconds=0.5, relay_rounds=1, relay_limited_seconds=1)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -91,7 +98,11 @@ async def main(args: argparse.Namespace) -> int:
         if "dispatch" in wanted:
             await bench_dispatch.run(env, channel, messages=sizes.dispatch_messages,
                                      limited_seconds=sizes.dispatch_limited_seconds,
-                                     processes=sizes.dispatch_processes)
+                                     processes=sizes.dispatch_processes,
+                                     takeover_seconds=sizes.dispatch_takeover_seconds)
+        if "relay" in wanted:
+            await bench_relay.run(env, pool, channel, seconds=sizes.relay_seconds, rounds=sizes.relay_rounds,
+                                  limited_seconds=sizes.relay_limited_seconds)
         if "scaling" in wanted:
             await bench_scaling.run(env, channel, messages=sizes.scaling_messages, counts=sizes.scaling_processes)
         if "memory" in wanted:
@@ -100,6 +111,7 @@ async def main(args: argparse.Namespace) -> int:
         await env.stop_all()
         pool.close()
         await topology.delete(channel, env.prefix, accounts=accounts)
+        env.extra_queues.append(f"{env.prefix}.relay-dlr")  # declared by the relay benchmark's bridges
         for queue in env.extra_queues:
             try:
                 await channel.queue_delete(queue)

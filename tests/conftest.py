@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiohttp
+import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from smsbridge.bridge import Bridge
+from smsbridge.bridge import ROLES, Bridge
 from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
-from tests.support.settings import ACCOUNT, unique_prefix
+from tests.support.settings import ACCOUNT, DID_BILLING, DID_MAIN, unique_prefix
 
 UNIT = Path(__file__).resolve().parent / "unit"
 
@@ -92,23 +93,28 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def flowroute() -> AsyncIterator[FlowrouteSimulator]:
-    """The Flowroute simulator, with the test account's keys and Flowroute's default limits."""
-    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, dlr_delay_s=0.05, webhook_resend_interval_s=0.2)
+    """The Flowroute simulator, with the test account's keys, numbers and Flowroute's default limits."""
+    simulator = FlowrouteSimulator({"AK-test": "SK-test"}, dlr_delay_s=0.05, webhook_resend_interval_s=0.2,
+                                   numbers={"AK-test": [DID_MAIN, DID_BILLING]})
     await simulator.start()
     yield simulator
     await simulator.stop()
 
 
-StartBridge = Callable[[Settings], Awaitable[Bridge]]
+StartBridge = Callable[..., Awaitable[Bridge]]  # (settings, roles=every role) -> a started Bridge
 
 
 @pytest.fixture
 async def start_bridge(channel: AbstractChannel) -> AsyncIterator[StartBridge]:
-    """Start bridges on given settings; all are stopped (in reverse order) after the test."""
+    """Start bridges on given settings, with every role or some (like separate processes; each
+    then serves its own health port); all are stopped in reverse order after the test."""
     started: list[Bridge] = []
 
-    async def start(settings: Settings) -> Bridge:
-        bridge = Bridge(settings)
+    async def start(settings: Settings, roles: Iterable[str] = ROLES) -> Bridge:
+        if tuple(roles) != ROLES:
+            settings = msgspec.structs.replace(
+                settings, observability=msgspec.structs.replace(settings.observability, port=0))
+        bridge = Bridge(settings, roles)
         await bridge.start(connect_attempts=3)
         started.append(bridge)
         return bridge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -22,8 +23,17 @@ def compute_backoff(
     """
     if requested is not None and requested >= 0:
         return requested
-    ceiling = min(cap, base * (2 ** max(attempt, 0)))
+    # The exponent stops growing once the delay has reached the cap: 2.0 ** 1024 overflows, and a
+    # caller that retries for ever (connect(attempts=None)) gets there after about two hours.
+    ceiling = min(cap, base * 2.0 ** min(max(attempt, 0), _doublings_to(cap, base)))
     return float(ceiling / 2 + rand() * ceiling / 2)
+
+
+def _doublings_to(cap: float, base: float) -> int:
+    """How many doublings take `base` to `cap` or beyond (at least 0, at most 1000)."""
+    if base <= 0 or cap <= base:
+        return 0
+    return min(1000, math.ceil(math.log2(cap / base)))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

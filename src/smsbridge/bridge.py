@@ -24,10 +24,12 @@ from aiohttp import web
 from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
+from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import (
     AmqpTarget,
     EmailTarget,
+    FlowrouteTarget,
     HttpTarget,
     LedgerSettings,
     PbxTarget,
@@ -50,17 +52,20 @@ from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.pbx.email import EmailAdapter
+from smsbridge.pbx.flowroute import FlowrouteAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.pbx.sip import SipAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
 from smsbridge.sip.server import SipIntake
 from smsbridge.targets import adapter_key
+from smsbridge.workers import relay_dlr
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
 from smsbridge.workers.fallback import Fallback
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
+from smsbridge.workers.turns import OrderSweeper, Turns, stale_after
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher", "sip")
 BROKER_STEP_TIMEOUT_S = 5.0
@@ -84,6 +89,7 @@ class Bridge:
         self._http: aiohttp.ClientSession | None = None
         self._declared = False
         self.ledger: Ledger | None = None
+        self.liveness: BrokerLiveness | None = None
         self.health_url: str | None = None
         self.sip_intake: SipIntake | None = None
         self._stack = AsyncExitStack()
@@ -92,7 +98,9 @@ class Bridge:
         conn = self.connection
         connected = conn is not None and not conn.is_closed and conn.connected.is_set()
         ledger_usable = self.ledger is not None and self.ledger.usable
-        return {"broker_connected": connected, "topology_declared": self._declared, LEDGER_USABLE: ledger_usable}
+        answering = self.liveness is not None and self.liveness.responsive()
+        return {"broker_connected": connected, "broker_answering": answering, "topology_declared": self._declared,
+                LEDGER_USABLE: ledger_usable}
 
     async def start(self, *, connect_attempts: int | None = None) -> None:
         try:
@@ -117,8 +125,13 @@ class Bridge:
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
                                accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
+        if self.settings.relay_clients:
+            await relay_dlr.declare(channel, self.settings)
         self._declared = True
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        self.liveness = BrokerLiveness(self.publisher, broker.prefix)
+        self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
+        self._background(self.liveness.run(), "broker-liveness")
         await self._start_consumers(ledger)
         stack.push_async_callback(self._stop_consumers)
         if "sip" in self.roles:
@@ -138,12 +151,18 @@ class Bridge:
     async def _start_consumers(self, ledger: Ledger) -> None:
         assert self.publisher is not None
         if "inbound" in self.roles:
-            await self._consume("inbound", inbound_stage_decoder,
-                                InboundHandler(self.settings, self.publisher, ledger), order_key=_conversation)
+            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics)
+            await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
         if "delivery" in self.roles:
-            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=self._delivery_lease_s(),
+            turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), self._delivery_lease_s()
+            handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=lease_s, turns=turns,
                                       fallback=Fallback(self.settings, self.publisher))
+            sweeper = OrderSweeper(ledger, turns, stale_after(self.settings.retry.delivery.max_delay_s, lease_s))
+            self._background(sweeper.run(), "delivery-order-sweep")
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
+            if self.settings.relay_clients:  # receipts for relayed sends go back over HTTP, like deliveries
+                await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, relay_dlr.RelayDlrHandler(
+                    self.settings, ledger, self._http_session()), policy=self.settings.retry.delivery)
         if "outbound" in self.roles:
             await self._consume("outbound", outbound_stage_decoder,
                                 OutboundHandler(self.settings, self.publisher, ledger))
@@ -199,7 +218,7 @@ class Bridge:
 
     def _delivery_lease_s(self) -> float:
         """Longer than any one delivery attempt can take, so a live claim is never stolen."""
-        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget)]
+        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget | FlowrouteTarget)]
         # a SIP part may be challenged once: two transactions, each up to its timeout
         timeouts += [2 * t.timeout_s for t in self.settings.pbx_targets if isinstance(t, SipTarget)]
         return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
@@ -233,6 +252,8 @@ class Bridge:
         assert self.publisher is not None
         if isinstance(target, HttpTarget):
             return HttpAdapter(target, self._http_session())
+        if isinstance(target, FlowrouteTarget):
+            return FlowrouteAdapter(target, self._http_session())
         if isinstance(target, SipTarget):
             return SipAdapter(target)
         if isinstance(target, EmailTarget):
@@ -260,8 +281,11 @@ class Bridge:
         assert self.publisher is not None
         assert self.ledger is not None
         app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
-        # No access log: the webhook path carries the configuration's secret token.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s)
+        # No access log: the webhook path carries the configuration's secret token. keepalive_timeout
+        # also closes a connection whose headers are not complete in time (aiohttp runs it from the
+        # connection's start); the body's own deadline is the receiver's (`receiver._read_body`).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.settings.drain_timeout_s,
+                               keepalive_timeout=self.settings.receiver.read_timeout_s)
         await self._serve(runner, self.settings.receiver.host, self.settings.receiver.port)
         host, port = runner.addresses[0][:2]
         self.receiver_url = f"http://{host}:{port}"

@@ -44,6 +44,10 @@ class ReceiverSettings(_Section, frozen=True, kw_only=True):
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: PositiveInt = 256 * 1024
     allowed_source_ips: list[str] = []
+    # Seconds a client has to send a request's headers (from its connection, or the end of the
+    # previous answer), and again for its body; then the connection is closed. A slow or stalled
+    # sender must not hold a connection (and its memory) for ever.
+    read_timeout_s: PositiveFloat = 10.0
 
 
 class RetryPolicy(_Section, frozen=True, kw_only=True):
@@ -110,7 +114,7 @@ class LoggingSettings(_Section, frozen=True, kw_only=True):
 class FlowrouteSettings(_Section, frozen=True, kw_only=True):
     api_base: Annotated[str, msgspec.Meta(pattern=r"^https?://")] = "https://api.flowroute.com"
     timeout_s: PositiveFloat = 15.0
-    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.04
+    rate_margin_s: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.01  # after an attempt's answer
     request_dlrs: bool = True
 
 
@@ -196,6 +200,25 @@ class AmqpTarget(_Section, frozen=True, kw_only=True, tag="amqp", tag_field="kin
     exchange: str = "smsbridge.pbx"
 
 
+class FlowrouteTarget(_Section, frozen=True, kw_only=True, tag="flowroute", tag_field="kind"):
+    """POST each inbound text, shaped as Flowroute posts it, to the PBX's own Flowroute webhook
+    (PortSIP's "Copy Webhook", FreePBX SMS Connector's and FusionPBX's Flowroute hook).
+
+    `extension_urls` lets the inbound rules choose between several such PBXs: an extension named
+    here goes to its URL, any other to `url`. `forward_dlrs`: delivery receipts of texts this
+    tenant sent through the relay API also go to `url` (besides the request's `dlr_callback`).
+    `payload = "legacy"` posts Flowroute's flat v2 body instead, for PBX hooks older than the
+    JSON:API shape (FusionPBX's Flowroute hook before 2020).
+    """
+
+    tenant: Ident
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://")]
+    extension_urls: dict[Extension, Annotated[str, msgspec.Meta(pattern=r"^https?://")]] = {}
+    forward_dlrs: bool = False
+    payload: Literal["jsonapi", "legacy"] = "jsonapi"  # legacy: the flat {to, from, body, id} of old hooks
+    timeout_s: PositiveFloat = 10.0
+
+
 class SipTarget(_Section, frozen=True, kw_only=True, tag="sip", tag_field="kind"):
     """Send each delivery as SIP MESSAGE to `sip:<extension>@<domain>` through a next hop."""
 
@@ -230,7 +253,33 @@ class EmailTarget(_Section, frozen=True, kw_only=True, tag="email", tag_field="k
     timeout_s: PositiveFloat = 30.0
 
 
-PbxTarget = HttpTarget | AmqpTarget | SipTarget | EmailTarget
+PbxTarget = HttpTarget | AmqpTarget | FlowrouteTarget | SipTarget | EmailTarget
+
+RelayKey = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{8,64}$")]
+
+
+class RelayClient(_Section, frozen=True, kw_only=True):
+    """Basic credentials the bridge issues to one PBX for its Flowroute-compatible send API.
+
+    The PBX uses them where it would put Flowroute's Access Key and Secret Key; they are never
+    the real Flowroute keys. Its sends go through the outbound rules as `extension`, and may use
+    only the DIDs of the tenant's SMS configurations.
+    """
+
+    tenant: Ident
+    access_key: RelayKey
+    secret_key: Secret
+    extension: Extension = "relay"
+    name: str = ""
+
+
+class RelaySettings(_Section, frozen=True, kw_only=True):
+    """The Flowroute-compatible send API (`<path_prefix>/v2/messages`, `/v2.1/…`, `/v2.2/…`),
+    served by the receiver when `[[relay_clients]]` lists at least one client."""
+
+    path_prefix: Annotated[str, msgspec.Meta(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/flowroute"
+    idempotency_window_s: PositiveFloat = 24 * 3600.0
+    max_body_chars: PositiveInt = 5000
 
 
 class SipPeer(_Section, frozen=True, kw_only=True):
@@ -264,10 +313,12 @@ class Settings(_Section, frozen=True, kw_only=True):
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
+    relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []
     outbound_rules: list[OutboundRule] = []
     pbx_targets: list[PbxTarget] = []
+    relay_clients: list[RelayClient] = []
     sip_intake: SipIntakeSettings = msgspec.field(default_factory=SipIntakeSettings)
 
     def sms_config(self, config_id: str) -> SmsConfig | None:
@@ -275,6 +326,9 @@ class Settings(_Section, frozen=True, kw_only=True):
 
     def pbx_target(self, tenant: str) -> PbxTarget | None:
         return next((t for t in self.pbx_targets if t.tenant == tenant), None)
+
+    def relay_client(self, access_key: str) -> RelayClient | None:
+        return next((c for c in self.relay_clients if c.access_key == access_key), None)
 
     def targets_of(self, tenant: str) -> list[PbxTarget]:
         """The tenant's targets in file order: its delivery index (`InboundDelivery.target`)."""

@@ -145,6 +145,7 @@ def semantic_problems(settings: Settings) -> list[Problem]:
     problems += _config_problems(settings)
     problems += _rule_problems(settings)
     problems += _target_problems(settings)
+    problems += relay_problems(settings)
     return problems
 
 
@@ -244,4 +245,25 @@ def _target_problems(settings: Settings) -> list[Problem]:
         if isinstance(target, EmailTarget) and not (target.recipients or target.default_recipient):
             problems.append(Problem(f"pbx_targets[{i}].recipients",
                                     "an email target needs recipients or a default_recipient"))
+    return problems
+
+
+def relay_problems(settings: Settings) -> list[Problem]:
+    """Relay credentials: unique, strong, for a tenant with SMS configurations, and never the
+    real Flowroute keys (a PBX holding those could bypass the bridge)."""
+    problems: list[Problem] = []
+    flowroute_keys = {k.reveal() for c in settings.sms_configs for k in (c.access_key, c.secret_key)}
+    seen: set[str] = set()
+    for i, client in enumerate(settings.relay_clients):
+        where = f"relay_clients[{i}]"
+        if client.access_key in seen:
+            problems.append(Problem(f"{where}.access_key", f"'{client.access_key}' is used by another client"))
+        seen.add(client.access_key)
+        if not settings.configs_of(client.tenant):
+            problems.append(Problem(f"{where}.tenant", f"tenant '{client.tenant}' has no SMS configuration"))
+        if len(client.secret_key.reveal()) < MIN_TOKEN_LENGTH:
+            problems.append(Problem(f"{where}.secret_key",
+                                    f"too short: use at least {MIN_TOKEN_LENGTH} random characters"))
+        if {client.access_key, client.secret_key.reveal()} & flowroute_keys:
+            problems.append(Problem(where, "relay credentials must not be Flowroute's own keys: issue new ones"))
     return problems

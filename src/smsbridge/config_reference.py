@@ -34,6 +34,8 @@ MEANING: dict[str, str] = {
     "receiver.public_url": "The URL Flowroute reaches the receiver at; webhook and `dlr_callback` URLs start with it.",
     "receiver.max_body_bytes": "Webhook bodies above this size are refused with 413.",
     "receiver.allowed_source_ips": "If not empty, only these source addresses may post webhooks (403 otherwise).",
+    "receiver.read_timeout_s": "Seconds a client has to send a request's headers, and again its body (408); "
+                               "then the connection is closed.",
     "retry.*.max_attempts": "Tries of a message at this stage before it is dead-lettered.",
     "retry.*.max_age_s": "Seconds since the message was first seen after which it is dead-lettered instead of "
                          "retried.",
@@ -47,8 +49,9 @@ MEANING: dict[str, str] = {
     "flowroute.api_base": "Flowroute's API; the sandbox points it at the simulator.",
     "flowroute.timeout_s": "How long a send to Flowroute may take; after a timeout the dispatcher looks the "
                            "message up before it sends again.",
-    "flowroute.rate_margin_s": "Extra time added to each rate window, so attempts spaced by the limiter stay under "
-                               "Flowroute's count despite clock and network jitter.",
+    "flowroute.rate_margin_s": "Extra time added to each rate window, counted from an attempt's answer (the "
+                               "limiter holds a slot from the send until a window after the answer, so network "
+                               "delay is already covered).",
     "flowroute.request_dlrs": "Ask Flowroute for delivery receipts (`dlr_callback`) on every send.",
     "ledger.url": "`sqlite:///path` for one host, `postgresql://user@host/db` for several.",
     "ledger.password": "The database password, as a secret reference.",
@@ -96,15 +99,36 @@ MEANING: dict[str, str] = {
     "outbound_rules.destinations": "Globs on the E.164 destination (`+1206*`); empty: every US/Canada number.",
     "outbound_rules.name": "A name for logs and `check-config`.",
     "pbx_targets.kind": "`http` (POST each delivery to the PBX), `amqp` (publish it to an exchange the PBX "
-                        "consumes), `sip` (SIP MESSAGE to the extension through a proxy or PBX) or `email`. A "
-                        "tenant's targets are an ordered list in file order: the first gets every text, the next "
-                        "one a text the previous gave up on; `email` with `mode = \"always\"` gets a copy.",
+                        "consumes), `flowroute` (POST it as Flowroute's own webhook to the PBX's Flowroute "
+                        "webhook URL: docs/pbx/), `sip` (SIP MESSAGE to the extension through a proxy or PBX: "
+                        "docs/sip-and-email.md) or `email`. A tenant's targets are an ordered list in file order: "
+                        "the first gets every text, the next one a text the previous gave up on; `email` with "
+                        "`mode = \"always\"` gets a copy.",
     "pbx_targets.tenant": "The tenant whose deliveries go here (several targets: see `kind`).",
-    "pbx_targets.url": "http: where each delivery is POSTed.",
+    "pbx_targets.url": "http: where each delivery is POSTed. flowroute: the PBX's own Flowroute webhook URL.",
     "pbx_targets.auth_header": "http: the header that carries `auth_value`.",
     "pbx_targets.auth_value": "http: its value, as a secret reference (e.g. `Bearer ...`).",
-    "pbx_targets.timeout_s": "http, sip, email: how long the PBX may take to answer before the delivery is retried "
-                             "(sip: Timer F, UDP retransmissions included).",
+    "pbx_targets.timeout_s": "http, flowroute, sip, email: how long the PBX may take to answer before the delivery "
+                             "is retried (sip: Timer F, UDP retransmissions included).",
+    "pbx_targets.extension_urls": "flowroute: extension (as named by inbound rules) → another PBX's webhook URL; "
+                                  "other extensions go to `url`. Each URL gets each text once.",
+    "pbx_targets.forward_dlrs": "flowroute: also post Flowroute-shaped delivery receipts of this tenant's relayed "
+                                "sends to `url` (they always go to the send's `dlr_callback`).",
+    "pbx_targets.payload": "flowroute: `jsonapi` (Flowroute's current webhook) or `legacy` (its flat v2 body, for "
+                           "hooks older than 2020).",
+    "relay.path_prefix": "Where the receiver serves the Flowroute-compatible send API "
+                         "(`<prefix>/v2/messages`, `/v2.1/...`, `/v2.2/...`), when relay clients are configured.",
+    "relay.idempotency_window_s": "A send repeating an `Idempotency-Key` of the same tenant within this window "
+                                  "gets the first answer and is not sent again.",
+    "relay.max_body_chars": "Relayed sends with a longer body are refused with 422 (the segment limit of "
+                            "`[outbound]` applies too).",
+    "relay_clients.tenant": "The tenant this PBX sends for; it may send from that tenant's DIDs only.",
+    "relay_clients.access_key": "The Basic user name the PBX uses in place of Flowroute's Access Key (not a "
+                                "Flowroute key).",
+    "relay_clients.secret_key": "Its password, in place of Flowroute's Secret Key, as a secret reference; at least "
+                                "24 characters, never a Flowroute key.",
+    "relay_clients.extension": "Who the outbound rules see sending: name it in an `[[outbound_rules]]` entry.",
+    "relay_clients.name": "A name for logs and `check-config`.",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
     "sip_intake.host": "`sip` role: the address phones' texts arrive on (UDP and TCP).",
     "sip_intake.port": "`sip` role: the port, UDP and TCP (0: any free port, logged at start-up).",

@@ -1,8 +1,15 @@
 """The dead-letter queue for people: list, show, replay and purge, with filters.
 
-RabbitMQ has no "peek": we `basic.get` messages without acking them, keep every one we have
-read unacked (so none is read twice), act on the ones that match, and put the rest back with a
-nack-requeue at the end. The queue's order can change in the process; nothing is lost.
+RabbitMQ has no "peek", and putting a message back (nack with requeue, or closing the channel
+with it unacked) counts as a delivery on a quorum queue: RabbitMQ 3.x and 4.x before 4.3 raise
+`x-delivery-count`, and with a delivery limit (20 by default on 4.x) a dead letter read often
+enough would be dropped. So a read never puts a message back: we `basic.get` the messages that
+were in the queue when the walk began (no more: the copies we add are not read again), act on
+the ones that match, and for every other one publish an identical copy to the queue's tail,
+with a publisher confirm, before we ack the original. The copy has the same body, message id
+and headers (the delivery count aside; what the broker said in `x-death` is also kept in our
+own headers). Read in full, the queue keeps its order; a crash between a copy and its ack
+leaves the dead letter twice, never lost.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from smsbridge.config import Settings
 from smsbridge.events import encoder
 from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
 from smsbridge.intake import Unroutable, to_event
+from smsbridge.limits import FieldRejected
 
+COPY_DROPS = ("x-delivery-count",)  # set by the broker on each delivery; a copy starts afresh
 BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
                   "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count")
 
@@ -86,35 +95,51 @@ class DeadLetterQueue:
 
     async def walk(self, wanted: Filter, act: Action | None = None, limit: int | None = None,
                    progress: Callable[[int], None] | None = None) -> tuple[list[DeadLetter], list[DeadLetter]]:
-        """Read the queue once. Without `act`, just collect the matches (up to `limit`). With it,
-        run `act` on each match: True removes the message from the queue. Returns (done, kept):
-        the matches acted on (or listed), and those `act` declined. Everything else goes back."""
-        queue = await self._channel.get_queue(names.dead_queue(self._prefix), ensure=False)
-        held: list[AbstractIncomingMessage] = []
+        """Read the queue once, changing nothing but what `act` removes. Without `act`, just
+        collect the matches (up to `limit`). With it, run `act` on each match (up to `limit`):
+        True removes the message from the queue. Returns (done, kept): the matches acted on (or
+        listed), and those `act` declined. Everything else stays, in its order."""
+        assert self._publisher is not None, "walking the queue puts copies back: it needs a publisher"
+        name = names.dead_queue(self._prefix)
+        queue = await self._channel.get_queue(name, ensure=False)
         done: list[DeadLetter] = []
         kept: list[DeadLetter] = []
-        try:
-            while limit is None or len(done) + len(kept) < limit:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                dead = DeadLetter.from_message(message)
-                if not wanted.matches(dead) or act is None:
-                    held.append(message)
-                    if wanted.matches(dead):
-                        done.append(dead)
-                elif await act(dead):
-                    await message.ack()
-                    done.append(dead)
-                    if progress:
-                        progress(len(done))
-                else:
-                    held.append(message)
-                    kept.append(dead)
-        finally:
-            for message in held:
-                await message.nack(requeue=True)
+        for _ in range(await self._depth(name)):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            dead = DeadLetter.from_message(message)
+            room = limit is None or len(done) + len(kept) < limit
+            if room and wanted.matches(dead) and act is not None and await act(dead):
+                await message.ack()
+                done.append(dead)
+                if progress:
+                    progress(len(done))
+                continue
+            if room and wanted.matches(dead):
+                (done if act is None else kept).append(dead)
+            await self._put_back(name, message, dead)
         return done, kept
+
+    async def _depth(self, name: str) -> int:
+        """Ready messages now, asked of the broker (a robust channel caches its queue objects)."""
+        underlying = await self._channel.get_underlay_channel()
+        declared = await underlying.queue_declare(name, passive=True)
+        return int(declared.message_count or 0)
+
+    async def _put_back(self, name: str, message: AbstractIncomingMessage, dead: DeadLetter) -> None:
+        """A copy at the tail, confirmed, then the original acked: never a requeue (see above)."""
+        assert self._publisher is not None
+        headers = {key: value for key, value in dead.headers.items() if key not in COPY_DROPS}
+        headers.setdefault(names.H_STAGE, dead.stage)  # what x-death said, in case a broker drops it
+        headers.setdefault(names.H_REASON, dead.reason)
+        headers.setdefault(names.H_REASON_CODE, dead.code)
+        try:
+            await self._publisher.publish("", name, dead.body, headers=headers, message_id=dead.message_id or None)
+        except BaseException:
+            await message.nack(requeue=True)  # could not copy it: back as it was, counted once
+            raise
+        await message.ack()
 
     async def replay(self, dead: DeadLetter) -> bool:
         """Back to its stage with attempts reset; a parked webhook goes through intake again."""
@@ -136,7 +161,7 @@ class DeadLetterQueue:
             return False
         try:
             event = to_event(parse_webhook(msgspec.json.decode(dead.body)), config)
-        except (msgspec.DecodeError, UnknownShape, Unroutable):
+        except (msgspec.DecodeError, RecursionError, UnknownShape, Unroutable, FieldRejected):
             return False  # still not usable with today's configuration: leave it parked
         await self._publisher.to_stage(self._prefix, "inbound", encoder.encode(event), message_id=event.event_id)
         return True

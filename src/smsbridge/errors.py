@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from smsbridge.redact import quote
+
 
 class BridgeError(Exception):
     """Base of every error smsbridge raises on purpose."""
@@ -20,6 +22,11 @@ class RetryableError(BridgeError):
         self.retry_after = retry_after
 
 
+class LedgerUnavailable(RetryableError):
+    """The ledger's database cannot be reached or refused the connection: nothing was written.
+    One condition for the whole outage, retried like any other (no traceback per message)."""
+
+
 class PermanentError(BridgeError):
     """Do not retry; `code` is a short machine-readable reason, `reason` is for people."""
 
@@ -31,7 +38,7 @@ class PermanentError(BridgeError):
 
 class InvalidNumber(PermanentError):
     def __init__(self, number: str, why: str) -> None:
-        super().__init__(f"invalid number {number!r}: {why}", code="invalid_number")
+        super().__init__(f"invalid number {quote(number)}: {why}", code="invalid_number")
         self.number = number
 
 

@@ -41,6 +41,15 @@ class Media(msgspec.Struct, frozen=True, kw_only=True):
     media_id: str | None = None
 
 
+class MediaProblem(msgspec.Struct, frozen=True, kw_only=True):
+    """An attachment Flowroute listed without a usable URL: the text and the other attachments
+    are delivered, and this names the one that could not be."""
+
+    media_id: str | None = None
+    file_name: str | None = None
+    reason: str
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     version: int = SCHEMA_VERSION
     event_id: str = msgspec.field(default_factory=new_event_id)
@@ -61,6 +70,7 @@ class InboundMessage(Event, frozen=True, kw_only=True, tag="inbound_message"):
     encoding: int | None = None
     flowroute_timestamp: datetime | None = None
     payload_shape: Literal["jsonapi", "legacy"] = "jsonapi"
+    media_problems: tuple[MediaProblem, ...] = ()
 
     @property
     def conversation(self) -> str:
@@ -94,11 +104,15 @@ class InboundDelivery(Event, frozen=True, kw_only=True, tag="inbound_delivery"):
     media: tuple[Media, ...] = ()
     keyword: Keyword | None = None
     received_at: datetime
+    media_problems: tuple[MediaProblem, ...] = ()
     target: int = 0  # which of the tenant's PBX targets (file order): > 0 for a fallback or a copy
 
     @property
     def conversation(self) -> str:
-        return f"{self.config_id}:{self.to}:{self.from_}:{self.extension}"
+        """Texts of one conversation reach an extension in order (`ledger/order.py`); each target
+        keeps its own order, so an email copy never waits behind a phone that is away."""
+        base = f"{self.config_id}:{self.to}:{self.from_}:{self.extension}"
+        return base if self.target == 0 else f"{base}#{self.target}"
 
     @property
     def claim_key(self) -> str:

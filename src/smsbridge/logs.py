@@ -1,5 +1,8 @@
 """structlog set-up: JSON when not on a terminal, one line per outcome, secrets and PII masked.
 
+The standard library's logging (aiohttp, aio-pika, asyncio) is routed through the same chain,
+so their lines and tracebacks are JSON too and pass the same masking.
+
 Secrets are masked by key (token, secret, password, authorization) and by type (`Secret`
 prints a mask anyway). Message bodies and full phone numbers are personal data: they are masked
 unless the operator turns `logging.show_pii` on.
@@ -19,11 +22,14 @@ import structlog
 from smsbridge.config import LoggingSettings
 from smsbridge.logwriter import LineWriter
 from smsbridge.numbers import mask
+from smsbridge.redact import mask_numbers
 from smsbridge.secret import MASK, Secret
 
 SECRET_KEYS = frozenset({"token", "secret", "secret_key", "access_key", "password", "authorization", "auth_value"})
 NUMBER_KEYS = frozenset({"from", "to", "from_", "number", "did"})
 BODY_KEYS = frozenset({"body", "text"})
+# Identifiers that are not free text: masking a digit run in them would only mangle them.
+ID_KEYS = frozenset({"timestamp", "event_id", "amqp_message_id", "mdr_id", "client_message_id"})
 
 
 def redactor(show_pii: bool) -> structlog.types.Processor:
@@ -42,6 +48,48 @@ def redactor(show_pii: bool) -> structlog.types.Processor:
         return event
 
     return redact
+
+
+def text_masker(show_pii: bool) -> structlog.types.Processor:
+    """After the traceback is rendered: full phone numbers in any text masked (`redact.mask_numbers`):
+    a reason, an error or a traceback may quote input, and so may a value a PBX chose (its tenant)."""
+
+    def mask_text(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if show_pii:
+            return event
+        for key, value in event.items():
+            if type(value) is str and key not in ID_KEYS:
+                event[key] = mask_numbers(value)
+        return event
+
+    return mask_text
+
+
+class StdlibToStructlog(logging.Handler):
+    """The standard library's records (aiohttp, aio-pika, asyncio, warnings) through structlog:
+    every line, tracebacks included, one JSON object that passes the same masking as ours."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), logger=record.name,
+                                                  exc_info=record.exc_info or None)
+        except Exception:  # a record that cannot be formatted: the handler's own fallback
+            self.handleError(record)
+
+
+def route_stdlib(level: int) -> None:
+    """Give the root logger (once) a handler that hands every record to structlog. Without one,
+    Python's last-resort handler would print records as plain text."""
+    root = logging.getLogger()
+    if not any(isinstance(handler, StdlibToStructlog) for handler in root.handlers):
+        root.addHandler(StdlibToStructlog())
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+    structlog.get_logger("smsbridge").critical("uncaught exception", exc_info=(kind, error, trace))
 
 
 class _Keys(dict[str, bool]):
@@ -111,9 +159,11 @@ def configure(settings: LoggingSettings, *, stream: Any = None, cache: bool = Fa
             UtcStamper(),
             redactor(settings.show_pii),
             structlog.processors.format_exc_info,
+            text_masker(settings.show_pii),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, settings.level.upper())),
         logger_factory=factory,
         cache_logger_on_first_use=cache,
     )
+    route_stdlib(getattr(logging, settings.level.upper()))

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600)
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json", re.IGNORECASE)
+# Content types named in the metric; anything else is "other" (a header must not mint labels).
+NAMED_TYPES = frozenset({"text/plain", "text/html", "application/x-www-form-urlencoded", "multipart/form-data",
+                         "application/octet-stream", "application/xml", "text/xml"})
+
+
+def content_type_label(header: str | None) -> str | None:
+    """None for a JSON type (`application/json`, `application/*+json`, any parameters), else a
+    bounded label: `none` when the header is missing, the type when it is a common one, `other`."""
+    if header is None or not header.strip():
+        return "none"
+    mime = header.split(";", 1)[0].strip().lower()
+    if _JSON_TYPE.fullmatch(mime):
+        return None
+    return mime if mime in NAMED_TYPES else "other"
 
 
 class Metrics:
@@ -21,6 +38,15 @@ class Metrics:
         self.parked = Counter(
             "smsbridge_webhooks_parked_total", "Webhooks parked in the dead-letter queue", ["config", "reason"],
             registry=r,
+        )
+        self.webhook_content_types = Counter(
+            "smsbridge_webhook_non_json_content_type_total",
+            "Webhooks accepted whose Content-Type was not JSON (Flowroute sends application/json)",
+            ["config", "content_type"], registry=r,
+        )
+        self.dlr_unknown = Counter(
+            "smsbridge_dlr_unknown_message_total",
+            "Delivery receipts for a message id this bridge never sent: logged, not forwarded", ["config"], registry=r,
         )
         self.processed = Counter(
             "smsbridge_messages_total", "Messages finished by stage and outcome", ["stage", "outcome"], registry=r
@@ -67,6 +93,12 @@ class Metrics:
         if child is None:
             child = self._webhook_results[(config, status)] = self.webhooks.labels(config, str(status))
         return child
+
+    def webhook_content_type(self, config: str, header: str | None) -> None:
+        """Count a JSON webhook that did not say it was JSON (we read it all the same)."""
+        label = content_type_label(header)
+        if label is not None:
+            self.webhook_content_types.labels(config, label).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

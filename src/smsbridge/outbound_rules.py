@@ -12,7 +12,8 @@ from urllib.parse import quote
 from smsbridge.config import OutboundRule, OutboundSettings, Settings, SmsConfig
 from smsbridge.errors import InvalidNumber, PermanentError
 from smsbridge.events import DispatchRequest, OutboundRequest
-from smsbridge.numbers import to_e164
+from smsbridge.numbers import foreign_country, to_e164
+from smsbridge.redact import quote as quoted
 from smsbridge.segments import body_info, replace_smart_punctuation
 
 
@@ -24,12 +25,12 @@ def choose_config(request: OutboundRequest, settings: Settings) -> SmsConfig:
     if request.config_id:
         config = settings.sms_config(request.config_id)
         if config is None or config.tenant != request.tenant:
-            raise Refused(f"tenant '{request.tenant}' has no SMS configuration '{request.config_id}'",
+            raise Refused(f"tenant {quoted(request.tenant)} has no SMS configuration {quoted(request.config_id)}",
                           code="unknown_config")
         return config
     configs = settings.configs_of(request.tenant)
     if not configs:
-        raise Refused(f"tenant '{request.tenant}' has no SMS configuration", code="unknown_tenant")
+        raise Refused(f"tenant {quoted(request.tenant)} has no SMS configuration", code="unknown_tenant")
     if len(configs) == 1:
         return configs[0]
     if request.from_did:
@@ -66,6 +67,10 @@ def choose_sender(request: OutboundRequest, config: SmsConfig, rule: OutboundRul
 
 def check_destination(to: str, rule: OutboundRule) -> str:
     number = _number(to, "destination")
+    country = foreign_country(number)
+    if country is not None:  # refused before it costs a Flowroute attempt
+        raise Refused(f"destination {number} is in {country}: Flowroute sends only to the US and Canada",
+                      code="destination_not_us_ca")
     if rule.destinations and not any(fnmatchcase(number, pattern) for pattern in rule.destinations):
         raise Refused(f"destination {number} is not allowed for extension senders of rule "
                       f"'{rule.name or rule.config}' (allowed: {', '.join(rule.destinations)})",

@@ -6,13 +6,16 @@
     GET  /metrics   Prometheus
 
 Answers: 200 accepted (published) or parked (stored in the dead-letter queue for people to
-look at); 400 not JSON; 404 unknown configuration or wrong token (the same answer for both);
-413 too large; 503 the broker did not confirm (Flowroute resends). Every error body is JSON
-`{"error": code, "detail": text}` and never contains a secret.
+look at); 400 not JSON, or a field breaks its limit (`limits.py`; the answer names the field);
+404 unknown configuration or wrong token (the same answer for both); 408 the body did not
+arrive within `receiver.read_timeout_s` (the connection is closed, as it is when the headers
+take longer than that); 413 too large; 503 the broker did not confirm (Flowroute resends).
+Every error body is JSON `{"error": code, "detail": text}` and never contains a secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -26,11 +29,14 @@ from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.events import DeliveryReceipt, InboundMessage, encoder
-from smsbridge.flowroute.webhook import UnknownShape, parse_webhook
+from smsbridge.flowroute.webhook import UnknownShape
 from smsbridge.history_api import add_history_routes
-from smsbridge.intake import Unroutable, to_event
+from smsbridge.intake import NotJson, Unroutable, read_webhook
 from smsbridge.ledger import Ledger
+from smsbridge.limits import FieldRejected
 from smsbridge.metrics import Metrics
+from smsbridge.redact import clip
+from smsbridge.relay_api import add_relay_routes
 from smsbridge.secret import Secret
 
 log = structlog.get_logger("smsbridge.receiver")
@@ -62,6 +68,7 @@ def make_app(
     app.router.add_post(WEBHOOK_PATH, webhook)
     add_health_routes(app)
     add_history_routes(app)
+    add_relay_routes(app, settings)
     return app
 
 
@@ -99,6 +106,8 @@ async def webhook(request: web.Request) -> web.Response:
         return json_error(404, "not_found", "no such webhook")
     response = await _accept(request, config, where)
     metrics.webhook_result(config.id, response.status).inc()
+    if response.status == 200:  # a JSON body (accepted or parked), read whatever its label said
+        metrics.webhook_content_type(config.id, request.headers.get("Content-Type"))
     metrics.webhook_seconds.observe(time.perf_counter() - started)
     return response
 
@@ -110,17 +119,23 @@ async def _accept(request: web.Request, config: SmsConfig, where: Where) -> web.
         log.warning("webhook refused: source address not allowed", **where)
         return json_error(403, "forbidden", "source address not allowed")
     try:
-        raw = await request.read()
+        raw = await _read_body(request, settings.receiver.read_timeout_s)
     except web.HTTPRequestEntityTooLarge:
         log.warning("webhook refused: body too large", **where, limit=settings.receiver.max_body_bytes)
         return json_error(413, "too_large", f"body exceeds {settings.receiver.max_body_bytes} bytes")
+    except TimeoutError:
+        log.warning("webhook refused: body not received in time", **where, timeout_s=settings.receiver.read_timeout_s)
+        response = json_error(408, "timeout", f"body not received within {settings.receiver.read_timeout_s:g} s")
+        response.force_close()  # the rest of a stalled body is not waited for
+        return response
     try:
-        doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        log.warning("webhook refused: body is not JSON", **where, error=str(exc))
-        return json_error(400, "invalid_json", f"body is not valid JSON: {exc}")
-    try:
-        event = to_event(parse_webhook(doc), config, client_message_id=request.query.get("cmid"))
+        event = read_webhook(raw, config, client_message_id=request.query.get("cmid"))
+    except NotJson as exc:
+        log.warning("webhook refused: body is not JSON", **where, error=exc.reason)
+        return json_error(400, "invalid_json", exc.reason)
+    except FieldRejected as exc:
+        log.warning("webhook refused: a field breaks its limit", **where, field=exc.field, reason=exc.reason)
+        return json_answer({"error": "invalid_field", "field": exc.field, "detail": exc.reason}, 400)
     except UnknownShape as exc:
         return await _park(request, config, raw, exc.reason, "unknown_shape", where)
     except Unroutable as exc:
@@ -128,6 +143,12 @@ async def _accept(request: web.Request, config: SmsConfig, where: Where) -> web.
     # A resend is published like any webhook: the inbound worker recognises it from the ledger.
     # That keeps the receiver's answer independent of the database, and as fast as a publish.
     return await _publish(request, event, where)
+
+
+async def _read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The whole body within `timeout_s`: a sender that trickles it (or stops) is cut off."""
+    async with asyncio.timeout(timeout_s):
+        return await request.read()
 
 
 async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt,
@@ -157,7 +178,7 @@ async def _park(request: web.Request, config: SmsConfig, raw: bytes, reason: str
         return json_error(503, "unavailable", "could not store the message; please retry")
     metrics.parked.labels(config.id, code).inc()
     log.warning("webhook parked in the dead-letter queue", **where, outcome="parked", reason=reason, reason_code=code)
-    return json_answer({"status": "parked", "reason": reason})
+    return json_answer({"status": "parked", "reason": clip(reason)})
 
 
 async def healthz(request: web.Request) -> web.Response:

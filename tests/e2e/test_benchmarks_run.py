@@ -19,8 +19,12 @@ EXPECTED = {
     "inbound": [f"{label}: {figure}" for label in ("100/s offered", "500/s offered", "1000/s offered", "max (…)")
                 for figure in ("delivered/s", "p50 latency", "p99 latency", "lost")],
     "dispatch": ["limits off: sent/s", "limits off: accepted"]
-    + [f"5/s, {n} dispatcher{'s' if n > 1 else ''}: {figure}" for n in (1, 2, 3)
-       for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s")],
+    + [f"5/s, {n} dispatcher{'s' if n > 1 else ''}{jitter}: {figure}" for n in (1, 2, 3)
+       for jitter in ("", ", jitter 0-50 ms") for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s")]
+    + [f"5/s, 2 dispatchers, jitter 0-50 ms, takeover: {figure}"
+       for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s", "duplicate sends", "longest pause")],
+    "relay": ["sends accepted/s", "CPU per send", "non-202 answers", "5/s, 3 PBX clients: sent/s vs limit",
+              "5/s, 3 PBX clients: 429 answers", "5/s, 3 PBX clients: accepted of"],
     "scaling": ["inbound stage, 1 process", "inbound stage, 2 processes", "inbound stage, 4 processes"],
     "memory": [f"{role}: RSS after" for role in EXPECTED_ROLES],
 }
@@ -48,11 +52,12 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
             assert str(found[0]["figure"]) in done.stdout  # printed in the table, not only in the JSON
     # a reference beside the real figure wherever the issue asks for a ratio
     ratios = [("receiver", "webhooks/s"), ("receiver", "p99 latency"), ("dispatch", "limits off: sent/s"),
+              ("relay", "sends accepted/s"),
               ("inbound", "max (…): delivered/s"), *(("memory", f"{role}: RSS after") for role in EXPECTED_ROLES)]
     for bench, figure in ratios:
         (found,) = _matches(rows, bench, figure)
         assert found["reference"] is not None and found["ratio"] is not None, found
-    # the tiny load still has to be correct: nothing lost, no 429 under the limiter
+    # the tiny load still has to be correct: nothing lost, no 429 under the limiter, no double send
     for found in rows:
-        if "lost" in str(found["figure"]) or "429" in str(found["figure"]):
+        if any(word in str(found["figure"]) for word in ("lost", "429", "duplicate")):
             assert found["value"] == 0, found

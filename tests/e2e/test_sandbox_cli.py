@@ -11,9 +11,11 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from smsbridge.sandbox.flowroute_pbx import send_flat
 from tests.support import processes
 from tests.support.processes import logged
 from tests.support.settings import free_port
@@ -32,11 +34,11 @@ async def cli(*args: str, env: dict[str, str], timeout: float = 30) -> tuple[int
 
 
 async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, channel: AbstractChannel) -> None:
-    receiver, pbx = free_port(), free_port()
+    receiver, pbx, flowroute_pbx = free_port(), free_port(), free_port()
     sample = (ROOT / "deploy" / "sample.toml").read_text()
     config = tmp_path / "sample.toml"
     config.write_text(sample.replace('prefix = "smsbridge"', f'prefix = "{prefix}"')
-                      .replace("8080", str(receiver)).replace("8090", str(pbx))
+                      .replace("8080", str(receiver)).replace("8090", str(pbx)).replace("8091", str(flowroute_pbx))
                       .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]')
                       .replace("sqlite:///.smsbridge/ledger.sqlite3", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
     env = dict(os.environ)
@@ -61,13 +63,34 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
         assert code == 0 and out.startswith("200 "), out
         await eventually(lambda: logged(log.read_text(), event="PBX received a text"), what="the demo PBX's text")
         assert logged(log.read_text(), event="PBX received a text", extension="201"), log.read_text()
+        await _flowroute_pbx_round_trip(f"http://127.0.0.1:{receiver}", config, env, log)
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have died already: the log says why
             bridge.send_signal(signal.SIGTERM)
         exit_code = await asyncio.wait_for(bridge.wait(), 30)
         # the sandbox account's queue is not in the fixture's topology: removed here, pass or fail
         await channel.queue_delete(f"{prefix}.dispatch.acct-" + _account_digest(env["FLOWROUTE_ACCESS_KEY"]))
+        await channel.queue_delete(f"{prefix}.relay-dlr")
     assert exit_code == 0, log.read_text()
+
+
+async def _flowroute_pbx_round_trip(receiver: str, config: Path, env: dict[str, str], log: Path) -> None:
+    """The second sandbox PBX speaks only Flowroute: it sends as FusionPBX does and gets the DLRs
+    at its webhook; a customer's text reaches it in Flowroute's shape."""
+    async with aiohttp.ClientSession() as http:
+        status, doc = await send_flat(http, f"{receiver}/flowroute", ("globex-pbx-01", env["GLOBEX_RELAY_SECRET"]),
+                                      to="4255550199", from_="14255550100", body="Your order shipped")
+    assert status == 202, doc
+    await eventually(lambda: logged(log.read_text(), event="Flowroute PBX got a delivery receipt",
+                                    status="delivered"), what="the DLR at the Flowroute-speaking PBX")
+    assert logged(log.read_text(), event="Flowroute PBX got a delivery receipt", id=doc["data"]["id"],
+                  status="delivered"), log.read_text()
+    code, url = await cli("webhook-url", "globex", "-c", str(config), env=env)
+    code, out = await cli("simulate", "inbound", url.strip(), "--from", "14255550199", "--to", "14255550100",
+                          "--body", "is my order ready?", env=env)
+    assert code == 0 and out.startswith("200 "), out
+    await eventually(lambda: logged(log.read_text(), event="Flowroute PBX got a text"),
+                     what="the text at the Flowroute-speaking PBX")
 
 
 def _account_digest(access_key: str) -> str:

@@ -162,3 +162,29 @@ async def test_cli_purge_refuses_without_yes_when_nobody_can_answer(tmp_path: Pa
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 0 and b"0 dead letter(s) matched" in err
+
+
+async def test_a_dead_letter_survives_a_thousand_listings_under_a_delivery_limit_of_20(
+    prefix: str, channel: AbstractChannel,
+) -> None:
+    # Issue 17 item 8: every `dlq list` put what it read back with a nack-requeue, raising
+    # x-delivery-count; under RabbitMQ 4.x's default delivery limit of 20 the 21st listing
+    # dropped the very message it showed. The queue is declared here with that limit.
+    import aio_pika
+
+    dead = await channel.declare_queue(names.dead_queue(prefix), durable=True, arguments={
+        "x-queue-type": "quorum", "x-delivery-limit": 20})
+    await channel.default_exchange.publish(aio_pika.Message(b'{"x": 1}', message_id="d-1", headers={
+        names.H_STAGE: "outbound", names.H_REASON: "refused", names.H_REASON_CODE: "pbx_400"}), routing_key=dead.name)
+    await channel.default_exchange.publish(aio_pika.Message(b'{"x": 2}', message_id="d-2", headers={
+        names.H_STAGE: "delivery", names.H_REASON: "refused", names.H_REASON_CODE: "pbx_404"}), routing_key=dead.name)
+    queue = await dead_letters(channel, settings(prefix=prefix))
+    try:
+        for _ in range(1000):
+            listed, _ = await queue.walk(Filter(), limit=1)
+            assert [d.message_id for d in listed] == ["d-1"]  # the head stays the head
+        shown, _ = await queue.walk(Filter(message_id="d-2"))
+        assert [(d.message_id, d.code, d.body) for d in shown] == [("d-2", "pbx_404", b'{"x": 2}')]
+        assert await depth(channel, dead.name) == 2
+    finally:
+        await dead.delete(if_unused=False, if_empty=False)

@@ -13,9 +13,10 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.broker import topology
 from smsbridge.config import AdminSettings, LedgerSettings, Settings
-from smsbridge.events import OutboundRequest
+from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.payloads import dlr_payload
 from smsbridge.flowroute.simulator import FlowrouteSimulator
+from smsbridge.ledger import Ledger
 from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.secret import Secret
 from tests.conftest import StartBridge
@@ -64,6 +65,58 @@ async def test_same_request_three_times_is_one_post_and_three_identical_statuses
     assert len(seen) == 3
     assert {(s.state, s.mdr_id, s.segments, s.client_message_id) for s in seen} == {
         ("accepted", next(iter(flowroute.messages)), 1, "pbx-dup")}
+
+
+async def test_a_refused_request_repeated_is_one_post_and_never_sent_again(
+    ledger_settings: LedgerSettings, start_bridge: StartBridge, flowroute: FlowrouteSimulator,
+    channel: AbstractChannel, prefix: str, statuses: AbstractQueue,
+) -> None:
+    # Issue 17 item 3: the repeat's lock was released before `failed` was written, so it found
+    # the request still "sending", looked it up, found nothing and POSTed it again.
+    flowroute.behaviours["+12065550142"] = "opted_out"
+    await start_bridge(bridge_settings(prefix, flowroute, ledger_settings))
+    for _ in range(2):
+        await publish_request(channel, prefix, request("pbx-refused", to="+12065550142"))
+    seen = []
+    for _ in range(2):
+        seen += await watch(statuses, "pbx-refused", until=frozenset({"failed"}), timeout=15)
+    assert [s.state for s in seen] == ["failed", "failed"]
+    assert {s.reason_code for s in seen} == {"opted_out"}
+    assert len(flowroute.requests) == 1
+
+
+async def test_crash_recovery_never_takes_an_earlier_identical_text_for_the_one_in_doubt(
+    ledger_settings: LedgerSettings, start_bridge: StartBridge, flowroute: FlowrouteSimulator,
+    channel: AbstractChannel, prefix: str, statuses: AbstractQueue,
+) -> None:
+    # Issue 17 items 4 and 9: "OK" was sent a moment ago for one request; another "OK" to the same
+    # number was marked "sending" when its dispatcher died before the POST. The lookup found the
+    # first one's MDR and took it for the second (the customer never got the second "OK"; with
+    # the unique mdr_id, the handler looped on IntegrityError).
+    flowroute.dlr_delay_s = 30
+    bridge = await start_bridge(bridge_settings(prefix, flowroute, ledger_settings))
+    await publish_request(channel, prefix, request("pbx-ok-1"))
+    (first,) = await watch(statuses, "pbx-ok-1", until=frozenset({"accepted"}), timeout=15)
+    ledger = Ledger.open(ledger_settings.url, schema_name=ledger_settings.schema)
+    try:
+        second = bridge_request(bridge.settings, "pbx-ok-2")
+        await ledger.record_request(second)
+        row = await ledger.outbound("acme", "pbx-ok-2")
+        assert row is not None
+        await ledger.mark_sending(row.id)  # then the process died: no POST
+    finally:
+        await ledger.close()
+    await publish_request(channel, prefix, request("pbx-ok-2"))
+    (again,) = await watch(statuses, "pbx-ok-2", until=frozenset({"accepted"}), timeout=20)
+    assert again.mdr_id is not None and again.mdr_id != first.mdr_id
+    assert len(flowroute.requests) == 2  # the second "OK" was sent, once
+
+
+def bridge_request(settings: Settings, client_id: str) -> DispatchRequest:
+    """The dispatch request the outbound worker makes of `request(client_id)`."""
+    return DispatchRequest(tenant="acme", config_id=settings.sms_configs[0].id, client_message_id=client_id,
+                           from_extension="101", from_=settings.sms_configs[0].dids[0], to="+12065550199",
+                           body="Your table is ready")
 
 
 async def test_a_dlr_posted_twice_is_one_status_change(

@@ -69,6 +69,7 @@ async def test_pbx_503_twice_then_200_is_delivered_once_after_backoff(
     await asyncio.sleep(1.0)  # would a duplicate still arrive?
     assert [s for s, _, _ in pbx.attempts] == [503, 503, 200]
     assert len(pbx.received) == 1
+    assert {h["Idempotency-Key"] for _, _, h in pbx.attempts} == {f"{pbx.received[0]['mdr_id']}:101"}
     # base 0.2 s with equal jitter: first retry ≥ 0.1 s, second ≥ 0.2 s
     assert elapsed >= 0.3
 
@@ -113,7 +114,8 @@ async def test_no_inbound_rule_dead_letters_with_the_did(
     assert status == 200
     (dead,) = await take(channel, names.dead_queue(prefix))
     assert header(dead, names.H_STAGE) == "inbound"
-    assert header(dead, names.H_REASON) == "no inbound rule for DID +12065550100 in configuration 'main'"
+    # masked in the header like in the logs (the full DID is in the body: `smsbridge dlq show`)
+    assert header(dead, names.H_REASON) == "no inbound rule for DID +1******0100 in configuration 'main'"
 
 
 async def test_fallback_extension_when_no_rule_matches(
@@ -154,7 +156,8 @@ async def test_status_nobody_is_bound_for_is_kept_in_unrouted(
     start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str, channel: AbstractChannel
 ) -> None:
     bridge = await start_bridge(settings(prefix=prefix))
-    assert (await post(http, hook_url(bridge.receiver_url), raw_payload("dlr_flat_level1")))[0] == 200
+    url = hook_url(bridge.receiver_url) + "?cmid=pbx-78"
+    assert (await post(http, url, raw_payload("dlr_flat_level1")))[0] == 200
     (message,) = await take(channel, names.unrouted_queue(prefix))
     assert msgspec.json.decode(message.body)["state"] == "sent"
 
@@ -169,6 +172,8 @@ async def test_amqp_adapter_publishes_per_tenant_and_extension(
     await post(http, hook_url(bridge.receiver_url), raw_payload("sms_jsonapi_2024"))
     messages = await take(channel, queue.name, count=2)
     assert sorted(m.routing_key or "" for m in messages) == ["acme.101", "acme.102"]
+    mdr_id = "mdr2-4e5435f325d9431f9e64118b20895b08"
+    assert sorted(m.message_id or "" for m in messages) == [f"{mdr_id}:101", f"{mdr_id}:102"]  # the key
     await channel.exchange_delete(exchange)
 
 

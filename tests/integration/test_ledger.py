@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import Claim, Ledger
-from smsbridge.ledger.schema import LATEST
+from smsbridge.ledger import Claim, Ledger, Scope
+from smsbridge.ledger.schema import LATEST, MIGRATIONS
 from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 
 
@@ -19,6 +20,10 @@ from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     async with open_ledger(request.param, tmp_path) as opened:
         yield opened
+
+
+MAIN = Scope("acme", "main")
+BETA = Scope("beta", "beta-main")
 
 
 class Clock:
@@ -49,17 +54,18 @@ async def test_processes_upgrading_at_once_do_not_clash(backend: str, tmp_path: 
     async with ledger_location(backend, tmp_path) as (url, schema):
         ledgers = [Ledger.open(url, schema_name=schema) for _ in range(4)]
         applied = await asyncio.gather(*(ledger.upgrade() for ledger in ledgers))  # none may fail
-        assert sorted(applied) == [[], [], [], [1]]  # exactly one of them recorded version 1
+        # exactly one of them recorded each version
+        assert sorted(applied) == [[], [], [], [v for v, _, _ in MIGRATIONS]]
         assert await ledgers[0].version() == LATEST
         for ledger in ledgers:
             await ledger.close()
 
 
 async def test_inbound_once(ledger: Ledger) -> None:
-    assert not await ledger.inbound_seen("mdr2-in-1")
+    assert not await ledger.inbound_seen(MAIN, "mdr2-in-1")
     assert await ledger.record_inbound(inbound()) is True
     assert await ledger.record_inbound(inbound()) is False
-    assert await ledger.inbound_seen("mdr2-in-1")
+    assert await ledger.inbound_seen(MAIN, "mdr2-in-1")
     row = await ledger.find("mdr2-in-1")
     assert row is not None and row.direction == "inbound" and row.state == "received"
 
@@ -108,16 +114,16 @@ async def test_dlrs_deduplicated_and_states_only_move_forward(ledger: Ledger) ->
     await ledger.record_accepted(row.id, "mdr2-out-1", 1)
     assert await ledger.claim_dlr("mdr2-out-1|2|message buffered|1003|t", "mdr2-out-1")
     assert not await ledger.claim_dlr("mdr2-out-1|2|message buffered|1003|t", "mdr2-out-1")
-    await ledger.record_dlr("mdr2-out-1", "buffered", None, None, 2, 1003)
-    await ledger.record_dlr("mdr2-out-1", "sent", None, None, 1, None)  # level 1 arriving late
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "buffered", None, None, 2, 1003)
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "sent", None, None, 1, None)  # level 1 arriving late
     assert (await ledger.find("mdr2-out-1")).state == "buffered"  # type: ignore[union-attr]
-    await ledger.record_dlr("mdr2-out-1", "delivered", None, None, 2, 1004)
+    await ledger.record_dlr(MAIN, "mdr2-out-1", "delivered", None, None, 2, 1004)
     found = await ledger.find("c-1", tenant="acme")
     assert found is not None and found.state == "delivered"
     history = await ledger.history(found.id)
     assert [h.state for h in history] == ["queued", "accepted", "buffered", "sent", "delivered"]
     assert history[-1].dlr_code == 1004
-    assert await ledger.record_dlr("mdr2-unknown", "sent", None, None, 1, None) is None
+    assert await ledger.record_dlr(MAIN, "mdr2-unknown", "sent", None, None, 1, None) is None
 
 
 async def test_history_queries_by_number_and_state_paged(ledger: Ledger) -> None:
@@ -159,26 +165,48 @@ async def test_prune_forgets_old_rows_only(ledger: Ledger) -> None:
     assert await ledger.claim_dlr("old-key", "mdr2-old")  # forgotten too
 
 
-async def test_dispatcher_claims_or_records_its_request(ledger: Ledger) -> None:
-    row = await ledger.claim_send(dispatch("c-9"))  # absent (pruned, say): recorded, then claimed
+async def test_dispatcher_finds_or_records_its_request_and_leaves_its_state(ledger: Ledger) -> None:
+    row = await ledger.request_row(dispatch("c-9"))  # absent (pruned, say): recorded
     assert (row.client_message_id, row.state, row.dispatch_state) == ("c-9", "queued", "queued")
-    after = await ledger.outbound("acme", "c-9")
-    assert after is not None and after.dispatch_state == "sending" and after.send_started_at is not None
-    again = await ledger.claim_send(dispatch("c-9"))  # claimed before: "maybe sent", left as it is
-    assert again.id == row.id and again.dispatch_state == "sending"
-    assert again.send_started_at == after.send_started_at
-    await ledger.record_accepted(row.id, "mdr2-c-9", 1)
-    done = await ledger.claim_send(dispatch("c-9"))
+    started = await ledger.mark_sending(row.id)  # with a rate-limit slot in hand, before the POST
+    again = await ledger.request_row(dispatch("c-9"))  # "maybe sent", left as it is
+    assert again.id == row.id and again.dispatch_state == "sending" and again.send_started_at == started
+    assert await ledger.record_accepted(row.id, "mdr2-c-9", 1) is True
+    done = await ledger.request_row(dispatch("c-9"))
     assert done.dispatch_state == "done" and done.mdr_id == "mdr2-c-9"
     assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
 
 
-async def test_claiming_a_recorded_request_marks_it_sending(ledger: Ledger) -> None:
+async def test_finding_a_recorded_request_does_not_mark_it_sending(ledger: Ledger) -> None:
+    # A request waiting for the rate limiter when the process dies never reached Flowroute: it
+    # must not look "maybe sent" to the next dispatcher.
     assert await ledger.record_request(dispatch("c-8")) is True
-    row = await ledger.claim_send(dispatch("c-8"))
-    assert row.dispatch_state == "queued"  # as it was: this claim is the first
+    row = await ledger.request_row(dispatch("c-8"))
+    assert row.dispatch_state == "queued"
     after = await ledger.outbound("acme", "c-8")
-    assert after is not None and after.dispatch_state == "sending"
+    assert after is not None and after.dispatch_state == "queued"
+
+
+async def test_an_mdr_held_by_another_request_is_never_recorded_for_this_one(ledger: Ledger) -> None:
+    first, second = [await ledger.request_row(dispatch(c)) for c in ("c-a", "c-b")]
+    assert await ledger.record_accepted(first.id, "mdr2-same", 1) is True
+    assert await ledger.record_accepted(second.id, "mdr2-same", 1) is False  # was: IntegrityError
+    assert await ledger.held_mdrs(["mdr2-same", "mdr2-other"]) == {"mdr2-same"}
+    row = await ledger.outbound("acme", "c-b")
+    assert row is not None and row.dispatch_state == "queued" and row.mdr_id is None
+
+
+async def test_requests_alike_in_doubt(ledger: Ledger) -> None:
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
+    rows = [await ledger.request_row(dispatch(c)) for c in ("c-1", "c-2", "c-3")]
+    other = await ledger.request_row(msgspec.structs.replace(dispatch("c-4"), body="something else"))
+    for row in (*rows[1:], other):
+        await ledger.mark_sending(row.id)
+    alike = await ledger.alike_in_doubt(rows[0], timedelta(hours=1))
+    assert len(alike) == 2 and all(moment.tzinfo is not None for moment in alike)
+    clock.now += timedelta(hours=2)  # no longer retried: not in doubt any more
+    assert await ledger.alike_in_doubt(rows[0], timedelta(hours=1)) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -206,3 +234,33 @@ async def test_racing_processes_get_one_claim_each(backend: str, tmp_path: Path)
         finally:
             for ledger in ledgers:
                 await ledger.close()
+
+
+async def test_a_webhooks_lookups_stay_in_its_configuration(ledger: Ledger) -> None:
+    """Issue 16 point 2: beta's webhook finds nothing of acme's, by Flowroute id or by row id."""
+    await ledger.record_request(dispatch())
+    row = await ledger.outbound("acme", "c-1")
+    assert row is not None
+    await ledger.record_accepted(row.id, "mdr2-out-1", 1)
+    await ledger.record_inbound(inbound())
+    assert await ledger.receipt_target(BETA, "mdr2-out-1") is None
+    assert await ledger.receipt_target(Scope("acme", "other-config"), "mdr2-out-1") is None
+    assert await ledger.receipt_target(BETA, str(row.id)) is None  # a message id is never a row id
+    assert await ledger.receipt_target(MAIN, str(row.id)) is None
+    assert await ledger.record_dlr(BETA, "mdr2-out-1", "failed", "spam", "spam", 2, 1010) is None
+    assert not await ledger.inbound_seen(BETA, "mdr2-in-1")
+    assert await ledger.receipt_target(MAIN, "mdr2-in-1") is None  # an inbound text is no receipt's target
+    found = await ledger.receipt_target(MAIN, "mdr2-out-1")
+    assert found is not None and found.client_message_id == "c-1"
+    assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
+
+
+async def test_a_failed_statement_never_quotes_its_parameters(tmp_path: Path) -> None:
+    """Issue 16 point 5: PostgreSQL refuses what SQLite takes; the error (logged as "handler
+    crashed") must not carry the numbers and the body it was given."""
+    async with open_ledger("postgresql", tmp_path) as ledger:
+        too_long = dispatch(to="+12065550199" + "7" * 40)
+        with pytest.raises(Exception) as info:
+            await ledger.record_request(msgspec.structs.replace(too_long, body="my secret PIN 4321"))
+        text = f"{info.value!s} {info.value!r}"
+        assert "2065550199" not in text and "PIN 4321" not in text and "+12065550100" not in text

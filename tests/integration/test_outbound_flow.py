@@ -52,7 +52,7 @@ async def test_request_is_sent_once_accepted_then_delivered_with_the_client_id(
     assert sent["status"] == 202 and sent["user"] == "AK-test"
     assert sent["content_type"] == "application/vnd.api+json"
     assert sent["body"] == {"data": {"type": "message", "attributes": {
-        "to": MOBILE, "from": "+12065550100", "body": "Your table is ready",
+        "to": "12065550199", "from": "12065550100", "body": "Your table is ready",
         "dlr_callback": f"{bridge.settings.receiver.public_url}/webhooks/flowroute/main/{TOKEN}?cmid=pbx-1"}}}
 
 
@@ -82,6 +82,47 @@ async def test_opted_out_recipient_fails_with_the_stop_reason_and_is_not_retried
     (dead,) = await take(channel, names.dead_queue(prefix))  # the last step: nothing is sent after it
     assert flowroute.statuses() == [400]
     assert header(dead, names.H_STAGE) == "dispatch.test"
+
+
+@pytest.mark.parametrize(("behaviour", "status"), [("opted_out_title", 400), ("opted_out_403", 403)])
+async def test_1110_in_the_title_only_is_an_opt_out_whatever_the_status(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue, behaviour: str, status: int,
+) -> None:
+    """Flowroute's error object has no `code` field, and which field carries 1110 is undocumented:
+    a 400 or a 403 whose title alone says 1110 reaches the PBX as `opted_out`, not as a
+    registration problem, and is never retried."""
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    flowroute.behaviours[MOBILE] = behaviour
+    await publish_request(channel, prefix, request())
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert (failed.state, failed.reason_code) == ("failed", "opted_out")
+    assert failed.reason == "recipient opted out (STOP): they must text UNSTOP before you can text them again"
+    assert flowroute.statuses() == [status]
+
+
+async def test_sender_not_on_the_flowroute_account_gets_the_403_hint(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    flowroute.accounts["AK-test"].numbers = {"+12065550101"}  # the bridge's DID is not on the account
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    await publish_request(channel, prefix, request())
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert failed.reason_code == "not_permitted" and "+12065550100" in (failed.reason or "")
+    assert "must be on this Flowroute account" in (failed.reason or "")
+
+
+async def test_destination_outside_the_us_and_canada_fails_before_any_attempt(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    await publish_request(channel, prefix, request(to="+18765550100"))
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert failed.reason_code == "destination_not_us_ca"
+    assert failed.reason == "destination +18765550100 is in Jamaica: Flowroute sends only to the US and Canada"
+    assert flowroute.requests == []
 
 
 async def test_unregistered_sender_403_says_10dlc(
@@ -159,5 +200,28 @@ async def test_help_keyword_gets_the_configured_auto_reply(
     (reply,) = flowroute.requests
     attributes = reply["body"]["data"]["attributes"]
     assert (attributes["from"], attributes["to"], attributes["body"]) == (
-        "+12065550100", "+12065550199", "Acme: reply STOP to opt out.")
+        "12065550100", "12065550199", "Acme: reply STOP to opt out.")
     assert len(await pbx.wait_for(2)) == 2  # the PBX still sees the HELP text
+
+
+async def test_an_oversized_field_fails_by_name_with_a_bounded_dead_letter_and_no_reconnect(
+    start_bridge: StartBridge, flowroute: FlowrouteSimulator, channel: AbstractChannel, prefix: str,
+    statuses: AbstractQueue,
+) -> None:
+    """Issue 16 point 3: a 200 kB `to` (and a PBX header near a frame's size) once made RabbitMQ
+    close the bridge's connection (frame_too_large) on every dead-letter attempt."""
+    import aio_pika
+
+    bridge = await start_bridge(with_flowroute(settings(prefix=prefix), flowroute.url))
+    assert bridge.connection is not None
+    reconnects: list[object] = []
+    bridge.connection.close_callbacks.add(lambda *args: reconnects.append(args))
+    exchange = await channel.get_exchange(names.requests_exchange(prefix))
+    body = msgspec.json.encode(request(to="1" * 200_000))
+    await exchange.publish(aio_pika.Message(body, headers={"x-pbx-trace": "t" * 100_000}), routing_key="outbound.acme")
+    (failed,) = await watch(statuses, "pbx-1", timeout=15)
+    assert (failed.state, failed.reason_code) == ("failed", "invalid_field")
+    assert failed.reason is not None and failed.reason.startswith("field 'to' is longer than 32 characters")
+    (dead,) = await take(channel, names.dead_queue(prefix))
+    assert len(header(dead, names.H_REASON)) < 400 and "x-pbx-trace" not in (dead.headers or {})
+    assert reconnects == [] and not bridge.connection.is_closed

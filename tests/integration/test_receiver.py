@@ -66,7 +66,7 @@ async def test_text_to_a_did_of_another_configuration_is_parked(
     status, _ = await post(http, hook_url(bridge.receiver_url), raw)
     assert status == 200
     (dead,) = await take(channel, names.dead_queue(prefix))
-    assert header(dead, names.H_REASON) == "+13125550100 is not a DID of SMS configuration 'main'"
+    assert header(dead, names.H_REASON) == "+1******0100 is not a DID of SMS configuration 'main'"  # masked
 
 
 async def test_health_readiness_and_metrics(
@@ -77,8 +77,8 @@ async def test_health_readiness_and_metrics(
         assert r.status == 200
     async with http.get(f"{bridge.receiver_url}/readyz") as r:
         assert r.status == 200
-        assert await r.json() == {"ready": True, "checks": {"broker_connected": True, "topology_declared": True,
-                                                        "ledger_usable": True}}
+        assert await r.json() == {"ready": True, "checks": {"broker_connected": True, "broker_answering": True,
+                                                        "topology_declared": True, "ledger_usable": True}}
     async with http.get(f"{bridge.receiver_url}/metrics") as r:
         assert "smsbridge_webhooks_total" in await r.text()
 
@@ -124,7 +124,7 @@ async def test_losing_one_broker_node_fails_over_to_the_next_url(
         return (await post(http, url, raw))[0] == 200
 
     await eventually(accepted, timeout=90, interval=0.2, what="a webhook accepted through node B")
-    assert bridge.connection is not None and str(bridge.connection.url) == node_b.url
+    assert bridge.connection is not None and bridge.connection.url.port == node_b.port
     await expect_once_per_extension(pbx, "mdr1-febb118b9b034338adfc662a8c02fd88")
     await node_b.cut()
 

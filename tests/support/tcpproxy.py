@@ -1,5 +1,7 @@
 """A loopback TCP proxy in front of RabbitMQ, so a test can take "the broker" away and back
-without touching the real broker other tests share."""
+without touching the real broker other tests share: `cut` is an outage the client sees (resets,
+refused connections), `blackhole` a silent partition (every connection stays open, nothing
+goes through, nothing is reset) until `heal`."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.port = 0
 
     async def start(self) -> None:
@@ -20,6 +24,7 @@ class TcpProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()  # during a partition the handshake goes nowhere
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
         except OSError:
@@ -27,14 +32,17 @@ class TcpProxy:
             return
         self._writers |= {writer, up_writer}
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+            task = asyncio.create_task(self._pipe(src, dst, self._flowing))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
+                # Held, not dropped: like TCP retransmitting across a partition, the stream
+                # resumes intact when it heals, and nothing reads on meanwhile.
+                await flowing.wait()
                 dst.write(data)
                 await dst.drain()
         dst.close()
@@ -51,6 +59,13 @@ class TcpProxy:
         for task in list(self._pipes):
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    def blackhole(self) -> None:
+        """A silent partition: connections stay open, no byte goes through either way."""
+        self._flowing.clear()
+
+    def heal(self) -> None:
+        self._flowing.set()
 
     async def restore(self) -> None:
         """The broker is back, on the same port."""

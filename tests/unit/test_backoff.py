@@ -61,3 +61,14 @@ def test_attempt_from_headers_tolerates_missing_or_odd_values() -> None:
 def test_delay_tier_header_is_one_a_headers_exchange_matches_on() -> None:
     # RabbitMQ's headers exchange skips x- headers when matching: such a binding matches everything.
     assert not names.H_DELAY_TIER.lower().startswith("x-")
+
+
+@pytest.mark.parametrize("attempt", [1023, 1024, 5000, 10**9])
+def test_no_overflow_however_many_attempts(attempt: int) -> None:
+    # connect(attempts=None) counts attempts for ever: 2 ** 1024 used to raise OverflowError.
+    assert compute_backoff(attempt, base=0.5, cap=10.0, rand=lambda: 1.0) == 10.0
+    assert compute_backoff(attempt, base=0.5, cap=10.0, rand=lambda: 0.0) == 5.0
+
+
+def test_cap_below_base_is_the_cap() -> None:
+    assert compute_backoff(50, base=20.0, cap=10.0, rand=lambda: 1.0) == 10.0

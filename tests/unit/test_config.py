@@ -13,6 +13,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sample.toml"
 ENV = {
     "FLOWROUTE_ACCESS_KEY": "ak", "FLOWROUTE_SECRET_KEY": "sk",
     "SMSBRIDGE_WEBHOOK_TOKEN_MAIN": "t" * 32, "ACME_PBX_AUTH": "Bearer x",
+    "SMSBRIDGE_WEBHOOK_TOKEN_GLOBEX": "g" * 32, "GLOBEX_RELAY_SECRET": "r" * 32,
 }
 
 GOOD = """
@@ -44,7 +45,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_the_shipped_sample_is_valid() -> None:
     settings = load_settings(SAMPLE, ENV)
-    assert [c.id for c in settings.sms_configs] == ["main"]
+    assert [c.id for c in settings.sms_configs] == ["main", "globex"]
     assert settings.webhook_url(settings.sms_configs[0]) == f"http://127.0.0.1:8080/webhooks/flowroute/main/{'t' * 32}"
 
 

@@ -24,4 +24,4 @@ def test_the_page_shows_each_places_own_default() -> None:
     page = config_reference.render()
     delivery = page.split("## [retry.delivery]")[1].split("##")[0]
     assert "| `max_attempts` | integer (≥ 1) | `60` |" in delivery  # not RetryPolicy's own default of 10
-    assert "| `kind` | `\"http\"` \\| `\"amqp\"` \\| `\"sip\"` \\| `\"email\"` | required |" in page
+    assert "| `kind` | `\"http\"` \\| `\"amqp\"` \\| `\"flowroute\"` \\| `\"sip\"` \\| `\"email\"` | required |" in page

@@ -116,3 +116,30 @@ async def test_a_handler_crash_is_retried_like_a_retryable_error(crash: Exceptio
     (retry,) = publisher.published
     assert delivered.settled == "ack" and retry.exchange == names.delay_exchange(PREFIX)
     assert retry.headers[names.H_ATTEMPT] == 1
+
+
+async def test_the_origin_of_a_request_is_the_key_it_was_routed_by_not_a_header_its_publisher_set() -> None:
+    """Issue 16 point 1: through the requests exchange (a PBX's only way in) the routing key the
+    broker enforced is the origin; the bridge's own retries (work exchange) keep the one they carry."""
+    handler, publisher = Scripted(RetryableError("busy")), InMemoryPublisher()
+    queue = await consumer(handler, publisher)
+    forged = StubMessage(body=msgspec.json.encode(Event(1)), headers={names.H_ORIGIN_KEY: "outbound.beta"},
+                         routing_key="outbound.acme", exchange=names.requests_exchange(PREFIX), message_id="m-1")
+    await queue.deliver(forged)
+    retried = StubMessage(body=msgspec.json.encode(Event(2)), headers={names.H_ORIGIN_KEY: "outbound.acme"},
+                          routing_key=QUEUE, exchange=names.work_exchange(PREFIX), message_id="m-2")
+    await queue.deliver(retried)
+    assert [ctx.origin_key for _, ctx in handler.seen] == ["outbound.acme", "outbound.acme"]
+    assert [p.headers[names.H_ORIGIN_KEY] for p in publisher.published] == ["outbound.acme", "outbound.acme"]
+
+
+async def test_a_dead_letter_carries_no_foreign_header_and_a_bounded_reason() -> None:
+    """Issue 16 point 3: an input-sized reason or a PBX's own huge header must not reach the broker."""
+    handler, publisher = Scripted(PermanentError("bad " + "+12065550199 " * 30_000)), InMemoryPublisher()
+    await (await consumer(handler, publisher)).deliver(message(1, **{"x-pbx-trace": "t" * 100_000}))
+    (dead,) = publisher.published
+    assert "x-pbx-trace" not in dead.headers
+    reason = dead.headers[names.H_REASON]
+    assert len(reason) < 400 and "12065550199" not in reason
+    ((_, told, _),) = handler.gave_up
+    assert len(told) < 400

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from smsbridge.flowroute.dlr import classify_dlr
+from smsbridge.flowroute.dlr import CODES, classify_dlr
+
+# Flowroute's "Delivery Receipt Response Codes" page (flowroute-api.md §6.5): 50 codes.
+DOCUMENTED = [*range(1000, 1010), *range(1100, 1113), 1115, 1116, 1150, 1152, *range(1200, 1223)]
 
 
 @pytest.mark.parametrize(
@@ -14,10 +17,43 @@ def test_progress_states(level: int | None, status: str, code: int | None, state
     assert classify_dlr(level, status, code).state == state
 
 
+def test_the_table_holds_every_documented_code_and_no_other() -> None:
+    assert len(DOCUMENTED) == 50 and sorted(CODES) == DOCUMENTED
+
+
+@pytest.mark.parametrize("code", [c for c in DOCUMENTED if c >= 1005])
+def test_every_documented_failure_has_its_own_actionable_reason(code: int) -> None:
+    """No documented code falls back to "carrier reported error N": each says what to do."""
+    outcome = classify_dlr(2, "delivery failed", code, "whatever Flowroute says")
+    assert outcome.state == "failed" and outcome.reason_code not in (None, "")
+    assert outcome.reason and outcome.reason.endswith(f"(DLR {code})")
+    assert "carrier reported error" not in outcome.reason and "whatever Flowroute says" not in outcome.reason
+    assert ":" in outcome.reason  # what happened: what to do
+
+
+@pytest.mark.parametrize(
+    ("code", "reason_code", "reason"),
+    [(1100, "carrier_error", "the carrier gave no reason: send again later; if it repeats, contact Flowroute "
+                             "support with the message id (DLR 1100)"),
+     (1107, "invalid_sender", "the carrier refused the sender number's type of number: check the DID is a US or "
+                              "Canadian long code or toll-free number enabled for messaging (DLR 1107)"),
+     (1115, "no_route", "no carrier handles the destination (ported or disconnected?): check the number, else "
+                        "contact Flowroute support with the message id (DLR 1115)"),
+     (1201, "too_long", "the carrier refused the message as too long: send it shorter (DLR 1201)"),
+     (1206, "invalid_destination", "the carrier refused the destination number's address: check the number is a "
+                                   "US or Canadian mobile number (DLR 1206)"),
+     (1216, "carrier_error", "the carrier gateway refused the ESM class (the bridge sets none): contact Flowroute "
+                             "support with the message id (DLR 1216)")],
+)
+def test_formerly_generic_codes_now_say_what_to_do(code: int, reason_code: str, reason: str) -> None:
+    assert classify_dlr(2, "delivery failed", code) == ("failed", reason_code, reason)
+
+
 def test_opt_out_reason_is_plain() -> None:
     outcome = classify_dlr(2, "delivery failed", 1110)
     assert outcome.state == "failed" and outcome.reason_code == "opted_out"
-    assert outcome.reason == "recipient opted out (STOP) (DLR 1110)"
+    assert outcome.reason == ("recipient opted out (STOP): they must text UNSTOP before you can text them again "
+                              "(DLR 1110)")
 
 
 @pytest.mark.parametrize("code", [1103, 1109, 1150, 1152])
@@ -26,12 +62,14 @@ def test_registration_failures_tell_the_operator_about_10dlc(code: int) -> None:
     assert outcome.state == "failed" and "10DLC" in (outcome.reason or "")
 
 
-def test_unknown_failure_code_is_still_a_failure() -> None:
-    outcome = classify_dlr(2, "whatever", 1299)
-    assert outcome.state == "failed" and "1299" in (outcome.reason or "")
+def test_unknown_failure_code_keeps_flowroutes_description() -> None:
+    outcome = classify_dlr(2, "whatever", 1299, "Carrier blocked the sender")
+    assert outcome == ("failed", "carrier_error", "carrier reported error 1299: Carrier blocked the sender")
+    assert classify_dlr(2, "whatever", 1299).reason == "carrier reported error 1299: whatever"
 
 
 def test_failure_wording_without_code_is_a_failure() -> None:
     # Open question (flowroute-api.md §13.7): failure wording is unconfirmed; match defensively.
     assert classify_dlr(2, "smsc reject", None).state == "failed"
-    assert classify_dlr(2, "delivery failed", None).state == "failed"
+    assert classify_dlr(2, "delivery failed", None, "Handset rejected").reason == \
+        "carrier reported: delivery failed (Handset rejected)"

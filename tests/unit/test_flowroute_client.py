@@ -28,7 +28,7 @@ async def test_sms_request_body_auth_and_headers(flowroute: FlowrouteSimulator, 
     assert request["user"] == "AK-test", "Basic auth with the configuration's Access Key and Secret Key"
     assert request["content_type"] == "application/vnd.api+json"
     assert request["body"] == {"data": {"type": "message", "attributes": {
-        "to": "+12065550199", "from": "+12065550100", "body": "hi", "dlr_callback": CALLBACK}}}
+        "to": "12065550199", "from": "12065550100", "body": "hi", "dlr_callback": CALLBACK}}}
 
 
 async def test_mms_sets_is_mms_and_media_urls(flowroute: FlowrouteSimulator, http: aiohttp.ClientSession) -> None:
@@ -37,6 +37,16 @@ async def test_mms_sets_is_mms_and_media_urls(flowroute: FlowrouteSimulator, htt
     attributes = flowroute.requests[0]["body"]["data"]["attributes"]
     assert attributes["is_mms"] is True and attributes["media_urls"] == ["https://cdn/a.png"]
     assert "dlr_callback" not in attributes
+
+
+async def test_media_only_mms_has_no_body(flowroute: FlowrouteSimulator, http: aiohttp.ClientSession) -> None:
+    """Known clients omit `body` when an MMS has no text; we sent `"body": ""`."""
+    client = FlowrouteClient(http, base_url=flowroute.url, timeout_s=5)
+    outcome = await client.send(sms_config(), dispatch(body="", is_mms=True, media_urls=("https://cdn/a.png",)))
+    assert isinstance(outcome, Accepted)
+    assert flowroute.requests[0]["body"]["data"]["attributes"] == {
+        "to": "12065550199", "from": "12065550100", "is_mms": True, "media_urls": ["https://cdn/a.png"],
+        "dlr_callback": CALLBACK}
 
 
 async def test_a_timeout_is_retryable_and_says_the_outcome_is_unknown(

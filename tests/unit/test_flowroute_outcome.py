@@ -42,16 +42,32 @@ def test_5xx_is_retried(status: int) -> None:
     assert isinstance(outcome, Retry) and f"Flowroute answered {status}" in outcome.reason
 
 
+@pytest.mark.parametrize("status", [400, 403, 422])
 @pytest.mark.parametrize(
     "body",
-    [errors(400, "Message not sent", "Bad Request", code=1110), errors(400, "1110 User Opted Out"),
-     errors(400, "", code="1110")],
+    [errors(400, "Message not sent", "1110"), errors(400, "Message not sent", "Error 1110: User Opted Out"),
+     errors(400, "1110 User Opted Out"), errors(400, {"code": 1110, "message": "opted out"}),
+     errors(400, "", "Bad Request", code=1110), errors(400, "", code="1110"), errors(400, "", error_code=1110),
+     {"errors": [{"status": 400, "title": "Bad Request"}, {"status": 400, "title": "1110"}]}],
 )
-def test_400_with_1110_is_the_stop_opt_out(body: dict[str, object]) -> None:
-    # open question: the exact 1110 error body is undocumented; code field or detail text both count
+def test_1110_in_any_field_of_any_error_is_the_stop_opt_out(status: int, body: dict[str, object]) -> None:
+    """The docs say opt-out is "400 with error code 1110" without naming the field, and the
+    documented error object (id, status, title, detail) has no `code`: 1110 counts wherever it is,
+    whatever the status (a 403 saying 1110 is not a registration problem)."""
+    outcome = classify_send(status, body, {}, from_number="+12065550100")
+    assert outcome == Fail("opted_out",
+                           "recipient opted out (STOP): they must text UNSTOP before you can text them again")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [errors(400, "11100 characters is too long"), errors(400, "call 2061110"),
+     {"errors": [{"id": "7fc8c70a-1110-430c-b383-b89df84f8083", "status": 400, "title": "Bad Request"}]}],
+)
+def test_1110_inside_another_number_or_the_request_id_is_not_an_opt_out(body: dict[str, object]) -> None:
+    """`id` is a random request id: a `1110` group in it is chance, not Flowroute's opt-out code."""
     outcome = classify_send(400, body, {})
-    assert isinstance(outcome, Fail) and outcome.code == "opted_out"
-    assert outcome.reason.startswith("recipient opted out (STOP)")
+    assert isinstance(outcome, Fail) and outcome.code == "flowroute_400"
 
 
 def test_plain_400_keeps_flowroutes_words() -> None:

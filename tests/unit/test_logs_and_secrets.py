@@ -57,3 +57,36 @@ def test_timestamps_are_utc_to_the_microsecond() -> None:
         assert isinstance(stamp, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
         assert before - timedelta(milliseconds=1) <= datetime.fromisoformat(stamp) <= after
     assert stamps == sorted(stamps)
+
+
+def test_numbers_in_reasons_errors_and_tracebacks_are_masked() -> None:
+    """Issue 16 point 5: a full number quoted in free text (a dead-letter reason, an exception)."""
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json", show_pii=False), stream=stream)
+    try:
+        raise ValueError("bad row ('+12065550199', 'hello')")
+    except ValueError:
+        structlog.get_logger("t").exception("handler crashed", reason="destination +14255550123 refused",
+                                            error="invalid number '2065550177'")
+    line = json.loads(stream.getvalue())
+    text = json.dumps(line)
+    for number in ("12065550199", "14255550123", "2065550177"):
+        assert number not in text
+    assert "+1******0199" in line["exception"] and line["reason"] == "destination +1******0123 refused"
+
+
+def test_standard_library_logging_comes_out_as_json_through_the_same_masking() -> None:
+    """aiohttp's and aio-pika's records (tracebacks too) are JSON lines, not plain text."""
+    import logging
+
+    stream = io.StringIO()
+    logs.configure(LoggingSettings(format="json", show_pii=False), stream=stream)
+    try:
+        raise ConnectionError("peer +12065550199 went away")
+    except ConnectionError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    logging.getLogger("aio_pika.robust_connection").warning("Connection attempt to %s failed", "amqp://x")
+    lines = [json.loads(text) for text in stream.getvalue().splitlines()]  # every line parses
+    assert [line["event"] for line in lines] == ["Error handling request", "Connection attempt to amqp://x failed"]
+    assert lines[0]["logger"] == "aiohttp.server" and "ConnectionError" in lines[0]["exception"]
+    assert "12065550199" not in stream.getvalue()

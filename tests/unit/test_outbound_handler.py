@@ -70,3 +70,25 @@ async def test_giving_up_tells_the_pbx_with_a_failed_status(ledger: Ledger) -> N
     event = msgspec.json.decode(status.body, type=StatusEvent)
     assert (event.state, event.client_message_id, event.reason_code) == ("failed", "c-1", "no_rule")
     assert status.routing_key == names.status_routing_key("acme", "failed")
+
+
+@pytest.mark.parametrize("origin", ["anything", "smsbridge.outbound", "outbound.", "outbound.acme.x"])
+async def test_a_key_that_names_no_tenant_is_refused_not_waved_through(ledger: Ledger, origin: str) -> None:
+    """Issue 16 point 1: the tenant check once skipped any origin not of the form outbound.<tenant>."""
+    publisher = InMemoryPublisher()
+    with pytest.raises(PermanentError) as refused:
+        await handler(publisher, ledger).handle(request(tenant="beta"), MessageContext(origin, attempt=1))
+    assert refused.value.code == "tenant_mismatch" and publisher.published == []
+
+
+async def test_a_field_beyond_its_limit_fails_naming_the_field(ledger: Ledger) -> None:
+    """Issue 16 point 4: a 200 kB `to` is refused by name before any rule quotes it."""
+    publisher = InMemoryPublisher()
+    outbound = handler(publisher, ledger)
+    with pytest.raises(PermanentError) as refused:
+        await outbound.handle(request(to="1" * 200_000), ACME)
+    assert refused.value.code == "invalid_field" and refused.value.reason.startswith("field 'to' ")
+    await outbound.given_up(request(to="1" * 200_000), refused.value.reason, refused.value.code)
+    (status,) = publisher.to(names.status_exchange(PREFIX))
+    event = msgspec.json.decode(status.body, type=StatusEvent)
+    assert (event.state, event.reason_code) == ("failed", "invalid_field") and "field 'to'" in (event.reason or "")

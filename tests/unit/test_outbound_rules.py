@@ -114,3 +114,10 @@ def test_empty_message_is_refused() -> None:
 def test_unknown_tenant_and_foreign_config_are_refused() -> None:
     assert refusal(request(tenant="beta")).code == "unknown_tenant"
     assert refusal(request(config_id="other")).code == "unknown_config"
+
+
+@pytest.mark.parametrize(("to", "country"), [("+18765550100", "Jamaica"), ("1 809 555 0100", "the Dominican Republic")])
+def test_destinations_outside_the_us_and_canada_are_refused_before_sending(to: str, country: str) -> None:
+    refused = refusal(request(to=to))
+    assert refused.code == "destination_not_us_ca"
+    assert refused.reason.endswith(f"is in {country}: Flowroute sends only to the US and Canada")

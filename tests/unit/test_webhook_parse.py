@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from smsbridge.events import MediaProblem
 from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt, UnknownShape, parse_timestamp, parse_webhook
 from tests.support.fixtures import payload
 
@@ -84,6 +85,19 @@ def test_delivery_receipts_in_every_shape(name: str, level: int | None, status: 
     assert parsed.mdr_id.startswith("mdr2-")
 
 
+@pytest.mark.parametrize("shape", ["jsonapi", "legacy", "dlr"])
+def test_numbers_as_json_numbers_are_read_as_text(shape: str) -> None:
+    """A real 2022 inbound SMS carries `"to": 16085612999`: every shape takes a number or a string."""
+    docs = {
+        "jsonapi": {"data": {"type": "message", "id": "mdr2-a",
+                             "attributes": {"to": 16085612999, "from": 12065550199}}},
+        "legacy": {"id": "mdr2-a", "to": 16085612999, "from": 12065550199, "body": "hi"},
+        "dlr": {"type": "delivery_receipt", "id": "mdr2-a", "attributes": {"to": 16085612999, "from": 12065550199}},
+    }
+    parsed = parse_webhook(docs[shape])
+    assert (parsed.to, parsed.from_) == ("16085612999", "12065550199")
+
+
 def test_flat_dlr_keeps_to_and_from() -> None:
     parsed = parse_webhook(payload("dlr_flat_level2"))
     assert isinstance(parsed, ParsedReceipt)
@@ -102,8 +116,8 @@ def test_flat_dlr_keeps_to_and_from() -> None:
         ({"data": {"type": "message", "attributes": {"to": "1", "from": "2"}}}, "missing required field `id`"),
         ({"data": {"type": "message", "id": "m", "attributes": {"to": "1", "from": "2", "direction": "outbound"}}},
          "direction is 'outbound'"),
-        ({"data": {"type": "message", "id": "m", "attributes": {"to": 12065550100, "from": "2"}}},
-         "Expected `str`"),
+        ({"data": {"type": "message", "id": "m", "attributes": {"to": ["12065550100"], "from": "2"}}},
+         "Expected `int | str`, got `array` - at `$.data.attributes.to`"),
         ({"data": {"type": "delivery_receipt", "attributes": {}}}, "missing required field `id`"),
         ({"to": "1", "from": "2", "id": 5}, "legacy message"),
     ],
@@ -114,11 +128,30 @@ def test_malformed_payloads_say_what_is_wrong(doc: object, fragment: str) -> Non
     assert fragment in info.value.reason
 
 
-def test_media_entry_without_url_is_an_unknown_shape() -> None:
-    doc = payload("mms_2017")
-    del doc["included"][0]["attributes"]["url"]
-    with pytest.raises(UnknownShape, match="included media"):
-        parse_webhook(doc)
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [({"url": None}, "Flowroute gave no URL for it"), ({}, "Flowroute gave no URL for it"),
+     ({"url": ""}, "Flowroute gave no URL for it"), ({"url": "ftp://x/1.png"}, "its URL is not http(s)"),
+     ({"url": ["https://x"]}, "unreadable attributes: Expected `str | null`, got `array` - at `$.url`")],
+)
+def test_an_attachment_without_a_usable_url_costs_neither_the_text_nor_the_others(
+        attributes: dict[str, object], reason: str) -> None:
+    doc = payload("mms_three_media")
+    bad = next(item for item in doc["included"] if item["id"] == "m-1")
+    bad["attributes"] = {"file_name": "one.jpg", **attributes}
+    parsed = parse_webhook(doc)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.body == "photos from the site visit" and parsed.is_mms
+    assert [m.media_id for m in parsed.media] == ["m-2", "m-3"]
+    assert parsed.media_problems == (MediaProblem(media_id="m-1", file_name="one.jpg", reason=reason),)
+
+
+def test_an_mms_whose_only_attachment_is_unusable_is_still_an_mms() -> None:
+    doc = payload("mms_2022_null_body")
+    doc["included"][0]["attributes"]["url"] = None
+    parsed = parse_webhook(doc)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.is_mms and parsed.media == () and len(parsed.media_problems) == 1
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,14 @@ means it published its next message with a confirm or got its answer), or after 
 republished with a confirm to the delay or dead-letter exchange. If even that publish fails we
 nack with requeue; the quorum queue's delivery limit stops that from looping forever.
 The attempt count and first-seen time travel in the message headers, never in process memory.
+
+A message's outcome is settled under its order key's lock, the `given_up` hook included: the
+final state (e.g. `failed` in the ledger) is written before the next copy of the same request
+may start. Giving up runs the hook first, then publishes the dead-letter copy: a hook that fails
+(a ledger outage, say) sends the message round the delay queue marked `H_GIVING_UP` (with a count
+of its own), and its next delivery only finishes giving up; it is never handled twice nor
+dead-lettered twice. Should the hook fail `max_attempts` times, the message is dead-lettered
+without it, its reason saying so.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from smsbridge.broker.publisher import Publisher, now_ms
 from smsbridge.config import RetryPolicy
 from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
 from smsbridge.metrics import Metrics
+from smsbridge.redact import carried, clip, header_text
 
 T = TypeVar("T")
 T_contra = TypeVar("T_contra", contravariant=True)
@@ -74,6 +83,22 @@ def retry_decision(attempt: Attempt, policy: RetryPolicy, *, now: int, requested
     if attempt.age_s(now) + delay > policy.max_age_s:
         return f"gave up: older than the {policy.max_age_s:g} s maximum age"
     return min(delay, names.MAX_DELAY_S)
+
+
+def _giving_up(message: AbstractIncomingMessage) -> tuple[str, str] | None:
+    """(reason, code) when an earlier delivery decided to dead-letter this message."""
+    headers = message.headers or {}
+    if not headers.get(names.H_GIVING_UP):
+        return None
+    return _text(headers.get(names.H_REASON)), _text(headers.get(names.H_REASON_CODE))
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "unknown")
 
 
 class StageConsumer(Generic[T]):
@@ -156,28 +181,33 @@ class StageConsumer(Generic[T]):
         await self._run(message, attempt, event)
 
     def _origin_key(self, message: AbstractIncomingMessage) -> str:
-        origin = (message.headers or {}).get(names.H_ORIGIN_KEY)
-        if isinstance(origin, bytes):
-            origin = origin.decode()
-        return origin if isinstance(origin, str) else (message.routing_key or self.queue_name)
+        header = (message.headers or {}).get(names.H_ORIGIN_KEY)
+        if isinstance(header, bytes):
+            header = header.decode(errors="replace")
+        return names.origin_key(self._prefix, message.exchange or "", message.routing_key or self.queue_name,
+                                header if isinstance(header, str) else None)
 
     async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
         started = time.perf_counter()
         key = self._order_key(event) if self._order_key else None
-        try:
-            async with self._locks.hold(key):
+        async with self._locks.hold(key):
+            giving_up = _giving_up(message)
+            if giving_up is not None:
+                await self._dead_letter(message, attempt, *giving_up, event)
+                return
+            try:
                 await self._handler.handle(event, MessageContext(self._origin_key(message), attempt.number + 1))
-        except PermanentError as exc:
-            await self._dead_letter(message, attempt, exc.reason, exc.code, event)
-        except RetryableError as exc:
-            await self._retry(message, attempt, exc.reason, exc.retry_after, event)
-        except BrokerUnavailable as exc:
-            await self._requeue(message, f"broker unavailable: {exc}")
-        except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
-            log.exception("handler crashed", error=repr(exc))
-            await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
-        else:
-            await self._settle(message.ack, "done", time.perf_counter() - started)
+            except PermanentError as exc:
+                await self._dead_letter(message, attempt, exc.reason, exc.code, event)
+            except RetryableError as exc:
+                await self._retry(message, attempt, exc.reason, exc.retry_after, event)
+            except BrokerUnavailable as exc:
+                await self._requeue(message, f"broker unavailable: {exc}")
+            except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
+                log.exception("handler crashed", error=repr(exc))
+                await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
+            else:
+                await self._settle(message.ack, "done", time.perf_counter() - started)
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                      requested: float | None, event: T) -> None:
@@ -185,7 +215,7 @@ class StageConsumer(Generic[T]):
         if isinstance(decision, str):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
-        headers = {**(message.headers or {}), names.H_ATTEMPT: attempt.number + 1,
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_ATTEMPT: attempt.number + 1,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
                    names.H_ORIGIN_KEY: self._origin_key(message)}
         try:
@@ -204,23 +234,68 @@ class StageConsumer(Generic[T]):
 
     async def _dead_letter(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                            code: str, event: T | None) -> None:
-        headers = {**(message.headers or {}), names.H_STAGE: self.stage, names.H_REASON: reason,
+        reason = clip(reason)  # it may quote input: a sentence for people, never input-sized
+        if event is not None:
+            ran = await self._given_up(message, attempt, reason, code, event)
+            if ran is False:  # it goes round the delay queue and finishes giving up later
+                return
+            if ran is None:
+                reason = f"{reason} (the final state was not recorded)"
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_STAGE: self.stage,
+                   names.H_REASON: header_text(reason),
                    names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number + 1, names.H_DEAD_AT: now_ms(),
                    names.H_ROUTING_KEY: self.queue_name, names.H_ORIGIN_KEY: self._origin_key(message)}
         headers.pop(names.H_DELAY_TIER, None)
+        headers.pop(names.H_GIVING_UP, None)
         try:
             await self._publisher.publish(
                 names.dead_exchange(self._prefix), self.queue_name, message.body,
                 headers=headers, message_id=message.message_id,
             )
-            if event is not None:
-                await self._handler.given_up(event, reason, code)
         except BrokerUnavailable as exc:
             await self._requeue(message, f"could not dead-letter: {exc}")
             return
         self._metrics.dead_lettered.labels(self.stage, code).inc()
         log.error("message dead-lettered", outcome="dead_letter", reason=reason, reason_code=code)
         await self._settle(message.ack, None, None)
+
+    async def _given_up(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str, code: str,
+                        event: T) -> bool | None:
+        """Run the hook (the final state) before the dead-letter copy exists. True: it ran.
+        False: it failed, and the message went round the delay queue marked to finish giving up
+        next time. None: it failed once too often; dead-letter without it."""
+        try:
+            await self._handler.given_up(event, reason, code)
+        except Exception as exc:  # noqa: BLE001 - a ledger outage or a lost publish: try again later
+            log.warning("could not record the final state before dead-lettering; will try again",
+                        reason_code=code, error=repr(exc)[:300])
+            return await self._retry_giving_up(message, attempt, reason, code)
+        return True
+
+    async def _retry_giving_up(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
+                               code: str) -> bool | None:
+        """Round the delay queue with the decision in the headers (False); the hook has its own
+        count of tries, as the message's may be spent already. Out of tries: None."""
+        tries = _int((message.headers or {}).get(names.H_GIVING_UP)) + 1
+        if tries >= self._policy.max_attempts:
+            log.error("gave up recording the final state; dead-lettering without it", reason_code=code)
+            return None
+        delay = min(compute_backoff(tries - 1, base=self._policy.base_delay_s, cap=self._policy.max_delay_s,
+                                    rand=self._rand), names.MAX_DELAY_S)
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_GIVING_UP: tries,
+                   names.H_REASON: header_text(reason),
+                   names.H_REASON_CODE: code, names.H_ATTEMPT: attempt.number,
+                   names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(delay)),
+                   names.H_ORIGIN_KEY: self._origin_key(message)}
+        try:
+            await self._publisher.publish(names.delay_exchange(self._prefix), self.queue_name, message.body,
+                                          headers=headers, message_id=message.message_id, expiration_s=delay)
+        except BrokerUnavailable as exc:
+            await self._requeue(message, f"could not schedule the end of giving up: {exc}")
+            return False
+        self._metrics.retried.labels(self.stage).inc()
+        await self._settle(message.ack, None, None)
+        return False
 
     async def _requeue(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning("message requeued", outcome="requeue", reason=reason)

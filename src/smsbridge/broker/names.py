@@ -29,9 +29,14 @@ H_STAGE = "x-smsbridge-stage"
 H_REASON = "x-smsbridge-reason"
 H_REASON_CODE = "x-smsbridge-reason-code"
 H_DEAD_AT = "x-smsbridge-dead-at-ms"
+# Set on a message whose dead-lettering is decided but whose `given_up` hook failed: its next
+# delivery only finishes giving up (the hook again, then the dead-letter copy), never handles it.
+H_GIVING_UP = "x-smsbridge-dead-pending"
 H_ROUTING_KEY = "x-smsbridge-routing-key"
 H_CONFIG = "x-smsbridge-config"
 H_ORIGIN_KEY = "x-smsbridge-origin-key"
+# What a republish (retry, dead letter) keeps of a message's headers; the rest it sets anew.
+CARRIED_HEADERS = frozenset({H_ATTEMPT, H_FIRST_SEEN, H_CONFIG, H_ORIGIN_KEY})
 
 
 def work_exchange(prefix: str) -> str:
@@ -86,6 +91,20 @@ def request_routing_key(tenant: str) -> str:
 def tenant_of_request_key(routing_key: str) -> str | None:
     head, _, tenant = routing_key.partition(".")
     return tenant if head == "outbound" and tenant and "." not in tenant else None
+
+
+def origin_key(prefix: str, exchange: str, routing_key: str, header: str | None) -> str:
+    """The routing key a message was first published with, from what its publisher could not choose.
+
+    A PBX reaches a stage queue only through `<prefix>.requests`, whose topic permissions pin its
+    key: there the key the broker routed by is the origin, and a header the PBX set means nothing.
+    Through any other exchange (`<prefix>.work`, a delay queue's dead-lettering, the default
+    exchange) only a user with wider write rights, the bridge itself, can have published, so the
+    origin header that its retries and replays carry is trusted there.
+    """
+    if exchange == requests_exchange(prefix) or not header or len(header) > 255:  # 255: an AMQP key's limit
+        return routing_key
+    return header
 
 
 def dispatch_stage(account: str) -> str:

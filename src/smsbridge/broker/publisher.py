@@ -2,12 +2,15 @@
 
 Any failure (connection down, channel closed, nack, unroutable, timeout) becomes
 `BrokerUnavailable`, so callers have one thing to catch and one meaning: nothing was stored.
+With a `gate` (see `broker/liveness.py`), a publish while the broker is known not to answer
+fails at once instead of waiting out its confirm timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
@@ -15,6 +18,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.errors import BrokerUnavailable
+from smsbridge.redact import header_text
 
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
@@ -32,6 +36,8 @@ class Publisher:
     def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
         self._channel = channel
         self._timeout = timeout
+        self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
+
 
     async def publish(
         self,
@@ -43,7 +49,11 @@ class Publisher:
         message_id: str | None = None,
         expiration_s: float | None = None,
         mandatory: bool = True,
+        timeout: float | None = None,
+        gated: bool = True,
     ) -> None:
+        if gated and self.gate is not None and not self.gate():
+            raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not attempted: the broker is not answering")
         properties = Basic.Properties(
             content_type="application/json",
             delivery_mode=PERSISTENT,
@@ -57,10 +67,17 @@ class Publisher:
             channel = await self._channel.get_underlay_channel()
             confirmation = await channel.basic_publish(
                 body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory,
-                timeout=self._timeout,
+                timeout=self._timeout if timeout is None else timeout,
             )
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
+        except asyncio.CancelledError as exc:
+            # aiormq cancels the confirm futures of a connection it drops (e.g. after missed
+            # heartbeats): for us that is an unconfirmed publish. Our own cancellation stays one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # a nack, or the message came back unroutable
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
 
@@ -74,7 +91,7 @@ class Publisher:
         """Straight to the dead-letter queue: for input we cannot process but must not drop."""
         headers = {
             names.H_STAGE: stage,
-            names.H_REASON: reason,
+            names.H_REASON: header_text(reason),
             names.H_REASON_CODE: code,
             names.H_ATTEMPT: 0,
             names.H_DEAD_AT: now_ms(),

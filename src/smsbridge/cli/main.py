@@ -23,13 +23,14 @@ import structlog
 from smsbridge import logs
 from smsbridge.bridge import ROLES, Bridge
 from smsbridge.cli import db, dlq, messages
-from smsbridge.config import HttpTarget, LoggingSettings, Settings
+from smsbridge.config import FlowrouteTarget, HttpTarget, LoggingSettings, Settings
 from smsbridge.config_file import ConfigError, check_file, load_settings
 from smsbridge.connection import connect
 from smsbridge.events import OutboundRequest, encoder
 from smsbridge.flowroute.payloads import inbound_payload
 from smsbridge.flowroute.simulator import Faults, FlowrouteSimulator
 from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.sandbox.flowroute_pbx import FlowroutePbx
 from smsbridge.sandbox.pbx import FakePbx
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -78,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     flowroute.add_argument("--sms-per-second", type=int, default=5, help="0 turns the limit off")
     flowroute.add_argument("--mms-per-second", type=int, default=1, help="0 turns the limit off")
     flowroute.add_argument("--latency", type=float, default=0.0, help="seconds added to every send")
+    flowroute.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS",
+                           help="each send is counted 0 to SECONDS after it arrives, at random (network jitter)")
     flowroute.add_argument("--error-ratio", type=float, default=0.0, help="share of sends answered 503")
     flowroute.add_argument("--drop-ratio", type=float, default=0.0, help="share of sends whose connection drops")
     inbound = what.add_parser("inbound", help="post a Flowroute-shaped inbound text to a webhook URL")
@@ -149,7 +152,7 @@ def _stop_event() -> asyncio.Event:
 async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = False) -> int:
     log = structlog.get_logger("smsbridge")
     stop = _stop_event()
-    pbxs: list[FakePbx] = []
+    pbxs: list[FakePbx | FlowroutePbx] = []
     simulator: FlowrouteSimulator | None = None
     if sandbox:
         pbxs = await _start_sandbox(settings)
@@ -212,11 +215,12 @@ async def simulate_flowroute(args: argparse.Namespace) -> int:
     simulator = FlowrouteSimulator({key: secret for key, secret in pairs},
                                    sms_per_second=args.sms_per_second or None,
                                    mms_per_second=args.mms_per_second or None)
-    simulator.faults = Faults(latency_s=args.latency, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio)
+    simulator.faults = Faults(latency_s=args.latency, jitter_s=args.jitter, error_ratio=args.error_ratio,
+                              drop_ratio=args.drop_ratio)
     stop = _stop_event()
     await simulator.start(args.host, args.port)
-    structlog.get_logger("smsbridge").info("Flowroute simulator listening", url=simulator.url,
-                                           accounts=[key for key, _ in pairs])
+    # The number of accounts, never their Access Keys: a key is half of a credential.
+    structlog.get_logger("smsbridge").info("Flowroute simulator listening", url=simulator.url, accounts=len(pairs))
     await stop.wait()
     await simulator.stop()
     return 0
@@ -231,17 +235,29 @@ async def simulate_inbound(args: argparse.Namespace) -> int:
         return 0 if response.status == 200 else 1
 
 
-async def _start_sandbox(settings: Settings) -> list[FakePbx]:
-    started = []
+async def _start_sandbox(settings: Settings) -> list[FakePbx | FlowroutePbx]:
+    started: list[FakePbx | FlowroutePbx] = []
     for target in settings.pbx_targets:
-        if not isinstance(target, HttpTarget):
+        parts = urlsplit(target.url) if isinstance(target, HttpTarget | FlowrouteTarget) else None
+        if parts is None or parts.hostname not in LOOPBACK:
             continue
-        parts = urlsplit(target.url)
-        if parts.hostname not in LOOPBACK:
+        if isinstance(target, FlowrouteTarget):
+            started.append(await _start_flowroute_pbx(target.tenant, parts.hostname or "127.0.0.1",
+                                                      parts.port or 80, parts.path or "/"))
             continue
+        assert isinstance(target, HttpTarget)
         expect = (target.auth_header, target.auth_value.reveal()) if target.auth_value else None
         pbx = FakePbx(path=parts.path or "/", expect_auth=expect)
         await pbx.start(parts.hostname or "127.0.0.1", parts.port or 80)
         structlog.get_logger("smsbridge").info("sandbox: demo PBX listening", tenant=target.tenant, url=pbx.url)
         started.append(pbx)
     return started
+
+
+async def _start_flowroute_pbx(tenant: str, host: str, port: int, path: str) -> FlowroutePbx:
+    """A demo PBX that speaks only Flowroute, at the target's URL."""
+    pbx = FlowroutePbx(path=path)
+    await pbx.start(host, port)
+    structlog.get_logger("smsbridge").info("sandbox: demo PBX that speaks Flowroute listening", tenant=tenant,
+                                           webhook=pbx.webhook_url)
+    return pbx

@@ -13,13 +13,18 @@ from smsbridge.config import SmsConfig
 from smsbridge.errors import RetryableError
 from smsbridge.events import DispatchRequest
 from smsbridge.flowroute.outcome import Outcome, Retry, classify_send
+from smsbridge.flowroute.sent_lookup import Lookup, SentText
+from smsbridge.numbers import flowroute_format
 
 CONTENT_TYPE = "application/vnd.api+json"
 
 
 def message_body(request: DispatchRequest) -> dict[str, Any]:
-    """The JSON:API body for `POST /v2.2/messages` (E.164 with `+`, as v2.2 documents)."""
-    attributes: dict[str, Any] = {"to": request.to, "from": request.from_, "body": request.body}
+    """The JSON:API body for `POST /v2.2/messages`: numbers in the 11-digit form every version of
+    the docs accepts; a media-only MMS has no `body` at all (as known clients send it)."""
+    attributes: dict[str, Any] = {"to": flowroute_format(request.to), "from": flowroute_format(request.from_)}
+    if request.body or not request.is_mms:
+        attributes["body"] = request.body
     if request.is_mms:
         attributes["is_mms"] = True
         attributes["media_urls"] = list(request.media_urls)
@@ -66,24 +71,25 @@ class FlowrouteClient:
             return Retry(f"Flowroute unreachable: {exc.__class__.__name__}: {exc}", maybe_sent=True)
 
     async def find_sent(self, config: SmsConfig, request: DispatchRequest, *, since: datetime,
-                        until: datetime, max_pages: int = 10) -> str | None:
-        """The id of an outbound message with the same from, to and body sent in [since, until],
-        from Flowroute's message list; None if there is none. Raises `RetryableError` when the
-        list cannot be read (then we must not send: we could not rule out a duplicate)."""
+                        until: datetime, max_pages: int = 10) -> Lookup:
+        """Every outbound message with the same from, to and body sent in [since, until], from
+        Flowroute's message list. Raises `RetryableError` when the list cannot be read (then we
+        must not send: we could not rule out a duplicate); `complete` is False when there were
+        more pages than `max_pages`."""
         headers = {"Accept": CONTENT_TYPE,
                    "Authorization": aiohttp.encode_basic_auth(config.access_key.reveal(), config.secret_key.reveal())}
         url: str | None = self._url
         params: dict[str, str] | None = {"start_date": flowroute_time(since), "end_date": flowroute_time(until),
                                          "limit": "100"}
+        found: list[SentText] = []
         for _ in range(max_pages):
             if url is None:
-                return None
+                return Lookup(found, complete=True)
             page = await self._get(url, params, headers)
-            for record in page.get("data") or []:
-                if _same_message(record, request):
-                    return str(record["id"])
+            found += [SentText(str(record["id"]), _timestamp(record)) for record in page.get("data") or []
+                      if _same_message(record, request) and record.get("id")]
             url, params = (page.get("links") or {}).get("next"), None
-        return None
+        return Lookup(found, complete=url is None)
 
     async def _get(self, url: str, params: dict[str, str] | None, headers: dict[str, str]) -> dict[str, Any]:
         try:
@@ -99,6 +105,16 @@ class FlowrouteClient:
 def flowroute_time(moment: datetime) -> str:
     """`YYYY-MM-DDTHH:mm:ss.SSZ` in UTC, the list endpoint's date format."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-4] + "Z"
+
+
+def _timestamp(record: dict[str, Any]) -> datetime | None:
+    """When Flowroute took the message (its `timestamp`, UTC); None if absent or unreadable."""
+    value = (record.get("attributes") or {}).get("timestamp")
+    try:
+        moment = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _digits(number: Any) -> str:

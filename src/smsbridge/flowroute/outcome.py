@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ import msgspec
 from smsbridge.backoff import retry_after_seconds
 
 OPTED_OUT_CODE = 1110
+_OPTED_OUT = re.compile(r"(?<!\d)1110(?!\d)")
 REGISTRATION_HINT = ("the sender number must be on this Flowroute account, enabled for messaging, and assigned to a "
                      "registered 10DLC campaign (or verified, for toll-free)")
 
@@ -54,8 +56,12 @@ def error_detail(body: Any) -> str:
 
 
 def _opted_out(body: Any) -> bool:
+    """1110 anywhere in any error: Flowroute says "400 with error code 1110" without naming the
+    field, and its documented error object (id, status, title, detail) has no `code`. `id` is a
+    random request id, where 1110 would be chance, so it is not read."""
     for error in _errors(body):
-        if str(error.get("code", "")) == str(OPTED_OUT_CODE) or str(OPTED_OUT_CODE) in str(error.get("detail", "")):
+        fields = {key: value for key, value in error.items() if key != "id"}
+        if _OPTED_OUT.search(msgspec.json.encode(fields).decode()):
             return True
     return False
 
@@ -73,10 +79,9 @@ def _segments(data: Mapping[str, Any]) -> int | None:
 def classify_send(status: int, body: Any, headers: Mapping[str, str], *, from_number: str = "",
                   rand: Any = random.random) -> Outcome:
     if 200 <= status <= 208:
-        data = body.get("data") if isinstance(body, dict) else None
-        data = data if isinstance(data, dict) else {}
-        mdr_id = data.get("id") if isinstance(data.get("id"), str) else None
-        return Accepted(mdr_id, _segments(data))
+        return _accepted(body)
+    if _opted_out(body):  # whatever the status: a 403 saying 1110 is still an opt-out
+        return Fail("opted_out", "recipient opted out (STOP): they must text UNSTOP before you can text them again")
     if status == 429:
         asked = retry_after_seconds(headers.get("Retry-After"))
         return RateLimited(asked if asked is not None else 1.0 + rand())
@@ -86,10 +91,15 @@ def classify_send(status: int, body: Any, headers: Mapping[str, str], *, from_nu
     return _client_error(status, body, from_number)
 
 
+def _accepted(body: Any) -> Accepted:
+    data = body.get("data") if isinstance(body, dict) else None
+    data = data if isinstance(data, dict) else {}
+    mdr_id = data.get("id") if isinstance(data.get("id"), str) else None
+    return Accepted(mdr_id, _segments(data))
+
+
 def _client_error(status: int, body: Any, from_number: str) -> Fail:
     detail = error_detail(body)
-    if status == 400 and _opted_out(body):
-        return Fail("opted_out", "recipient opted out (STOP): they must text UNSTOP before you can text them again")
     if status == 401:
         return Fail("credentials", "Flowroute rejected the Access Key / Secret Key (401): check the SMS "
                                    f"configuration's credentials ({detail})")

@@ -56,8 +56,6 @@ def dlr_payload(mdr_id: str, *, level: int, status: str, code: int | None, descr
                      "links": {"related": f"https://api.flowroute.com/v2.2/messages/{mdr_id}"}}}
 
 
-def error_body(status: int, title: str, detail: str, code: int | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"id": str(uuid.uuid4()), "status": status, "title": title, "detail": detail}
-    if code is not None:
-        error["code"] = code
-    return {"errors": [error]}
+def error_body(status: int, title: str, detail: str) -> dict[str, Any]:
+    """Flowroute's documented error object (flowroute-api.md §3.1): id, status, title, detail, no more."""
+    return {"errors": [{"id": str(uuid.uuid4()), "status": status, "title": title, "detail": detail}]}

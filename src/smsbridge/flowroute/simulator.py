@@ -4,13 +4,18 @@
   compact body, Flowroute-shaped errors, `202` with an `mdr2-…` id.
 - Rate limits counted the way Flowroute counts them: every attempt of an account inside a
   1000 ms window, rejected ones included; over the limit → `429`.
-- `GET /v2.2/messages/{id}` (one MDR) and `GET /v2.2/messages?start_date=…` (list, paged).
+- `GET /v2.x/messages/{id}` (one MDR) and `GET /v2.x/messages?start_date=…` (list, paged), inbound
+  messages included; MDRs, dates and paging as `sim_records` reads the docs.
+- Every answer is `application/vnd.api+json`; errors are Flowroute's documented object (id,
+  status, title, detail) and nothing more. A `from` that is not one of the account's `numbers`
+  gets 403; numbers outside the US and Canada get 422.
 - DLRs to the message's `dlr_callback`: level 1 (`smsc submit`) then level 2, the outcome chosen
   per destination number (`behaviours`).
 - Inbound injection (`inject_inbound`, `POST /_sim/inbound`) in both payload shapes, resent like
   Flowroute does when the webhook does not answer 200.
-- Fault injection (`faults`, `POST /_sim/faults`): latency, a 5xx ratio, dropped connections, and
-  a script of statuses for the next sends.
+- Fault injection (`faults`, `POST /_sim/faults`): latency, jitter (a random delay before the
+  attempt is counted, as a network path adds), a 5xx ratio, dropped connections, and a script of
+  statuses for the next sends.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from smsbridge.flowroute.payloads import dlr_payload, error_body, flowroute_number, inbound_payload, new_mdr_id
+from smsbridge.flowroute.payloads import dlr_payload, error_body, inbound_payload, new_mdr_id
+from smsbridge.flowroute.sim_records import BadQuery, list_query, outbound_mdr, send_problem
+from smsbridge.flowroute.webhook import parse_timestamp
 from smsbridge.segments import body_info
 
 log = structlog.get_logger("smsbridge.simulator")
@@ -43,12 +50,22 @@ DLR_OUTCOMES: dict[str, tuple[str, int, str]] = {
     "dlr_opted_out": ("delivery failed", 1110, "User Opted Out (STOP)"),
     "dlr_spam": ("delivery failed", 1150, "Spam"),
 }
-API_OUTCOMES = {"opted_out", "unregistered", "invalid"}
+# Refusals at send time. Where Flowroute puts 1110 is undocumented: "opted_out" says it in
+# `detail`, the other two only in `title` (the bridge must find it anywhere).
+API_REFUSALS: dict[str, tuple[int, str, str]] = {
+    "opted_out": (400, "Bad Request", "1110: User Opted Out (STOP)"),
+    "opted_out_title": (400, "1110", ""),
+    "opted_out_403": (403, "1110 User Opted Out", ""),
+    "unregistered": (403, "ActionNotAuthorizedError", ""),
+    "invalid": (422, "Unprocessable Entity", "Invalid value"),
+}
+CONTENT_TYPE = "application/vnd.api+json"
 
 
 @dataclass
 class Faults:
     latency_s: float = 0.0
+    jitter_s: float = 0.0  # each send reaches "Flowroute" (is counted) 0 to jitter_s later, at random
     error_ratio: float = 0.0
     drop_ratio: float = 0.0
     respond_delay_s: float = 0.0  # accept, then wait this long before answering (a crash window)
@@ -61,13 +78,17 @@ class Account:
     sms_per_second: int | None = 5
     mms_per_second: int | None = 1
     attempts: list[tuple[float, bool]] = field(default_factory=list)  # (monotonic time, is_mms)
+    numbers: set[str] | None = None  # the account's numbers as +E.164; None: any (the sandbox's choice)
 
 
 class FlowrouteSimulator:
     def __init__(self, accounts: dict[str, str], *, sms_per_second: int | None = 5, mms_per_second: int | None = 1,
                  behaviours: dict[str, str] | None = None, dlr_delay_s: float = 0.05,
-                 webhook_resend_interval_s: float = 30.0, seed: int | None = None) -> None:
+                 webhook_resend_interval_s: float = 30.0, seed: int | None = None,
+                 numbers: dict[str, list[str]] | None = None) -> None:
         self.accounts = {key: Account(secret, sms_per_second, mms_per_second) for key, secret in accounts.items()}
+        for key, owned in (numbers or {}).items():
+            self.accounts[key].numbers = {_plus(n) for n in owned}
         self.behaviours = dict(behaviours or {})
         self.faults = Faults()
         self.messages: dict[str, dict[str, Any]] = {}
@@ -159,10 +180,12 @@ class FlowrouteSimulator:
     async def _send(self, request: web.Request) -> web.StreamResponse:
         user = self._authenticate(request)
         if user is None:
-            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
+            return _error(401, "Unauthorized", "Authentication failed.")
         raw = await request.read()
+        if self.faults.jitter_s:  # the network path before Flowroute counts the attempt
+            await asyncio.sleep(self._random.uniform(0, self.faults.jitter_s))
         attributes = _attributes(raw)
-        is_mms = bool(attributes and (attributes.get("media_urls") or str(attributes.get("is_mms")).lower() == "true"))
+        is_mms = attributes is not None and _is_mms(attributes)
         account, now = self.accounts[user], time.monotonic()
         limited = self._over_limit(account, now, is_mms)
         account.attempts.append((now, is_mms))  # Flowroute counts every attempt, rejected ones too
@@ -172,59 +195,59 @@ class FlowrouteSimulator:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
-        response = self._answer(attributes, limited)
+        response = self._answer(request, attributes, limited, account)
         if self.faults.respond_delay_s:
             await asyncio.sleep(self.faults.respond_delay_s)
         self.requests.append({"user": user, "body": msgspec.json.decode(raw) if attributes is not None else None,
                               "status": response.status, "content_type": request.headers.get("Content-Type")})
         return response
 
-    def _answer(self, attributes: dict[str, Any] | None, limited: bool) -> web.Response:
+    def _answer(self, request: web.Request, attributes: dict[str, Any] | None, limited: bool,
+                account: Account) -> web.Response:
         if self.faults.script:
             status = self.faults.script.pop(0)
-            return web.json_response(error_body(status, "Scripted", f"scripted {status}"), status=status)
+            return _error(status, "Scripted", f"scripted {status}")
         if limited:
-            return web.json_response(error_body(429, "Too Many Requests", "rate limit exceeded"), status=429)
+            return _error(429, "Too Many Requests", "rate limit exceeded")
         if self.faults.error_ratio and self._random.random() < self.faults.error_ratio:
-            return web.json_response(error_body(503, "Service Unavailable", "try again later"), status=503)
+            return _error(503, "Service Unavailable", "try again later")
         if attributes is None:
-            return web.json_response(error_body(400, "Bad Request", "could not parse the request body"), status=400)
-        problem = _invalid(attributes)
+            return _error(400, "Bad Request", "could not parse the request body")
+        is_mms = _is_mms(attributes)
+        problem = send_problem(attributes, is_mms)
         if problem:
-            return web.json_response(error_body(422, "Unprocessable Entity", problem), status=422)
+            return _error(422, "Unprocessable Entity", problem)
+        if account.numbers is not None and _plus(attributes["from"]) not in account.numbers:
+            return _error(403, "ActionNotAuthorizedError", "")  # the documented 403, detail empty
         behaviour = self.behaviours.get(_plus(attributes["to"]), "delivered")
-        if behaviour in API_OUTCOMES:
-            return _api_refusal(behaviour)
-        return self._accept(attributes, behaviour)
+        if behaviour in API_REFUSALS:
+            return _error(*API_REFUSALS[behaviour])
+        return self._accept(request, attributes, behaviour, is_mms)
 
-    def _accept(self, attributes: dict[str, Any], behaviour: str) -> web.Response:
+    def _accept(self, request: web.Request, attributes: dict[str, Any], behaviour: str,
+                is_mms: bool) -> web.Response:
         mdr_id = new_mdr_id()
-        body = attributes.get("body") or ""
-        segments = body_info(body).segments
-        self.messages[mdr_id] = {
-            "id": mdr_id, "type": "message",
-            "attributes": {"to": flowroute_number(_plus(attributes["to"])), "from": flowroute_number(
-                _plus(attributes["from"])), "body": body, "direction": "outbound", "is_mms": bool(
-                attributes.get("media_urls")), "status": "smsc submit", "timestamp": _now(), "delivery_receipts": [],
-                "message_encoding": 0 if body.isascii() else 8, "message_type": "longcode"},
-        }
+        segments = body_info(str(attributes.get("body") or "")).segments
+        self_url = f"{request.url.origin()}{request.path}/{mdr_id}"  # the version the client used
+        self.messages[mdr_id] = outbound_mdr(mdr_id, attributes, is_mms=is_mms, segments=segments,
+                                             timestamp=_now(), self_url=self_url)
         callback = attributes.get("dlr_callback")
         if callback:
             self._spawn(self._post_dlrs(str(callback), mdr_id, behaviour))
-        return web.json_response(
-            {"data": {"type": "message", "id": mdr_id, "links": {"self": f"/v2.2/messages/{mdr_id}"},
-                      "price_details": {"base_rate": 0.0025, "surcharge_rate": 0.003, "segment_count": segments}}},
-            status=202)
+        return _json({"data": {"type": "message", "id": mdr_id, "links": {"self": self_url}, "price_details": {
+            "base_rate": 0.0025, "surcharge_rate": 0.003, "segment_count": segments}}}, 202)
 
     async def _post_dlrs(self, url: str, mdr_id: str, behaviour: str) -> None:
+        attributes = self.messages[mdr_id]["attributes"]
+        body = "" if attributes["is_mms"] else attributes["body"]  # "always empty for MMS" (v2.2)
         await asyncio.sleep(self.dlr_delay_s)
         await self._post_dlr(url, mdr_id, dlr_payload(mdr_id, level=1, status="smsc submit", code=None,
-                                                     description="Message has been sent"))
+                                                     description="Message has been sent", body=body))
         status, code, description = DLR_OUTCOMES.get(behaviour, DLR_OUTCOMES["delivered"])
         await asyncio.sleep(self.dlr_delay_s)
-        self.messages[mdr_id]["attributes"]["status"] = status
+        attributes["status"] = status
         await self._post_dlr(url, mdr_id, dlr_payload(mdr_id, level=2, status=status, code=code,
-                                                     description=description))
+                                                     description=description, body=body))
 
     async def _post_dlr(self, url: str, mdr_id: str, payload: dict[str, Any]) -> None:
         self.messages[mdr_id]["attributes"]["delivery_receipts"].insert(0, payload["data"]["attributes"])
@@ -254,6 +277,9 @@ class FlowrouteSimulator:
         """Post an inbound SMS/MMS to a webhook; returns (mdr id, final HTTP status)."""
         payload = inbound_payload(sender=sender, did=did, body=body, media=media, shape=shape)
         mdr_id = payload["data"]["id"] if "data" in payload else payload["id"]
+        # Flowroute lists inbound messages too (its advice for recovering missed webhooks).
+        record = payload if shape == "jsonapi" else inbound_payload(sender=sender, did=did, body=body, mdr_id=mdr_id)
+        self.messages[mdr_id] = record["data"]
         return mdr_id, await self._post_webhook(webhook_url, payload, resends=resends)
 
     async def _inject_view(self, request: web.Request) -> web.Response:
@@ -278,25 +304,36 @@ class FlowrouteSimulator:
 
     async def _lookup(self, request: web.Request) -> web.Response:
         if self._authenticate(request) is None:
-            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
+            return _error(401, "Unauthorized", "Authentication failed.")
         record = self.messages.get(request.match_info["mdr_id"])
         if record is None:
-            return web.json_response(error_body(404, "Not Found", "Could not find that resource on your account."),
-                                     status=404)
-        return web.json_response({"data": record})
+            return _error(404, "Not Found", "Could not find that resource on your account.")
+        return _json({"data": record})
 
     async def _list(self, request: web.Request) -> web.Response:
         if self._authenticate(request) is None:
-            return web.json_response(error_body(401, "Unauthorized", "Authentication failed."), status=401)
-        if "start_date" not in request.query:
-            return web.json_response(error_body(400, "Bad Request", "start_date is required"), status=400)
-        limit = int(request.query.get("limit", "250"))
-        offset = int(request.query.get("offset", "0"))
-        start, end = request.query["start_date"], request.query.get("end_date", "9999")
-        rows = [m for m in self.messages.values() if start <= m["attributes"]["timestamp"] <= end]
-        page = rows[offset:offset + limit]
-        links = {"next": str(request.url.update_query(offset=offset + limit))} if offset + limit < len(rows) else {}
-        return web.json_response({"data": page, "links": links})
+            return _error(401, "Unauthorized", "Authentication failed.")
+        try:
+            query = list_query(request.query)
+        except BadQuery as exc:
+            return _error(400, "Bad Request", exc.reason)
+        rows = [m for m in self.messages.values() if query.takes(parse_timestamp(m["attributes"]["timestamp"]))]
+        end = query.offset + query.limit
+        links = {"next": str(request.url.update_query(offset=end))} if end < len(rows) else {}
+        return _json({"data": rows[query.offset:end], "links": links})
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(payload), status=status, content_type=CONTENT_TYPE)
+
+
+def _error(status: int, title: str, detail: str) -> web.Response:
+    return _json(error_body(status, title, detail), status)
+
+
+def _is_mms(attributes: dict[str, Any]) -> bool:
+    """One rule for the limiter and the MDR: media, or `is_mms` true (a boolean or "true")."""
+    return bool(attributes.get("media_urls")) or str(attributes.get("is_mms")).lower() == "true"
 
 
 def _attributes(raw: bytes) -> dict[str, Any] | None:
@@ -308,29 +345,6 @@ def _attributes(raw: bytes) -> dict[str, Any] | None:
     if isinstance(doc, dict) and isinstance(doc.get("data"), dict):
         doc = doc["data"].get("attributes")
     return doc if isinstance(doc, dict) else None
-
-
-def _invalid(attributes: dict[str, Any]) -> str | None:
-    for key in ("to", "from"):
-        value = attributes.get(key)
-        if not isinstance(value, str) or not value.lstrip("+").isdigit() or len(value.lstrip("+")) != 11:
-            return f"'{key}' must be an 11-digit number, optionally with +"
-    media = attributes.get("media_urls") or []
-    if not isinstance(media, list) or not all(isinstance(u, str) for u in media):
-        return "'media_urls' must be a list of URLs"
-    if not attributes.get("body") and not media:
-        return "'body' is required for SMS"
-    return None
-
-
-def _api_refusal(behaviour: str) -> web.Response:
-    if behaviour == "opted_out":
-        return web.json_response(error_body(400, "Bad Request", "Message not sent: 1110 User Opted Out", code=1110),
-                                 status=400)
-    if behaviour == "unregistered":
-        return web.json_response(error_body(403, "Forbidden", "Sending number is not enabled for messaging"),
-                                 status=403)
-    return web.json_response(error_body(422, "Unprocessable Entity", "Invalid value"), status=422)
 
 
 def _plus(number: str) -> str:

@@ -5,8 +5,9 @@
 - JSON:API DLR: `{"data": {"type": "delivery_receipt", "attributes": {...}}}`
 - flat DLR: `{"type": "delivery_receipt", "id", "attributes": {...}}` (seen by one integrator)
 
-Quirks tolerated: `body` null, amounts as strings, `status_code` null/int/string, `level`
-missing, `is_mms` as "true"/"false", timestamps of any ISO-8601 precision.
+Quirks tolerated: `body` null, numbers as JSON numbers (a 2022 capture's `"to": 16085612999`),
+amounts as strings, `status_code` null/int/string, `level` missing, `is_mms` as "true"/"false",
+timestamps of any ISO-8601 precision. Numbers leave here as text; `intake` normalises them.
 `parse_webhook` is pure: it returns a parsed payload or raises `UnknownShape`.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from smsbridge.events import Media
+from smsbridge.events import Media, MediaProblem
 
 
 class UnknownShape(Exception):
@@ -38,6 +39,7 @@ class ParsedMessage(msgspec.Struct, frozen=True, kw_only=True):
     encoding: int | None
     timestamp: datetime | None
     shape: str
+    media_problems: tuple[MediaProblem, ...] = ()
 
 
 class ParsedReceipt(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,11 +54,12 @@ class ParsedReceipt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Loose = int | str | None
+Number = str | int  # Flowroute's numbers are strings, but one real capture sent a JSON number
 
 
 class _MessageAttrs(msgspec.Struct):
-    to: str
-    from_: str = msgspec.field(name="from")
+    to: Number
+    from_: Number = msgspec.field(name="from")
     body: str | None = None
     is_mms: bool = False
     message_encoding: Loose = None
@@ -84,7 +87,7 @@ class _MessageData(msgspec.Struct):
 
 
 class _MediaAttrs(msgspec.Struct):
-    url: str
+    url: str | None = None
     mime_type: str | None = None
     file_name: str | None = None
     file_size: Loose = None
@@ -103,8 +106,8 @@ class _MessageDoc(msgspec.Struct):
 
 class _Legacy(msgspec.Struct):
     id: str
-    to: str
-    from_: str = msgspec.field(name="from")
+    to: Number
+    from_: Number = msgspec.field(name="from")
     body: str | None = None
 
 
@@ -114,8 +117,8 @@ class _ReceiptAttrs(msgspec.Struct):
     status_code: Loose = None
     status_code_description: str | None = None
     timestamp: str | None = None
-    to: str | None = None
-    from_: str | None = msgspec.field(default=None, name="from")
+    to: Number | None = None
+    from_: Number | None = msgspec.field(default=None, name="from")
 
 
 class _Receipt(msgspec.Struct):
@@ -155,14 +158,15 @@ def _jsonapi_message(doc: dict[str, Any]) -> ParsedMessage:
     attrs = parsed.data.attributes
     if attrs.direction not in (None, "inbound"):
         raise UnknownShape(f"message direction is {attrs.direction!r}, expected 'inbound'")
-    media = _media(parsed.data.relationships, parsed.included)
+    media, problems = _media(parsed.data.relationships, parsed.included)
     return ParsedMessage(
         mdr_id=parsed.data.id,
-        from_=attrs.from_,
-        to=attrs.to,
+        from_=str(attrs.from_),
+        to=str(attrs.to),
         body=attrs.body or "",
-        is_mms=attrs.is_mms or bool(media),
+        is_mms=attrs.is_mms or bool(media) or bool(problems),
         media=media,
+        media_problems=problems,
         encoding=_int_or_none(attrs.message_encoding),
         timestamp=parse_timestamp(attrs.timestamp),
         shape="jsonapi",
@@ -173,8 +177,8 @@ def _legacy_message(doc: dict[str, Any]) -> ParsedMessage:
     parsed: _Legacy = _convert(doc, _Legacy, "legacy message")
     return ParsedMessage(
         mdr_id=parsed.id,
-        from_=parsed.from_,
-        to=parsed.to,
+        from_=str(parsed.from_),
+        to=str(parsed.to),
         body=parsed.body or "",
         is_mms=False,
         media=(),
@@ -194,27 +198,40 @@ def _receipt(data: dict[str, Any]) -> ParsedReceipt:
         status_code=_int_or_none(attrs.status_code),
         description=attrs.status_code_description,
         timestamp=parse_timestamp(attrs.timestamp),
-        to=attrs.to,
-        from_=attrs.from_,
+        to=None if attrs.to is None else str(attrs.to),
+        from_=None if attrs.from_ is None else str(attrs.from_),
     )
 
 
-def _media(relationships: _Relationships | None, included: list[_Included]) -> tuple[Media, ...]:
-    """Media in the order `relationships` lists them, matched to `included` by id.
+def _media(relationships: _Relationships | None,
+           included: list[_Included]) -> tuple[tuple[Media, ...], tuple[MediaProblem, ...]]:
+    """Media in the order `relationships` lists them, matched to `included` by id, and the
+    attachments that cannot be delivered (no usable URL), named.
 
     `included` entries nobody references are kept too (after the referenced ones): a
-    mismatched id must never cost the PBX an attachment.
+    mismatched id must never cost the PBX an attachment. One bad attachment never costs the
+    text or the other attachments either.
     """
     if not included:  # an SMS: nothing to match (a reference with nothing included has no URL)
-        return ()
+        return (), ()
     by_id = {item.id: item for item in included if item.type == "media"}
     refs = [ref.id for ref in (relationships.media.data if relationships and relationships.media else [])]
     ordered = [by_id[i] for i in refs if i in by_id] + [m for i, m in by_id.items() if i not in refs]
-    return tuple(_one_media(item) for item in ordered)
+    found = [_one_media(item) for item in ordered]
+    return (tuple(m for m in found if isinstance(m, Media)), tuple(m for m in found if isinstance(m, MediaProblem)))
 
 
-def _one_media(item: _Included) -> Media:
-    attrs: _MediaAttrs = _convert(item.attributes, _MediaAttrs, f"included media {item.id!r}")
+def _one_media(item: _Included) -> Media | MediaProblem:
+    name = item.attributes.get("file_name")
+    name = name if isinstance(name, str) else None
+    try:
+        attrs = msgspec.convert(item.attributes, _MediaAttrs, strict=False)
+    except msgspec.ValidationError as exc:
+        return MediaProblem(media_id=item.id, file_name=name, reason=f"unreadable attributes: {exc}")
+    if not attrs.url:
+        return MediaProblem(media_id=item.id, file_name=name, reason="Flowroute gave no URL for it")
+    if not attrs.url.startswith(("https://", "http://")):
+        return MediaProblem(media_id=item.id, file_name=name, reason="its URL is not http(s)")
     return Media(
         url=attrs.url,
         mime_type=attrs.mime_type,
@@ -227,8 +244,11 @@ def _one_media(item: _Included) -> Media:
 def _int_or_none(value: int | str | None) -> int | None:
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str) and value.isascii():  # int() takes other scripts' digits ("٣")
+        try:
+            return int(value.strip())
+        except ValueError:  # "²" and "--5" pass str.isdigit() checks but are not integers
+            return None
     return None
 
 

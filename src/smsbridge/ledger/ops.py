@@ -90,7 +90,12 @@ _NEW_CLAIM = _insert_or_skip(deliveries)
 _NEW_DLR = _insert_or_skip(dlrs_seen)
 _ADD_HISTORY = sa.insert(status_history)
 _ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))
-_ROW_BY_MDR = sa.select(messages).where(messages.c.mdr_id == _p("mdr_id"))
+# What a webhook may look up: only its own configuration's (and so tenant's) messages, by
+# Flowroute id in one direction. Another tenant's id must find nothing, not its row.
+_WEBHOOK_SCOPE = ((messages.c.mdr_id == _p("mdr_id")) & (messages.c.tenant == _p("tenant"))
+                  & (messages.c.config_id == _p("config_id")) & (messages.c.direction == _p("direction")))
+_SCOPED_ID = sa.select(messages.c.id).where(_WEBHOOK_SCOPE)
+_SCOPED_ROW = sa.select(messages).where(_WEBHOOK_SCOPE)
 _ROW_BY_CLIENT_ID = sa.select(messages).where(
     (messages.c.tenant == _p("tenant")) & (messages.c.client_message_id == _p("client_message_id")))
 # Keys in WHERE are named apart from the columns: an UPDATE's parameters named like a column are SET.
@@ -111,8 +116,19 @@ _UNCLAIM_DLR = sa.delete(dlrs_seen).where(dlrs_seen.c.dedupe_key == _p("dedupe_k
 
 
 # ----- inbound ------------------------------------------------------------------------------------
-def inbound_seen(c: sa.Connection, mdr_id: str) -> bool:
-    return c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).first() is not None
+class Scope(msgspec.Struct, frozen=True):
+    """The configuration (and its tenant) a webhook came in for: all its look-ups stay inside."""
+
+    tenant: str
+    config_id: str
+
+
+def _scoped(scope: Scope, mdr_id: str, direction: str) -> dict[str, str]:
+    return {"mdr_id": mdr_id, "tenant": scope.tenant, "config_id": scope.config_id, "direction": direction}
+
+
+def inbound_seen(c: sa.Connection, scope: Scope, mdr_id: str) -> bool:
+    return c.execute(_SCOPED_ID, _scoped(scope, mdr_id, "inbound")).first() is not None
 
 
 def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bool:
@@ -186,17 +202,35 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
     return message_row(row._mapping) if row else None
 
 
-def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
-    """The request's row as it was, recorded now if it is not there (pruned, or written
-    elsewhere); a "queued" one is "sending" once this transaction commits."""
+def request_row(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
+    """The request's row as it is, recorded now if it is not there (pruned, or written elsewhere).
+    Its dispatch state is left alone: "sending" is written only once a rate-limit slot is ours,
+    right before the POST, so that "sending" means "may have reached Flowroute"."""
     row = outbound(c, request.tenant, request.client_message_id)
     if row is None:
         record_request(c, request, now)
         row = outbound(c, request.tenant, request.client_message_id)
         assert row is not None
-    if row.dispatch_state == "queued":
-        mark_sending(c, row.id, now)
     return row
+
+
+def held_mdrs(c: sa.Connection, mdr_ids: list[str]) -> set[str]:
+    """Those of `mdr_ids` that a message in the ledger already has."""
+    if not mdr_ids:
+        return set()
+    return set(c.execute(sa.select(messages.c.mdr_id).where(messages.c.mdr_id.in_(mdr_ids))).scalars())
+
+
+def alike_in_doubt(c: sa.Connection, row: MessageRow, since: datetime) -> list[datetime]:
+    """When other requests with the same tenant, from, to and body, still "sending" (maybe sent,
+    never settled) and touched since `since`, started sending: their texts and this one's cannot
+    be told apart at Flowroute. Older ones are no longer retried (their message ran out of time)."""
+    query = sa.select(messages.c.send_started_at, messages.c.updated_at).where(
+        (messages.c.direction == "outbound") & (messages.c.tenant == row.tenant)
+        & (messages.c.to_number == row.to_number) & (messages.c.from_number == row.from_number)
+        & (messages.c.body == row.body) & (messages.c.dispatch_state == "sending") & (messages.c.id != row.id)
+        & (messages.c.updated_at >= since))
+    return [utc(r.send_started_at or r.updated_at) for r in c.execute(query)]  # type: ignore[misc]
 
 
 def mark_sending(c: sa.Connection, message_id: int, now: datetime) -> None:
@@ -208,9 +242,16 @@ def mark_queued(c: sa.Connection, message_id: int, reason: str, now: datetime) -
 
 
 def record_accepted(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None,
-                    now: datetime) -> None:
+                    now: datetime) -> bool:
+    """False, and nothing written, when another message already has this Flowroute id: it is
+    not this request's send (writing it would break the unique `mdr_id` on every retry)."""
+    if mdr_id is not None:
+        holder = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+        if holder is not None and holder != message_id:
+            return False
     c.execute(_ACCEPTED, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
     advance(c, message_id, "accepted", now)
+    return True
 
 
 def record_failed(c: sa.Connection, message_id: int, code: str, reason: str, now: datetime) -> None:
@@ -229,9 +270,15 @@ def unclaim_dlr(c: sa.Connection, dedupe_key: str) -> None:
     c.execute(_UNCLAIM_DLR, {"dedupe_key": dedupe_key[:255]})
 
 
-def record_dlr(c: sa.Connection, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
-               level: int | None, code: int | None, now: datetime) -> MessageRow | None:
-    row = c.execute(_ROW_BY_MDR, {"mdr_id": mdr_id}).first()
+def receipt_target(c: sa.Connection, scope: Scope, mdr_id: str) -> MessageRow | None:
+    """The outbound message of this configuration that a receipt for `mdr_id` is about."""
+    row = c.execute(_SCOPED_ROW, _scoped(scope, mdr_id, "outbound")).first()
+    return message_row(row._mapping) if row else None
+
+
+def record_dlr(c: sa.Connection, scope: Scope, mdr_id: str, state: str, reason_code: str | None,
+               reason: str | None, level: int | None, code: int | None, now: datetime) -> MessageRow | None:
+    row = c.execute(_SCOPED_ROW, _scoped(scope, mdr_id, "outbound")).first()
     if row is None:
         return None
     advance(c, row.id, state, now, reason_code, reason, level, code)

@@ -68,7 +68,8 @@ class SqliteRunner:
     False, which `/readyz` reports."""
 
     def __init__(self, url: sa.URL, *, batch: int = 64) -> None:
-        self._engine = sa.create_engine(url, pool_size=1, max_overflow=0)
+        # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
+        self._engine = sa.create_engine(url, pool_size=1, max_overflow=0, hide_parameters=True)
         sa.event.listen(self._engine, "connect", _sqlite_connect)
         sa.event.listen(self._engine, "begin", _sqlite_begin)
         self._batch = batch

@@ -83,6 +83,39 @@ dlrs_seen = sa.Table(
 )
 sa.Index("ix_dlrs_seen_at", dlrs_seen.c.seen_at)
 
+# The order of inbound texts per conversation and extension (see `ledger/order.py`): one row per
+# (text, extension) from the moment the inbound stage routed it; `body` is the encoded delivery,
+# kept so that a text waiting for its turn need not sit in RabbitMQ.
+delivery_order = sa.Table(
+    "delivery_order", metadata,
+    sa.Column("mdr_id", sa.String(80), primary_key=True),
+    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("conversation", sa.String(255), nullable=False),
+    sa.Column("received_at", When, nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),  # waiting | live (in RabbitMQ) | done
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+)
+sa.Index("ix_delivery_order_turn", delivery_order.c.conversation, delivery_order.c.state,
+         delivery_order.c.received_at)
+sa.Index("ix_delivery_order_updated", delivery_order.c.updated_at)
+
+# Sends taken by the Flowroute-compatible relay API: the bridge's id for each, the PBX's
+# Idempotency-Key (one answer per key within a day) and where its delivery receipts go.
+relay_sends = sa.Table(
+    "relay_sends", metadata,
+    sa.Column("bridge_id", sa.String(80), primary_key=True),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("access_key", sa.String(64), nullable=False),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # pending (publishing) | queued
+    sa.Column("dlr_callback", sa.Text),
+    sa.Column("created_at", When, nullable=False),
+    sa.UniqueConstraint("tenant", "idempotency_key", name="uq_relay_sends_tenant_key"),
+)
+sa.Index("ix_relay_sends_created", relay_sends.c.created_at)
+
 Migration = Callable[[sa.Connection], None]
 
 
@@ -98,8 +131,18 @@ def _v1_initial(connection: sa.Connection) -> None:
     _create(connection, messages, status_history, deliveries, dlrs_seen)
 
 
+def _v2_delivery_order(connection: sa.Connection) -> None:
+    _create(connection, delivery_order)
+
+
+def _v3_relay_sends(connection: sa.Connection) -> None:
+    _create(connection, relay_sends)
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "messages, status history, deliveries, DLR dedupe", _v1_initial),
+    (2, "delivery order per conversation and extension", _v2_delivery_order),
+    (3, "relay sends (Flowroute-compatible API)", _v3_relay_sends),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -5,21 +5,29 @@ delivery is a row, not a lock)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from smsbridge.config import LedgerSettings
-from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import ops, schema
-from smsbridge.ledger.ops import Claim, MessageRow, StatusRow
-from smsbridge.ledger.runner import AsyncRunner, Runner, SqliteRunner
+from smsbridge.errors import LedgerUnavailable
+from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
+from smsbridge.ledger import ops, order, relay_ops, schema
+from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
+from smsbridge.ledger.relay_ops import RelaySend
+from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
 from smsbridge.ledger.schema import messages
 
-__all__ = ["Claim", "Ledger", "MessageRow", "StatusRow", "engine_url", "open_from_settings"]
+log = structlog.get_logger("smsbridge.ledger")
+# What an unreachable or failing database raises (not a bug, not a constraint): the driver's
+# operational and interface errors, a connection refused before any driver call, a timeout.
+OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
+
+__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "engine_url", "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -29,9 +37,52 @@ def engine_url(url: str) -> str:
     return url
 
 
+def _outage(exc: BaseException) -> bool:
+    if isinstance(exc, OUTAGE):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
+class OutageGuard:
+    """A runner whose outage errors are `LedgerUnavailable`, logged once when the outage starts
+    and once when it ends, instead of a traceback per message."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.down = False
+
+    async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._guard(self._runner.write(op, *args, **kwargs))
+
+    async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._guard(self._runner.read(op, *args, **kwargs))
+
+    async def _guard(self, call: Awaitable[T]) -> T:
+        try:
+            result = await call
+        except Exception as exc:
+            if not _outage(exc):
+                raise
+            if not self.down:
+                log.error("ledger unavailable: messages are retried until it is back", error=repr(exc)[:300])
+            self.down = True
+            raise LedgerUnavailable(f"ledger unavailable: {exc.__class__.__name__}") from exc
+        if self.down:
+            log.warning("ledger available again")
+            self.down = False
+        return result
+
+    async def close(self) -> None:
+        await self._runner.close()
+
+    @property
+    def usable(self) -> bool:
+        return self._runner.usable
+
+
 class Ledger:
     def __init__(self, runner: Runner, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._db = runner
+        self._db = OutageGuard(runner)
         self._now = clock
 
     @classmethod
@@ -44,7 +95,9 @@ class Ledger:
                 Path(target.database).parent.mkdir(parents=True, exist_ok=True)
             return cls(SqliteRunner(target))
         args = {"server_settings": {"search_path": schema_name}} if schema_name else {}
-        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args)))
+        # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
+        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args,
+                                                   hide_parameters=True)))
 
     async def upgrade(self) -> list[int]:
         return await self._db.write(schema.upgrade)
@@ -61,8 +114,9 @@ class Ledger:
         return self._db.usable
 
     # ----- inbound ------------------------------------------------------------------------------
-    async def inbound_seen(self, mdr_id: str) -> bool:
-        return await self._db.read(ops.inbound_seen, mdr_id)
+    async def inbound_seen(self, scope: Scope, mdr_id: str) -> bool:
+        """Whether this configuration already took the inbound text `mdr_id`."""
+        return await self._db.read(ops.inbound_seen, scope, mdr_id)
 
     async def record_inbound(self, event: InboundMessage) -> bool:
         """Remember an inbound text (after its publish was confirmed); False if already known."""
@@ -85,6 +139,31 @@ class Ledger:
     async def release_delivery(self, mdr_id: str, extension: str) -> None:
         await self._db.write(ops.release_delivery, mdr_id, extension)
 
+    # ----- order of deliveries (see ledger/order.py): each returns the texts now due -------------
+    async def enqueue_deliveries(self, deliveries: Sequence[InboundDelivery]) -> list[bytes]:
+        entries = [order.Entry(d.mdr_id, d.claim_key, d.conversation, d.received_at, encoder.encode(d))
+                   for d in deliveries]
+        return await self._db.write(order.enqueue, entries, self._now())
+
+    async def claim_turn(self, mdr_id: str, extension: str, lease_s: float) -> tuple[order.Turn, list[bytes]]:
+        now = self._now()
+        return await self._db.write(order.claim, mdr_id, extension, now, now + timedelta(seconds=lease_s))
+
+    async def delivered_in_turn(self, mdr_id: str, extension: str, state: str = "delivered") -> list[bytes]:
+        """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
+        return await self._db.write(order.delivered, mdr_id, extension, self._now(), state)
+
+    async def settle_turn(self, mdr_id: str, extension: str) -> list[bytes]:
+        """The text was dead-lettered: the conversation's next text may go."""
+        return await self._db.write(order.settle, mdr_id, extension, self._now())
+
+    async def stale_turns(self, older_than: timedelta) -> list[tuple[str, str, bytes]]:
+        return await self._db.read(order.stale_heads, self._now() - older_than)
+
+    async def release_turn(self, mdr_id: str, extension: str, older_than: timedelta) -> list[bytes]:
+        now = self._now()
+        return await self._db.write(order.release, mdr_id, extension, now - older_than, now)
+
     # ----- outbound -----------------------------------------------------------------------------
     async def record_request(self, request: DispatchRequest) -> bool:
         """Remember an allowed outbound request; False when (tenant, client id) is already known."""
@@ -93,14 +172,25 @@ class Ledger:
     async def outbound(self, tenant: str, client_message_id: str) -> MessageRow | None:
         return await self._db.read(ops.outbound, tenant, client_message_id)
 
-    async def claim_send(self, request: DispatchRequest) -> MessageRow:
-        """The dispatcher's first step, in one transaction: the request's row as it was before
-        (recorded now if absent: pruned, or recorded by another ledger), and, if it was "queued",
-        "sending" from now on. Committed before the POST: a crash after it means "maybe sent"."""
-        return await self._db.write(ops.claim_send, request, self._now())
+    async def request_row(self, request: DispatchRequest) -> MessageRow:
+        """The dispatcher's first step: the request's row (recorded now if absent: pruned, or
+        recorded by another ledger), its dispatch state unchanged. A read when it is there (it
+        almost always is: the outbound worker recorded it), so a send costs one write less."""
+        row = await self._db.read(ops.outbound, request.tenant, request.client_message_id)
+        return row if row is not None else await self._db.write(ops.request_row, request, self._now())
+
+    async def held_mdrs(self, mdr_ids: list[str]) -> set[str]:
+        """Those of `mdr_ids` that some message in the ledger already has."""
+        return await self._db.read(ops.held_mdrs, mdr_ids)
+
+    async def alike_in_doubt(self, row: MessageRow, within: timedelta) -> list[datetime]:
+        """When other requests with the same text to the same number, still "sending" and touched
+        within `within`, started."""
+        return await self._db.read(ops.alike_in_doubt, row, self._now() - within)
 
     async def mark_sending(self, message_id: int) -> datetime:
-        """Sending again after a lookup found nothing: restarts the "maybe sent" window."""
+        """Written with a rate-limit slot in hand, right before the POST, and committed before it:
+        a crash after it means "maybe sent". Again after a lookup found nothing: a new window."""
         now = self._now()
         await self._db.write(ops.mark_sending, message_id, now)
         return now
@@ -109,8 +199,9 @@ class Ledger:
         """Flowroute certainly did not take it (e.g. a 5xx): not "maybe sent" any more."""
         await self._db.write(ops.mark_queued, message_id, reason, self._now())
 
-    async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> None:
-        await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
+    async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> bool:
+        """False (nothing written) when another message already has `mdr_id`."""
+        return await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
 
     async def record_failed(self, message_id: int, code: str, reason: str) -> None:
         await self._db.write(ops.record_failed, message_id, code, reason, self._now())
@@ -123,9 +214,30 @@ class Ledger:
     async def unclaim_dlr(self, dedupe_key: str) -> None:
         await self._db.write(ops.unclaim_dlr, dedupe_key)
 
-    async def record_dlr(self, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
+    async def receipt_target(self, scope: Scope, mdr_id: str) -> MessageRow | None:
+        """The outbound message a receipt is about, within the receipt's configuration only."""
+        return await self._db.read(ops.receipt_target, scope, mdr_id)
+
+    async def record_dlr(self, scope: Scope, mdr_id: str, state: str, reason_code: str | None, reason: str | None,
                          level: int | None, code: int | None) -> MessageRow | None:
-        return await self._db.write(ops.record_dlr, mdr_id, state, reason_code, reason, level, code, self._now())
+        return await self._db.write(ops.record_dlr, scope, mdr_id, state, reason_code, reason, level, code,
+                                    self._now())
+
+    # ----- relay API (ledger/relay_ops.py) -------------------------------------------------------
+    async def claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> RelaySend | None:
+        """Record a relay send; or the earlier send with its idempotency key (None: recorded)."""
+        now = self._now()
+        return await self._db.write(relay_ops.claim, send, now - timedelta(seconds=window_s),
+                                    now - timedelta(seconds=stale_s))
+
+    async def relay_queued(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.queued, bridge_id)
+
+    async def forget_relay(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.forget, bridge_id)
+
+    async def relay_send(self, tenant: str, bridge_id: str) -> RelaySend | None:
+        return await self._db.read(relay_ops.find, tenant, bridge_id)
 
     # ----- history --------------------------------------------------------------------------------
     async def search(self, *, tenant: str | None = None, number: str | None = None, state: str | None = None,
@@ -164,7 +276,11 @@ class Ledger:
 
     async def prune(self, older_than: timedelta) -> int:
         """Forget messages (and their history), claims and receipts not touched for `older_than`."""
-        return await self._db.write(ops.prune, self._now() - older_than)
+        cutoff = self._now() - older_than
+        removed = await self._db.write(ops.prune, cutoff)
+        await self._db.write(order.prune, cutoff)
+        await self._db.write(relay_ops.prune, cutoff)
+        return removed
 
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:

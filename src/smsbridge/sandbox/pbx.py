@@ -21,6 +21,7 @@ class FakePbx:
     def __init__(self, *, answers: Iterable[int] = (), path: str = "/sms/inbound",
                  expect_auth: tuple[str, str] | None = None, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s  # a slow PBX: each answer waits this long
+        self.down_with: int | None = None  # a PBX that is down: every answer is this status while set
         self._answers = list(answers)
         self._path = path
         self._expect_auth = expect_auth
@@ -41,7 +42,10 @@ class FakePbx:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         headers = {k: v for k, v in request.headers.items()}
-        status = self._answers.pop(0) if self._answers else 200
+        if self.down_with is not None:
+            status = self.down_with
+        else:
+            status = self._answers.pop(0) if self._answers else 200
         if self._expect_auth and request.headers.get(self._expect_auth[0]) != self._expect_auth[1]:
             status = 401
         async with self._changed:

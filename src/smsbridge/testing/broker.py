@@ -39,7 +39,7 @@ class InMemoryPublisher(Publisher):
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, headers: Headers | None = None,
                       message_id: str | None = None, expiration_s: float | None = None,
-                      mandatory: bool = True) -> None:
+                      mandatory: bool = True, timeout: float | None = None, gated: bool = True) -> None:
         if not self.available:
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: broker down (stub)")
         self.published.append(Published(exchange, routing_key, body, dict(headers or {}), message_id,
@@ -56,6 +56,7 @@ class StubMessage:
     body: bytes
     headers: dict[str, Any] = field(default_factory=dict)
     routing_key: str | None = None
+    exchange: str | None = None  # the exchange the broker delivered it from (the consumer trusts it)
     message_id: str | None = None
     user_id: str | None = None
     settled: str | None = None  # "ack", "requeue" or "reject"

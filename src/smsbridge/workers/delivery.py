@@ -10,10 +10,12 @@ import structlog
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery
-from smsbridge.ledger import Claim, Ledger
+from smsbridge.ledger import Ledger
+from smsbridge.ledger.order import Turn
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.targets import adapter_key
+from smsbridge.workers.turns import Turns
 
 log = structlog.get_logger("smsbridge.delivery")
 GiveUp = Callable[[InboundDelivery, str, str], Awaitable[None]]  # the next target's turn (workers.fallback)
@@ -21,14 +23,18 @@ GiveUp = Callable[[InboundDelivery, str, str], Awaitable[None]]  # the next targ
 
 class DeliveryHandler:
     """Each (text, extension) is claimed in the ledger before the PBX is called, so two workers
-    holding copies of one delivery never both hand it over, and a success is never repeated."""
+    holding copies of one delivery never both hand it over, and a success is not repeated by
+    the bridge (a worker that dies after the PBX stored a text but before the ledger heard of
+    it repeats it, with the same Idempotency-Key). The same claim keeps each conversation in
+    arrival order (`ledger/order.py`): a text waits while an earlier one is still retrying."""
 
     def __init__(self, adapters: Mapping[str, DeliveryAdapter], metrics: Metrics, ledger: Ledger,
-                 lease_s: float, fallback: GiveUp | None = None) -> None:
+                 lease_s: float, turns: Turns, fallback: GiveUp | None = None) -> None:
         self._adapters = adapters
         self._metrics = metrics
         self._ledger = ledger
         self._lease_s = lease_s
+        self._turns = turns
         self._fallback = fallback
 
     async def handle(self, delivery: InboundDelivery, context: MessageContext) -> None:
@@ -38,22 +44,38 @@ class DeliveryHandler:
         adapter = self._adapters.get(adapter_key(delivery.tenant, delivery.target))
         if adapter is None:
             raise PermanentError(f"no PBX target for tenant '{delivery.tenant}'", code="no_target")
-        claim = await self._ledger.claim_delivery(delivery.mdr_id, delivery.claim_key, self._lease_s)
-        if claim is Claim.DONE:
+        # Keyed by the target too (`claim_key`): a fallback or copy of a text is its own delivery.
+        turn, due = await self._ledger.claim_turn(delivery.mdr_id, delivery.claim_key, self._lease_s)
+        await self._turns.publish_or_leave(due)
+        if turn is Turn.WAIT:
+            log.info("an earlier text of this conversation goes first: this one waits in the ledger",
+                     outcome="waiting")
+            return
+        if turn is Turn.DONE:
             log.info("already delivered to this extension: not repeated", outcome="duplicate")
             return
-        if claim is Claim.BUSY:
+        if turn is Turn.BUSY:
             raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
         try:
             state = await adapter.deliver(delivery) or "delivered"
         except BaseException:
             await self._ledger.release_delivery(delivery.mdr_id, delivery.claim_key)
             raise
-        await self._ledger.delivered(delivery.mdr_id, delivery.claim_key, state)
+        due = await self._ledger.delivered_in_turn(delivery.mdr_id, delivery.claim_key, state)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
         self._metrics.inbound_latency.observe((datetime.now(UTC) - delivery.received_at).total_seconds())
         log.info("delivered to PBX", adapter=adapter.kind, state=state)
+        await self._turns.publish_or_leave(due)
 
     async def given_up(self, event: InboundDelivery, reason: str, code: str) -> None:
+        """Dead-lettered: the tenant's next target gets the text (raising `BrokerUnavailable` if it
+        could not be handed over: the consumer then comes back here), and the conversation's next
+        text goes now instead of waiting for this one."""
         if self._fallback is not None:
             await self._fallback(event, reason, code)
+        try:
+            due = await self._ledger.settle_turn(event.mdr_id, event.claim_key)
+        except Exception as exc:  # the ledger is down: the order sweep releases the conversation later
+            log.warning("could not release the conversation after a dead letter", error=repr(exc))
+            return
+        await self._turns.publish_or_leave(due)

@@ -6,12 +6,18 @@ the message goes round the limiter again, a bounded number of times, then back t
 
 Exactly once, with the ledger:
 - a request already settled (a repeated `client_message_id`) gets its current status, no POST;
-- "sending" is committed before the POST; a message found "sending" (the process died, or the
-  answer never came) is first looked up in Flowroute's message list and only sent if absent.
+- "sending" is committed once the rate-limit slot is ours, right before the POST: a request
+  still waiting for the limiter when the process dies was certainly not sent;
+- a message found "sending" (the process died, or the answer never came) is first looked up in
+  Flowroute's message list (`flowroute/sent_lookup.py` decides) and only sent if it is not
+  there; when the list cannot decide, it is parked as `send_in_doubt` for a person.
+- Requests with the same text to the same number are handled one after the other
+  (`conversation_of`), so a lookup never races a send it could mistake for its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -24,6 +30,7 @@ from smsbridge.events import DeliveryState, DispatchRequest, StatusEvent
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.flowroute.limiter import AccountLimiter
 from smsbridge.flowroute.outcome import Accepted, Fail, RateLimited, Retry
+from smsbridge.flowroute.sent_lookup import AlreadySent, InDoubt, decide
 from smsbridge.ledger import Ledger, MessageRow
 from smsbridge.metrics import Metrics
 from smsbridge.workers.status import publish_status, publish_status_after_send
@@ -41,8 +48,11 @@ def limiters_for(settings: Settings) -> dict[str, AccountLimiter]:
 
 
 def conversation_of(request: DispatchRequest) -> str:
-    """Copies of one request are handled one after the other, never side by side."""
-    return f"{request.tenant}:{request.client_message_id}"
+    """Copies of one request, and requests with the same text to the same number, are handled
+    one after the other, never side by side: Flowroute's message list tells them apart only by
+    from, to and body."""
+    text = hashlib.sha256(request.body.encode()).hexdigest()[:32]
+    return f"{request.tenant}:{request.from_}:{request.to}:{text}"
 
 
 class DispatchHandler:
@@ -58,7 +68,8 @@ class DispatchHandler:
         self._warm: set[str] = set()
 
     def subscribed(self) -> None:
-        """Called after every (re)subscription: the next send per account waits a full window."""
+        """Called after every (re)subscription: the next send per account waits a window and the
+        takeover grace (`AccountLimiter.assume_busy`)."""
         self._warm.clear()
         for account in self._limiters:
             self._metrics.dispatcher_active.labels(account).set(0)
@@ -80,45 +91,52 @@ class DispatchHandler:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
         self._metrics.dispatcher_active.labels(config.account_name).set(1)
-        row = await self._ledger.claim_send(request)  # as it was; "sending" now if it was "queued"
+        row = await self._ledger.request_row(request)
         if row.dispatch_state == "done":
             log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
             await publish_status(self._publisher, self._prefix, current_status(row))
             return
         limiter = self._limiter(config)
-        if row.dispatch_state == "sending":  # an earlier attempt may have sent it
-            if await self._already_sent(config, limiter, request, row):
-                return
-            await self._ledger.mark_sending(row.id)
-        await self._settle(request, row, await self._send(config, limiter, request))
+        if row.dispatch_state == "sending" and await self._already_sent(config, limiter, request, row):
+            return
+        await self._settle(request, row, await self._send(config, limiter, request, row))
 
     async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
                             row: MessageRow) -> bool:
         """After a crash or a lost answer: did Flowroute take it? Then record it, never resend."""
         started = row.send_started_at or row.updated_at
-        await limiter.acquire(is_mms=False)  # the list shares the endpoint's budget
-        mdr_id = await self._client.find_sent(config, request, since=started - LOOKUP_SLACK,
-                                              until=datetime.now(UTC) + LOOKUP_SLACK)
-        log.warning("message was maybe sent before: looked it up", found=mdr_id is not None, mdr_id=mdr_id)
-        if mdr_id is None:
-            return False
-        await self._accepted(request, row, Accepted(mdr_id, None))
-        return True
+        alike = await self._ledger.alike_in_doubt(row, timedelta(seconds=self._settings.retry.dispatch.max_age_s))
+        async with limiter.attempt(is_mms=False):  # the list shares the endpoint's budget
+            lookup = await self._client.find_sent(config, request, since=min([started, *alike]) - LOOKUP_SLACK,
+                                                  until=datetime.now(UTC) + LOOKUP_SLACK)
+        held = await self._ledger.held_mdrs([sent.mdr_id for sent in lookup.found])
+        decision = decide(lookup, held, started, alike)
+        log.warning("message was maybe sent before: looked it up", decision=type(decision).__name__,
+                    found=len(lookup.found), recorded=len(held), alike_in_doubt=len(alike))
+        if isinstance(decision, InDoubt):
+            raise PermanentError(f"cannot tell whether Flowroute took it: {decision.reason}", code="send_in_doubt")
+        if isinstance(decision, AlreadySent):
+            await self._accepted(request, row, Accepted(decision.mdr_id, None))
+            return True
+        return False
 
-    async def _send(self, config: SmsConfig, limiter: AccountLimiter,
-                    request: DispatchRequest) -> Accepted | Retry | Fail:
-        """Send through the limiter; on 429 pause the account and go round again (bounded)."""
+    async def _send(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
+                    row: MessageRow) -> Accepted | Retry | Fail:
+        """Send through the limiter; on 429 pause the account and go round again (bounded). The
+        slot is held until the answer is in: Flowroute counts the attempt somewhere in between."""
         pause = 1.0
         for _ in range(self._settings.outbound.max_rate_limited_waits):
-            waited = await limiter.acquire(is_mms=request.is_mms)
-            self._metrics.limiter_wait.labels(config.account_name).inc(waited)
-            outcome = await self._client.send(config, request)
+            async with limiter.attempt(is_mms=request.is_mms) as waited:
+                self._metrics.limiter_wait.labels(config.account_name).inc(waited)
+                await self._ledger.mark_sending(row.id)
+                outcome = await self._client.send(config, request)
             if not isinstance(outcome, RateLimited):
                 return outcome
             pause = outcome.retry_after
             log.warning("Flowroute rate limit (429): pausing the account", account=config.account_name,
                         pause_s=round(pause, 3), waited_s=round(waited, 3))
             limiter.pause(pause)
+        await self._ledger.mark_queued(row.id, "Flowroute kept answering 429")  # a 429 is certainly not taken
         raise RetryableError("Flowroute kept answering 429", retry_after=pause)
 
     async def _settle(self, request: DispatchRequest, row: MessageRow, outcome: Accepted | Retry | Fail) -> None:
@@ -132,7 +150,9 @@ class DispatchHandler:
 
     async def _accepted(self, request: DispatchRequest, row: MessageRow, outcome: Accepted) -> None:
         segments = outcome.segments or request.segments
-        await self._ledger.record_accepted(row.id, outcome.mdr_id, segments)
+        if not await self._ledger.record_accepted(row.id, outcome.mdr_id, segments):
+            raise PermanentError(f"Flowroute id {outcome.mdr_id} belongs to another message in the ledger",
+                                 code="send_in_doubt")
         status = StatusEvent(tenant=request.tenant, config_id=request.config_id, state="accepted",
                              client_message_id=request.client_message_id, mdr_id=outcome.mdr_id, segments=segments)
         self._metrics.dispatch_latency.observe((datetime.now(UTC) - request.occurred_at).total_seconds())

@@ -20,10 +20,13 @@ from smsbridge.events import (
     encoder,
 )
 from smsbridge.flowroute.dlr import classify_dlr
-from smsbridge.ledger import Ledger
+from smsbridge.ledger import Ledger, Scope
+from smsbridge.metrics import Metrics
+from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
 from smsbridge.segments import body_info
 from smsbridge.workers.status import publish_status
+from smsbridge.workers.turns import Turns
 
 log = structlog.get_logger("smsbridge.inbound")
 
@@ -47,6 +50,7 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...], *, firs
             media=message.media,
             keyword=keyword,
             received_at=message.occurred_at,
+            media_problems=message.media_problems,
             target=target,
         )
         for target in (first, *copies)
@@ -57,11 +61,13 @@ def deliveries_for(message: InboundMessage, extensions: tuple[str, ...], *, firs
 def dlr_key(receipt: DeliveryReceipt) -> str:
     """What makes two receipts the same receipt (flowroute-api.md §6.3)."""
     stamp = receipt.flowroute_timestamp.isoformat() if receipt.flowroute_timestamp else ""
-    return f"{receipt.mdr_id}|{receipt.level}|{receipt.status}|{receipt.status_code}|{stamp}"
+    # The configuration first: a receipt posted to another configuration's webhook with the same
+    # id must not pass for this one's resend (and so suppress it).
+    return f"{receipt.config_id}|{receipt.mdr_id}|{receipt.level}|{receipt.status}|{receipt.status_code}|{stamp}"
 
 
 def status_for(receipt: DeliveryReceipt) -> StatusEvent:
-    outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code)
+    outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code, receipt.description)
     return StatusEvent(
         tenant=receipt.tenant,
         config_id=receipt.config_id,
@@ -86,11 +92,13 @@ def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
 
 
 class InboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._publisher = publisher
         self._ledger = ledger
         self._prefix = settings.broker.prefix
+        self._turns = Turns(publisher, self._prefix)
 
     async def handle(self, event: InboundMessage | DeliveryReceipt, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(mdr_id=event.mdr_id, event_id=event.event_id)
@@ -106,16 +114,16 @@ class InboundHandler:
         config = self._settings.sms_config(message.config_id)
         if config is None:
             raise PermanentError(f"unknown SMS configuration '{message.config_id}'", code="unknown_config")
-        if await self._ledger.inbound_seen(message.mdr_id):
+        if await self._ledger.inbound_seen(Scope(message.tenant, message.config_id), message.mdr_id):
             log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
             return
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
         deliveries = deliveries_for(message, chosen.extensions, first=targets.first(self._settings, message.tenant),
                                     copies=tuple(targets.copies(self._settings, message.tenant)))
-        for delivery in deliveries:
-            await self._publisher.to_stage(self._prefix, "delivery", encoder.encode(delivery),
-                                           message_id=delivery.event_id)
-        if deliveries[0].keyword == "HELP" and config.help_reply:
+        # Recorded in the ledger in arrival order; only texts whose turn it is go to RabbitMQ now
+        # (ledger/order.py). A failure after this is redone safely: the same texts are found.
+        await self._turns.publish(await self._ledger.enqueue_deliveries(deliveries))
+        if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
                                            encoder.encode(reply), message_id=reply.event_id)
@@ -124,23 +132,34 @@ class InboundHandler:
         await self._ledger.record_inbound(message)
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
                  keyword=deliveries[0].keyword, media=len(message.media))
+        for problem in message.media_problems:  # the text went on; say which attachment did not
+            log.warning("attachment not delivered", media_id=problem.media_id, file_name=problem.file_name,
+                        reason=problem.reason)
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
         key = dlr_key(receipt)
         if not await self._ledger.claim_dlr(key, receipt.mdr_id):
             log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
             return
-        if receipt.client_message_id is None:  # e.g. an account-level DLR callback without our cmid
-            known = await self._ledger.find(receipt.mdr_id)
-            if known is not None:
-                receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
+        # Only this configuration's own message: another tenant's id (or a bare number, which is
+        # never a row id here) finds nothing, and its history and client id stay untouched.
+        scope = Scope(receipt.tenant, receipt.config_id)
+        known = await self._ledger.receipt_target(scope, receipt.mdr_id)
+        if known is None and receipt.client_message_id is None:  # an account-level DLR callback, no cmid
+            # not ours (another system on the account?): no PBX asked about it
+            self._metrics.dlr_unknown.labels(receipt.config_id).inc()
+            log.warning("delivery receipt for a message this bridge never sent: not forwarded",
+                        outcome="unknown_message", dlr_level=receipt.level, dlr_code=receipt.status_code)
+            return
+        if known is not None and known.client_message_id:  # ours is better than a cmid in a URL
+            receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
         status = status_for(receipt)
         try:
             await publish_status(self._publisher, self._prefix, status)
         except BrokerUnavailable:
             await self._ledger.unclaim_dlr(key)  # so the retry is not mistaken for a resend
             raise
-        await self._ledger.record_dlr(receipt.mdr_id, status.state, status.reason_code, status.reason,
+        await self._ledger.record_dlr(scope, receipt.mdr_id, status.state, status.reason_code, status.reason,
                                       receipt.level, receipt.status_code)
         log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
                  client_message_id=receipt.client_message_id)

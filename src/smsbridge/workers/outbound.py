@@ -10,7 +10,9 @@ from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
 from smsbridge.ledger import Ledger
+from smsbridge.limits import CLIENT_ID_CHARS, NAME_CHARS, check_request
 from smsbridge.outbound_rules import Refused, decide
+from smsbridge.redact import clip, quote
 from smsbridge.workers.status import publish_status
 
 log = structlog.get_logger("smsbridge.outbound")
@@ -24,13 +26,16 @@ class OutboundHandler:
         self._prefix = settings.broker.prefix
 
     async def handle(self, request: OutboundRequest, context: MessageContext) -> None:
-        structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant,
-                                               from_extension=request.from_extension)
-        key_tenant = names.tenant_of_request_key(context.origin_key)
-        if key_tenant is not None and key_tenant != request.tenant:
-            # A PBX may only publish for its own tenant (RabbitMQ topic permissions can pin the key).
-            raise Refused(f"request for tenant '{request.tenant}' published with routing key "
-                          f"'{context.origin_key}'", code="tenant_mismatch")
+        # Clipped: these are the PBX's values, not yet checked against their limits.
+        structlog.contextvars.bind_contextvars(client_message_id=clip(request.client_message_id, CLIENT_ID_CHARS),
+                                               tenant=clip(request.tenant, NAME_CHARS),
+                                               from_extension=clip(request.from_extension, NAME_CHARS))
+        # A PBX may only publish for its own tenant: RabbitMQ's topic permissions pin its key, and
+        # the key (never a header it set) names the tenant. A key that names no tenant is refused.
+        if names.tenant_of_request_key(context.origin_key) != request.tenant:
+            raise Refused(f"request for tenant {quote(request.tenant)} published with routing key "
+                          f"{quote(context.origin_key)}", code="tenant_mismatch")
+        check_request(request)  # before any rule: every field within its limit, or a failed status naming it
         dispatch = decide(request, self._settings)
         config = self._settings.sms_config(dispatch.config_id)
         assert config is not None
@@ -46,6 +51,7 @@ class OutboundHandler:
         tenant = request.tenant
         if code == "tenant_mismatch":
             return  # do not tell another tenant's status listeners about it; the dead letter says it all
-        status = StatusEvent(tenant=tenant, config_id=request.config_id or "", state="failed",
+        config_id = request.config_id if request.config_id and len(request.config_id) <= NAME_CHARS else ""
+        status = StatusEvent(tenant=tenant, config_id=config_id, state="failed",
                              client_message_id=request.client_message_id, reason_code=code, reason=reason)
         await publish_status(self._publisher, self._prefix, status)

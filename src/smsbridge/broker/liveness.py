@@ -1,0 +1,86 @@
+"""Is the broker answering right now? A confirmed round trip every half second says so.
+
+A silent partition (packets dropped, no reset) leaves the TCP connection looking open: aio-pika
+still reports "connected" until AMQP heartbeats give up, and every publish waits its whole
+confirm timeout. So readiness and the receiver's fail-fast both ask one question instead: did
+the broker confirm a publish of ours in the last `stale_after_s` seconds? The probe publishes
+an empty, non-mandatory message to the bridge's own work exchange with a routing key no queue
+is bound with: the broker drops it and confirms it at once, and nothing is stored. (Not the
+default exchange: the bridge's RabbitMQ user may write only to `<prefix>.*` exchanges, see
+deploy/rabbitmq/definitions.json, and a refused publish would close the publishing channel.) It goes through the same
+channel as the real publishes, so a broker that blocks publishers (memory or disk alarm)
+counts as not answering too, which it is for a webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import structlog
+
+from smsbridge.broker import names
+from smsbridge.broker.publisher import Publisher
+from smsbridge.errors import BrokerUnavailable
+
+log = structlog.get_logger("smsbridge.broker")
+
+PROBE_INTERVAL_S = 0.5
+PROBE_TIMEOUT_S = 2.0
+STALE_AFTER_S = 3.0  # readiness goes false this long after the last confirmed round trip
+
+
+def probe_key(prefix: str) -> str:
+    """A routing key no queue is bound with: the probe is confirmed, then dropped."""
+    return f"{prefix}.liveness-probe.no-such-queue"
+
+
+class BrokerLiveness:
+    """Remembers when the broker last confirmed a probe; `responsive()` reads that, without I/O,
+    so it can serve as the publisher's gate and as a readiness check."""
+
+    def __init__(self, publisher: Publisher, prefix: str, *, interval_s: float = PROBE_INTERVAL_S,
+                 timeout_s: float = PROBE_TIMEOUT_S, stale_after_s: float = STALE_AFTER_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._publisher = publisher
+        self._exchange = names.work_exchange(prefix)
+        self._key = probe_key(prefix)
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._stale_after_s = stale_after_s
+        self._clock = clock
+        # Created once the topology is declared, itself a round trip the broker answered.
+        self._last_ok = clock()
+
+    def responsive(self) -> bool:
+        return self._clock() - self._last_ok <= self._stale_after_s
+
+    def confirmed(self) -> None:
+        """A round trip succeeded (a probe; any confirmed publish would do as well)."""
+        self._last_ok = self._clock()
+
+    async def probe(self) -> bool:
+        try:
+            await self._publisher.publish(self._exchange, self._key, b"", mandatory=False, timeout=self._timeout_s,
+                                          gated=False)
+        except BrokerUnavailable:
+            return False
+        except Exception as exc:  # never let the prober die: readiness would stay false for good
+            log.warning("liveness probe failed unexpectedly", error=repr(exc))
+            return False
+        self.confirmed()
+        return True
+
+    async def run(self) -> None:
+        """Probe for ever (cancel to stop); logs only when the answer changes."""
+        was_responsive = True
+        while True:
+            await self.probe()
+            now_responsive = self.responsive()
+            if now_responsive != was_responsive:
+                log.warning("broker answering again" if now_responsive
+                            else "broker not answering: readiness false, webhooks answered 503 at once",
+                            stale_after_s=self._stale_after_s)
+                was_responsive = now_responsive
+            await asyncio.sleep(self._interval_s)

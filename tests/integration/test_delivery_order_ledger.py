@@ -1,0 +1,107 @@
+"""The order of deliveries as the ledger keeps it (`ledger/order.py`), on SQLite and PostgreSQL:
+which text is due, which waits, and what a dead letter or a stale head releases."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from smsbridge.events import InboundDelivery, delivery_stage_decoder
+from smsbridge.ledger import Ledger
+from smsbridge.ledger.order import Turn
+from tests.support.ledger import BACKENDS, open_ledger
+
+T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+LEASE_S = 30.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0 + timedelta(minutes=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(params=BACKENDS)
+async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Ledger, Clock]]:
+    async with open_ledger(request.param, tmp_path) as opened:
+        clock = Clock()
+        opened._now = clock  # type: ignore[method-assign]
+        yield opened, clock
+
+
+def text(n: int, *, sender: str = "+12065550199", extension: str = "101", second: int | None = None) -> InboundDelivery:
+    return InboundDelivery(tenant="acme", config_id="main", mdr_id=f"mdr2-{sender[-4:]}-{n}", from_=sender,
+                           to="+12065550100", extension=extension, body=f"text {n}",
+                           received_at=T0 + timedelta(seconds=n if second is None else second))
+
+
+def bodies(due: list[bytes]) -> list[str]:
+    return [delivery_stage_decoder.decode(b).body for b in due]
+
+
+async def test_only_the_earliest_text_is_due_and_each_delivery_makes_the_next_one_due(
+    ledger: tuple[Ledger, Clock]
+) -> None:
+    store, _ = ledger
+    texts = [text(n) for n in range(3)]
+    assert bodies(await store.enqueue_deliveries(texts)) == ["text 0"]
+    assert bodies(await store.enqueue_deliveries(texts)) == ["text 0"]  # redone: published again, harmless
+    assert await store.claim_turn(texts[1].mdr_id, "101", LEASE_S) == (Turn.WAIT, [])
+    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(texts[0].mdr_id, "101")) == ["text 1"]
+    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.DONE, [])  # a late copy
+
+
+async def test_conversations_and_extensions_do_not_wait_for_each_other(ledger: tuple[Ledger, Clock]) -> None:
+    store, _ = ledger
+    due = await store.enqueue_deliveries([text(0), text(1, extension="102"), text(2, sender="+12065550111")])
+    assert sorted(bodies(due)) == ["text 0", "text 1", "text 2"]
+
+
+async def test_a_dead_lettered_text_releases_the_next_one(ledger: tuple[Ledger, Clock]) -> None:
+    store, _ = ledger
+    texts = [text(n) for n in range(2)]
+    await store.enqueue_deliveries(texts)
+    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])
+    await store.release_delivery(texts[0].mdr_id, "101")  # the PBX said 400
+    assert bodies(await store.settle_turn(texts[0].mdr_id, "101")) == ["text 1"]
+    assert await store.settle_turn(texts[0].mdr_id, "101") == []  # settled once only
+
+
+async def test_an_earlier_text_routed_later_goes_first(ledger: tuple[Ledger, Clock]) -> None:
+    """Two inbound processes race: the later text is recorded first and published; the earlier
+    one, recorded next, is due too; the later one's copy is then held back until it is delivered."""
+    store, _ = ledger
+    late, early = text(5), text(1)
+    assert bodies(await store.enqueue_deliveries([late])) == ["text 5"]
+    assert bodies(await store.enqueue_deliveries([early])) == ["text 1"]
+    assert await store.claim_turn(late.mdr_id, "101", LEASE_S) == (Turn.WAIT, [])
+    assert await store.claim_turn(early.mdr_id, "101", LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(early.mdr_id, "101")) == ["text 5"]
+    assert await store.claim_turn(late.mdr_id, "101", LEASE_S) == (Turn.GO, [])
+
+
+async def test_a_head_that_made_no_progress_is_found_and_released(ledger: tuple[Ledger, Clock]) -> None:
+    """A head lost to the bridge (dead-lettered by the broker, or its publish lost) must not hold
+    its conversation for ever: after `stale` without an attempt the sweep republishes and releases it."""
+    store, clock = ledger
+    texts = [text(n) for n in range(2)]
+    await store.enqueue_deliveries(texts)
+    stale = timedelta(minutes=11)
+    clock.now += timedelta(minutes=10)
+    assert await store.stale_turns(stale) == []
+    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])  # an attempt: fresh again
+    clock.now += timedelta(minutes=10)
+    assert await store.stale_turns(stale) == []  # waiting texts are not heads: never "stale" themselves
+    clock.now += timedelta(minutes=2)
+    ((mdr_id, extension, body),) = await store.stale_turns(stale)
+    assert (mdr_id, extension, bodies([body])) == (texts[0].mdr_id, "101", ["text 0"])
+    assert bodies(await store.release_turn(mdr_id, extension, stale)) == ["text 1"]
+    assert await store.release_turn(mdr_id, extension, stale) == []
+    # The republished copy of the released text is still delivered once, out of turn.
+    assert await store.claim_turn(texts[0].mdr_id, "101", 0.0) == (Turn.GO, [])

@@ -1,0 +1,97 @@
+"""A ledger outage is one retryable condition, not a crash per message: PostgreSQL behind a
+loopback proxy that the test takes away and brings back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import msgspec
+import pytest
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from smsbridge.broker import topology
+from smsbridge.config import LedgerSettings
+from smsbridge.errors import LedgerUnavailable, RetryableError
+from smsbridge.events import DispatchRequest, OutboundRequest
+from smsbridge.flowroute.simulator import FlowrouteSimulator
+from smsbridge.ledger import Ledger
+from smsbridge.pbx_client import publish_request, status_queue, watch
+from tests.conftest import StartBridge
+from tests.support.ledger import PG_URL, pg_schema
+from tests.support.settings import ACCOUNT, settings, with_flowroute
+from tests.support.tcpproxy import TcpProxy
+
+
+@pytest.fixture
+async def proxied_pg() -> AsyncIterator[tuple[TcpProxy, LedgerSettings]]:
+    parts = urlsplit(PG_URL)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    async with pg_schema() as schema:
+        url = PG_URL.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{proxy.port}")
+        ledger = Ledger.open(url, schema_name=schema)
+        await ledger.upgrade()
+        await ledger.close()
+        try:
+            yield proxy, LedgerSettings(url=url, schema=schema)
+        finally:
+            await proxy.cut()
+
+
+def request(client_id: str) -> DispatchRequest:
+    return DispatchRequest(tenant="acme", config_id="main", client_message_id=client_id, from_="+12065550100",
+                           to="+12065550199", body="hello", from_extension="101", segments=1)
+
+
+async def test_every_call_during_an_outage_is_ledger_unavailable_and_works_after(
+    proxied_pg: tuple[TcpProxy, LedgerSettings],
+) -> None:
+    proxy, location = proxied_pg
+    ledger = Ledger.open(location.url, schema_name=location.schema)
+    try:
+        assert (await ledger.request_row(request("o-1"))).dispatch_state == "queued"
+        await proxy.cut()
+        for _ in range(3):
+            with pytest.raises(LedgerUnavailable) as raised:  # was: OSError / asyncpg errors
+                await ledger.request_row(request("o-2"))
+            assert isinstance(raised.value, RetryableError)
+        await proxy.restore()
+        assert (await ledger.request_row(request("o-2"))).client_message_id == "o-2"
+    finally:
+        await ledger.close()
+
+
+@pytest.fixture
+async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
+    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
+    async with status_queue(channel, prefix, "acme") as queue:
+        yield queue
+
+
+async def test_a_request_during_an_outage_is_retried_without_crashing_then_sent_once(
+    proxied_pg: tuple[TcpProxy, LedgerSettings], start_bridge: StartBridge, flowroute: FlowrouteSimulator,
+    channel: AbstractChannel, prefix: str, statuses: AbstractQueue,
+) -> None:
+    proxy, location = proxied_pg
+    base = with_flowroute(settings(prefix=prefix, ledger=location), flowroute.url)
+    fast = msgspec.structs.replace(base.retry.outbound, base_delay_s=0.2, max_delay_s=0.5)
+    await start_bridge(msgspec.structs.replace(
+        base, retry=msgspec.structs.replace(base.retry, outbound=fast, dispatch=fast)))
+    with structlog.testing.capture_logs() as logs:
+        await proxy.cut()
+        await publish_request(channel, prefix, OutboundRequest(
+            tenant="acme", client_message_id="o-3", from_extension="101", to="+12065550199", body="hello"))
+        deadline = asyncio.get_running_loop().time() + 30
+        while len([e for e in logs if e["event"] == "message will be retried"]) < 2:
+            assert asyncio.get_running_loop().time() < deadline, logs
+            await asyncio.sleep(0.05)
+        await proxy.restore()
+        (accepted,) = await watch(statuses, "o-3", until=frozenset({"accepted"}), timeout=30)
+    assert accepted.state == "accepted" and len(flowroute.requests) == 1
+    assert not [e for e in logs if e["event"] == "handler crashed"]  # was: one traceback per try
+    retried = [e for e in logs if e["event"] == "message will be retried"]
+    assert all(e["reason"].startswith("ledger unavailable") for e in retried), retried
+    assert [e["event"] for e in logs].count("ledger unavailable: messages are retried until it is back") >= 1
