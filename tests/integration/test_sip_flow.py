@@ -117,7 +117,8 @@ async def test_a_text_reaches_the_phone_and_its_reply_reaches_flowroute(
         assert await phone.send(reply_to, "On my way 🚗") == 202  # the bridge's answer, relayed by Kamailio
         await eventually(lambda: len(flowroute.requests) == 1, what="the reply at Flowroute")
         sent = flowroute.requests[0]["body"]["data"]["attributes"]
-        assert (sent["from"], sent["to"], sent["body"]) == ("+12065550100", "+12065550199", "On my way 🚗")
+        # Flowroute is sent 11 digits, no "+" (issue 18)
+        assert (sent["from"], sent["to"], sent["body"]) == ("12065550100", "12065550199", "On my way 🚗")
     finally:
         await phone.stop()
         await kamailio.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -204,9 +205,111 @@ async def test_tcp_carries_a_text_too(running: Started) -> None:
     intake, publisher = running
     reader, writer = await asyncio.open_connection("127.0.0.1", intake.port)
     try:
-        writer.write(message(body=("long ✓ " * 300).encode()))
+        # above UDP's 1,300 bytes, within the 10 SMS segments the outbound rules allow
+        writer.write(message(body=("long text " * 140).encode()))
         answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
     finally:
         writer.close()
     assert status(answer) == 202
-    assert requests(publisher)[0].body == "long ✓ " * 300
+    assert requests(publisher)[0].body == "long text " * 140
+
+
+def two_tenant_settings() -> Settings:
+    """acme (extension 101, DIDs DID and OTHER_DID) and globex (any extension, its own DID), each
+    known by its PBX's address."""
+    acme = settings()
+    globex = SmsConfig(id="gx", tenant="globex", access_key=Secret("a2"), secret_key=Secret("s2"),
+                       webhook_token=Secret("g" * 30), dids=[GLOBEX_DID])
+    peers = [SipPeer(tenant="acme", address="127.0.0.1"), SipPeer(tenant="globex", address="127.0.0.2")]
+    return msgspec.structs.replace(
+        acme, sms_configs=[*acme.sms_configs, globex],
+        outbound_rules=[OutboundRule(config="main", extensions=["101"], dids=[DID, OTHER_DID]),
+                        OutboundRule(config="gx", extensions=["201", "*"])],
+        sip_intake=SipIntakeSettings(port=0, peers=peers))
+
+
+GLOBEX_DID = "+13125550100"
+
+
+async def udp_from(port: int, source: str, data: bytes) -> bytes:
+    loop = asyncio.get_running_loop()
+    client = Client()
+    transport, _ = await loop.create_datagram_endpoint(lambda: client, local_addr=(source, 0),
+                                                       remote_addr=("127.0.0.1", port))
+    try:
+        transport.sendto(data)
+        return await asyncio.wait_for(client.answers.get(), 30)
+    finally:
+        transport.close()
+
+
+@pytest.mark.parametrize(("source", "kwargs", "expected"), [
+    ("127.0.0.1", {"ruri_user": f"{GLOBEX_DID}+12065550199"}, 403),  # acme sends from globex's DID
+    ("127.0.0.2", {"ruri_user": f"{DID}+12065550199", "ext": "201"}, 403),  # and globex from acme's
+    ("127.0.0.1", {"ext": "201"}, 404),  # From names globex's extension: not one of acme's
+    ("127.0.0.1", {"ruri_user": "+18765550123"}, 403),  # Jamaica: refused before any attempt
+    ("127.0.0.1", {"ruri_user": "+12065550199", "body": ("x" * 10_001).encode()}, 513),  # beyond limits.BODY_CHARS
+    ("127.0.0.1", {"body": ("✓" * 800).encode()}, 513),  # beyond the 10 segments the rules allow
+    ("127.0.0.1", {"content_type": "text/plain; charset=ISO-8859-1"}, 415),
+    ("127.0.0.2", {"ext": "2\x01x"}, 400),  # a control character in the From user ("*" lets any name in)
+])
+async def test_tenant_and_outbound_rules_answer_at_once(source: str, kwargs: dict[str, Any], expected: int) -> None:
+    intake, publisher = await start(two_tenant_settings())
+    try:
+        answer = await udp_from(intake.port, source, message(**kwargs))
+    finally:
+        await intake.stop()
+    assert status(answer) == expected, answer
+    assert publisher.published == []
+    assert b"1206555" not in answer.split(b"\r\n", 1)[0] and b"x" * 20 not in answer  # no number, no text
+
+
+async def test_each_tenant_publishes_under_its_own_key() -> None:
+    intake, publisher = await start(two_tenant_settings())
+    try:
+        acme = await udp_from(intake.port, "127.0.0.1", message(call_id="a"))
+        globex = await udp_from(intake.port, "127.0.0.2", message(call_id="g", ext="201"))
+    finally:
+        await intake.stop()
+    assert (status(acme), status(globex)) == (202, 202)
+    published = zip(publisher.published, requests(publisher), strict=True)
+    keys = [(p.routing_key, r.tenant, r.from_extension) for p, r in published]
+    assert keys == [("outbound.acme", "acme", "101"), ("outbound.globex", "globex", "201")]
+
+
+@pytest.mark.parametrize("data", [
+    message().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards 70\r\n"),  # a header line without a colon
+    message().replace(b"Content-Length: 6", b"Content-Length: 600"),  # a datagram shorter than it says
+    message().replace(b"Content-Length: 6", b"Content-Length: lots"),
+])
+async def test_a_malformed_request_is_answered_400(running: Started, data: bytes) -> None:
+    intake, publisher = running
+    (answer,) = await udp(intake.port, data)
+    assert status(answer) == 400 and b"Call-ID: c1\r\n" in answer
+    assert b"Max-Forwards 70" not in answer  # the offending line is not echoed
+    assert publisher.published == []
+
+
+async def test_garbage_gets_no_answer_and_the_intake_keeps_serving(running: Started) -> None:
+    intake, publisher = running
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=("127.0.0.1", intake.port))
+    for junk in (b"", b"\x00" * 2000, b"GET / HTTP/1.1\r\n\r\n", b"MESSAGE sip:x SIP/2.0\r\n\r\n", os.urandom(1400)):
+        transport.sendto(junk)
+    transport.close()
+    (answer,) = await udp(intake.port, message())
+    assert status(answer) == 202 and len(publisher.published) == 1
+
+
+async def test_a_huge_content_length_over_tcp_is_413_and_the_connection_closed(running: Started) -> None:
+    intake, publisher = running
+    reader, writer = await asyncio.open_connection("127.0.0.1", intake.port)
+    try:
+        writer.write(message().replace(b"Content-Length: 6", b"Content-Length: 1000000000"))
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        assert await asyncio.wait_for(reader.read(), 30) == b""  # closed by the intake
+    finally:
+        writer.close()
+    assert status(answer) == 413 and publisher.published == []
+    (again,) = await udp(intake.port, message(call_id="after"))  # the intake still serves
+    assert status(again) == 202

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from smsbridge.config import Settings, SipPeer
 from smsbridge.errors import InvalidNumber
 from smsbridge.events import OutboundRequest
+from smsbridge.limits import FieldRejected, check_request
 from smsbridge.numbers import to_e164
+from smsbridge.outbound_rules import Refused, decide
 from smsbridge.sip.message import SipMessage, param, uri_user
 
 # FreePBX's convention, and our `from_format = "did+sender"`: the phone replies to "<DID>+<number>"
@@ -70,6 +72,9 @@ def address(message: SipMessage, tenant: str, settings: Settings) -> Addressed |
 
 
 def body_text(message: SipMessage) -> str | Refusal:
+    charset = (param(message.header("Content-Type") or "", "charset") or "utf-8").strip('"').lower()
+    if charset not in ("utf-8", "utf8", "us-ascii"):
+        return Refusal(415, "Unsupported Media Type (charset must be UTF-8)", (("Accept", "text/plain;charset=UTF-8"),))
     try:
         text = message.body.decode("utf-8")
     except UnicodeDecodeError:
@@ -83,6 +88,40 @@ def request(addressed: Addressed, text: str, key: str, last_did: str | None) -> 
     return OutboundRequest(tenant=addressed.tenant, client_message_id=f"sip-{key}",
                            from_extension=addressed.extension, to=addressed.to, body=text,
                            from_did=addressed.did or last_did)
+
+
+# What the outbound rules' refusals become: the phone learns at once, as an AMQP or relay sender
+# does, instead of a 202 for a text that then fails. Phrases name no number and no text.
+RULE_REFUSALS: dict[str, tuple[int, str]] = {
+    "not_allowed": (403, "Forbidden (this extension may not send texts)"),
+    "from_did_not_allowed": (403, "Forbidden (not a DID this extension may send from)"),
+    "destination_not_allowed": (403, "Forbidden (the outbound rules do not allow that destination)"),
+    "destination_not_us_ca": (403, "Forbidden (texts go only to the US and Canada)"),
+    "ambiguous_config": (403, "Forbidden (several SMS configurations: text DID+number)"),
+    "unknown_tenant": (403, "Forbidden (no SMS configuration)"),
+    "unknown_config": (403, "Forbidden (no SMS configuration)"),
+    "invalid_number": (484, "Address Incomplete"),
+    "too_long": (513, "Message Too Large (too many SMS segments)"),
+    "empty": (488, "Not Acceptable Here (empty text)"),
+}
+
+
+SIP_PLACE = {"from_extension": "From user", "to": "Request-URI user", "from_did": "DID prefix"}
+
+
+def check(request: OutboundRequest, settings: Settings) -> Refusal | None:
+    """The same limits and outbound rules the outbound stage applies (it applies them again)."""
+    try:
+        check_request(request)
+        decide(request, settings)
+    except FieldRejected as exc:
+        if exc.field == "body" and exc.why.startswith("is longer"):
+            return Refusal(513, "Message Too Large (text too long)")
+        return Refusal(400, f"Bad Request ({SIP_PLACE.get(exc.field, exc.field)} {exc.why})")
+    except Refused as exc:
+        status, phrase = RULE_REFUSALS.get(exc.code, (403, "Forbidden (outbound rules)"))
+        return Refusal(status, phrase)
+    return None
 
 
 def _split_did(user: str) -> tuple[str | None, str]:

@@ -14,10 +14,19 @@ CRLF = "\r\n"
 COMPACT = {"f": "From", "t": "To", "i": "Call-ID", "v": "Via", "l": "Content-Length", "c": "Content-Type",
            "m": "Contact", "k": "Supported", "s": "Subject"}
 MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024  # what one UDP datagram can carry; a text is far smaller (limits.BODY_CHARS)
 
 
 class SipParseError(ValueError):
     """Bytes that are not a SIP message we can read."""
+
+
+class BodyTooLarge(SipParseError):
+    """A stream announced a body beyond `MAX_BODY_BYTES`: answered 413 from its headers, then closed."""
+
+    def __init__(self, head: SipMessage) -> None:
+        super().__init__("Content-Length beyond the limit")
+        self.head = head
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,9 @@ def new_tag() -> str:
     return secrets.token_hex(6)
 
 
-def parse(data: bytes) -> SipMessage:
-    """One whole message (a UDP datagram, or a frame cut by `StreamFramer`)."""
+def parse(data: bytes, *, whole: bool = True) -> SipMessage:
+    """One whole message (a UDP datagram, or a frame cut by `StreamFramer`); `whole=False` reads
+    only the headers of a frame whose body has not arrived yet."""
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         raise SipParseError("no blank line after the headers")
@@ -89,8 +99,24 @@ def parse(data: bytes) -> SipMessage:
     message = SipMessage(start, headers, body)
     length = message.header("Content-Length")
     if length is not None:
-        message = SipMessage(start, headers, body[: _length(length)])
+        size = _length(length)
+        if whole and len(body) < size:  # RFC 3261 18.3: a datagram cut short is a bad request
+            raise SipParseError("body shorter than Content-Length")
+        message = SipMessage(start, headers, body[:size])
     return message
+
+
+def salvage(data: bytes) -> SipMessage | None:
+    """What can be read of a request `parse` refused (a bad header line, a short body), enough to
+    answer it 400; None when even that cannot be said (no request line, no Via, Call-ID or CSeq)."""
+    head = data.partition(b"\r\n\r\n")[0].decode("utf-8", "replace").split(CRLF)
+    start = head[0].strip()
+    if not start.endswith(" SIP/2.0") or start.startswith("SIP/2.0"):
+        return None
+    headers = [(COMPACT.get(name.strip().lower(), name.strip()), value.strip())
+               for name, colon, value in (line.partition(":") for line in head[1:]) if colon]
+    message = SipMessage(start, headers)
+    return message if all(message.header(h) for h in ("Via", "Call-ID", "CSeq")) else None
 
 
 def _headers(lines: list[str]) -> list[tuple[str, str]]:
@@ -134,8 +160,11 @@ class StreamFramer:
                 if len(self._buffer) > MAX_HEADER_BYTES:
                     raise SipParseError("headers too long")
                 return found
-            head = parse(self._buffer[: end + 4])
-            total = end + 4 + _length(head.header("Content-Length") or "0")
+            head = parse(self._buffer[: end + 4], whole=False)
+            size = _length(head.header("Content-Length") or "0")
+            if size > MAX_BODY_BYTES:
+                raise BodyTooLarge(head)
+            total = end + 4 + size
             if len(self._buffer) < total:
                 return found
             found.append(parse(self._buffer[:total]))

@@ -25,7 +25,7 @@ from smsbridge.events import encoder
 from smsbridge.ledger import Ledger
 from smsbridge.sip import intake
 from smsbridge.sip.auth import PeerAuth
-from smsbridge.sip.message import SipMessage, SipParseError, StreamFramer, parse
+from smsbridge.sip.message import BodyTooLarge, SipMessage, SipParseError, StreamFramer, parse, salvage
 from smsbridge.sip.responses import response
 
 log = structlog.get_logger("smsbridge.sip_intake")
@@ -109,7 +109,11 @@ class SipIntake:
     async def _serve(self, data: bytes, source: str, reply: _Reply) -> None:
         try:
             message = parse(data)
-        except SipParseError:
+        except SipParseError as exc:
+            readable = salvage(data)
+            if readable is not None:  # a request we can answer: say what is wrong instead of timing out
+                why = intake.Refusal(400, f"Bad Request ({str(exc).split(':')[0]})")  # never the line itself
+                reply(self._refuse(readable, intake.transaction_key(readable), why))
             return  # not SIP: nothing to answer
         answer = await self.answer(message, source)
         if answer is not None:
@@ -165,6 +169,9 @@ class SipIntake:
             with contextlib.suppress(Exception):  # no ledger: the outbound rule's default DID
                 last_did = await self._ledger.last_did(addressed.tenant, addressed.to, addressed.extension)
         request = intake.request(addressed, text, key, last_did)
+        refusal = intake.check(request, self._settings)
+        if refusal is not None:
+            return self._refuse(message, key, refusal), True
         prefix = self._settings.broker.prefix
         try:
             await self._publisher.publish(names.requests_exchange(prefix), names.request_routing_key(addressed.tenant),
@@ -190,6 +197,9 @@ class SipIntake:
             while data := await reader.read(65536):
                 for message in framer.feed(data):
                     self.spawn(message.encode(), source, writer.write)
+        except BodyTooLarge as exc:  # the rest of the stream cannot be framed: answer, then close
+            refusal = intake.Refusal(413, "Request Entity Too Large")
+            writer.write(self._refuse(exc.head, intake.transaction_key(exc.head), refusal))
         except (SipParseError, ConnectionError):
             pass
         finally:
