@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from smsbridge.events import InboundDelivery, delivery_stage_decoder
@@ -105,3 +106,24 @@ async def test_a_head_that_made_no_progress_is_found_and_released(ledger: tuple[
     assert await store.release_turn(mdr_id, extension, stale) == []
     # The republished copy of the released text is still delivered once, out of turn.
     assert await store.claim_turn(texts[0].mdr_id, "101", 0.0) == (Turn.GO, [])
+
+
+async def test_a_copy_target_keeps_its_own_order_and_an_accepted_text_counts_as_done(
+    ledger: tuple[Ledger, Clock]
+) -> None:
+    """Issue 21: an `always` email copy (target 1) of a conversation does not wait while the
+    phone (target 0) still retries its first text; a SIP 202 ("accepted") moves the order on."""
+    store, _ = ledger
+    phone = [text(n) for n in range(2)]
+    mail = [msgspec.structs.replace(t, target=1) for t in phone]
+    due = await store.enqueue_deliveries([*phone, *mail])
+    assert sorted((d.target, d.body) for d in map(delivery_stage_decoder.decode, due)) == [(0, "text 0"), (1, "text 0")]
+    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.GO, [])  # the phone is away
+    assert await store.claim_turn(mail[0].mdr_id, mail[0].claim_key, LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(mail[0].mdr_id, mail[0].claim_key)) == ["text 1"]  # the copy's next
+    await store.release_delivery(phone[0].mdr_id, phone[0].claim_key)  # a retry, later: SIP 202 this time
+    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(phone[0].mdr_id, phone[0].claim_key, "accepted")) == ["text 1"]
+    states = {row.extension: row.state for row in await store.deliveries(phone[0].mdr_id)}
+    assert states == {"101": "accepted", "101#1": "delivered"}
+    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.DONE, [])
