@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,6 +21,7 @@ from smsbridge.broker import topology
 from smsbridge.config import Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
+from tests.support.broker import expire_leftover_queues
 from tests.support.settings import ACCOUNT, DID_BILLING, DID_MAIN, unique_prefix
 
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -52,6 +54,9 @@ def amqp_url() -> str:
     if not _broker_reachable():
         pytest.fail(f"RabbitMQ is not reachable at {AMQP_URL}: start it (rabbitmq-server -detached) "
                     "or set SMSBRIDGE_TEST_AMQP_URL. Broker tests never skip.", pytrace=False)
+    why_not = expire_leftover_queues(urlsplit(AMQP_URL).hostname or "127.0.0.1")
+    if why_not is not None:
+        warnings.warn(f"queues left by killed test runs will not expire: {why_not}", stacklevel=1)
     return AMQP_URL
 
 

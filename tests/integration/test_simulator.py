@@ -13,6 +13,7 @@ from aiohttp import web
 
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.flowroute.webhook import ParsedMessage, parse_webhook
+from tests.support.http_server import serving
 from tests.support.wait import eventually
 
 AUTH = aiohttp.encode_basic_auth("AK-test", "SK-test")
@@ -143,13 +144,8 @@ async def test_inbound_injection_in_both_shapes_and_resends_until_200(flowroute:
         got.append(await request.json())
         return web.Response(status=answers.pop(0))
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with serving("POST", "/hook", hook) as base:
+        url = f"{base}/hook"
         mdr_id, status = await flowroute.inject_inbound(url, sender="+12065550199", did="+12065550100",
                                                         body=None, media=[{"url": "https://m/1.png"}], resends=4)
         assert status == 200 and len(got) == 2  # resent after the 503, like Flowroute
@@ -159,8 +155,6 @@ async def test_inbound_injection_in_both_shapes_and_resends_until_200(flowroute:
         await flowroute.inject_inbound(url, sender="+12065550199", did="+12065550100", body="hi", shape="legacy")
         legacy = parse_webhook(got[2])
         assert isinstance(legacy, ParsedMessage) and legacy.shape == "legacy" and legacy.to == "12065550100"
-    finally:
-        await runner.cleanup()
 
 
 async def test_every_answer_is_json_api_typed(flowroute: FlowrouteSimulator, client: aiohttp.ClientSession) -> None:
@@ -286,19 +280,12 @@ async def test_dlrs_carry_the_sms_text_and_inbound_messages_are_listed(
         got.append(await request.json())
         return web.Response()
 
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
-    try:
+    async with serving("POST", "/hook", hook) as base:
+        url = f"{base}/hook"
         attributes = {"to": "12065550199", "from": "12065550100", "body": "see you at 8", "dlr_callback": url}
         await send(client, flowroute.url, {"data": {"type": "message", "attributes": attributes}})
         inbound_id, _ = await flowroute.inject_inbound(url, sender="+12065550199", did="+12065550100", body="ok")
         await eventually(lambda: len(got) >= 3, what="two DLRs and one inbound text at the hook")
-    finally:
-        await runner.cleanup()
     dlrs = [g["data"]["attributes"] for g in got if g["data"]["type"] == "delivery_receipt"]
     assert [d["body"] for d in dlrs] == ["see you at 8", "see you at 8"]
     async with client.get(f"{flowroute.url}/v2.2/messages", params={"start_date": "2000-01-01"}) as r:

@@ -9,6 +9,7 @@ from smsbridge.events import DispatchRequest
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.flowroute.outcome import Accepted, Retry
 from smsbridge.flowroute.simulator import FlowrouteSimulator
+from tests.support.http_server import serving
 from tests.support.settings import free_port, sms_config
 
 CALLBACK = "https://bridge.example/webhooks/flowroute/main/t?cmid=c-1"
@@ -67,14 +68,6 @@ async def test_non_json_error_body_is_tolerated(http: aiohttp.ClientSession) -> 
     async def bad_gateway(_: web.Request) -> web.Response:
         return web.Response(status=502, text="<html>Bad gateway</html>", content_type="text/html")
 
-    app = web.Application()
-    app.router.add_post("/v2.2/messages", bad_gateway)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    async with serving("POST", "/v2.2/messages", bad_gateway) as url:
         outcome = await FlowrouteClient(http, base_url=url, timeout_s=2).send(sms_config(), dispatch())
-    finally:
-        await runner.cleanup()
     assert isinstance(outcome, Retry) and "502" in outcome.reason

@@ -16,10 +16,9 @@ import aiohttp
 import msgspec
 
 from smsbridge.config import FlowrouteTarget
-from smsbridge.errors import RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.flowroute.payloads import timestamp
-from smsbridge.pbx.http import classify_pbx_answer
+from smsbridge.pbx.http import post_to_pbx
 
 # Exactly this, no charset: FusionPBX's Flowroute hook compares the header for equality.
 CONTENT_TYPE = "application/json"
@@ -105,11 +104,4 @@ async def post_json(session: aiohttp.ClientSession, url: str, doc: dict[str, Any
                     timeout: aiohttp.ClientTimeout, *, idempotency_key: str) -> None:
     """POST a Flowroute-shaped document; return on 2xx, raise Retryable/PermanentError otherwise."""
     headers = {"Content-Type": CONTENT_TYPE, "Idempotency-Key": idempotency_key}
-    try:
-        async with session.post(url, data=msgspec.json.encode(doc), headers=headers, timeout=timeout) as response:
-            body = await response.text(errors="replace")
-            classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
-    except TimeoutError:
-        raise RetryableError(f"PBX did not answer within {timeout.total:g} s") from None
-    except aiohttp.ClientError as exc:
-        raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
+    await post_to_pbx(session, url, msgspec.json.encode(doc), headers, timeout)

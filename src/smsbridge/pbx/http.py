@@ -28,6 +28,19 @@ def classify_pbx_answer(status: int, body: str, retry_after: str | None) -> None
     raise PermanentError(f"PBX refused the delivery with {status}: {excerpt}", code=f"pbx_{status}")
 
 
+async def post_to_pbx(session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str],
+                      timeout: aiohttp.ClientTimeout) -> None:
+    """POST to a PBX; return on 2xx, raise RetryableError or PermanentError as the module says."""
+    try:
+        async with session.post(url, data=data, headers=headers, timeout=timeout) as response:
+            body = await response.text(errors="replace")
+            classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
+    except TimeoutError:
+        raise RetryableError(f"PBX did not answer within {timeout.total:g} s") from None
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
+
+
 class HttpAdapter:
     kind = "http"
 
@@ -43,17 +56,8 @@ class HttpAdapter:
         return headers
 
     async def deliver(self, delivery: InboundDelivery) -> None:
-        try:
-            async with self._session.post(
-                self._target.url, data=encoder.encode(delivery), headers=self._headers(delivery),
-                timeout=self._timeout,
-            ) as response:
-                body = await response.text(errors="replace")
-                classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
-        except TimeoutError:
-            raise RetryableError(f"PBX did not answer within {self._target.timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
+        await post_to_pbx(self._session, self._target.url, encoder.encode(delivery), self._headers(delivery),
+                          self._timeout)
 
     async def close(self) -> None:
         return None
