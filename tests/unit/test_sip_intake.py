@@ -313,3 +313,19 @@ async def test_a_huge_content_length_over_tcp_is_413_and_the_connection_closed(r
     assert status(answer) == 413 and publisher.published == []
     (again,) = await udp(intake.port, message(call_id="after"))  # the intake still serves
     assert status(again) == 202
+
+
+async def test_a_did_last_used_that_the_rule_does_not_allow_gives_way_to_the_default() -> None:
+    """The customer texted a DID the extension may not send from: the reply goes from the rule's
+    DIDs instead of being refused (only an explicit DID+number prefix is held to the letter)."""
+    s = settings()
+    s = msgspec.structs.replace(s, outbound_rules=[OutboundRule(config="main", extensions=["101"], dids=[DID])])
+    intake, publisher = await start(s, FakeLedger(last=OTHER_DID))
+    try:
+        (guessed,) = await udp(intake.port, message())
+        (explicit,) = await udp(intake.port, message(call_id="c2", ruri_user=f"{OTHER_DID}+12065550199"))
+    finally:
+        await intake.stop()
+    assert (status(guessed), status(explicit)) == (202, 403)
+    (req,) = requests(publisher)
+    assert req.from_did is None  # the outbound stage picks the rule's DID

@@ -170,6 +170,10 @@ class SipIntake:
                 last_did = await self._ledger.last_did(addressed.tenant, addressed.to, addressed.extension)
         request = intake.request(addressed, text, key, last_did)
         refusal = intake.check(request, self._settings)
+        if refusal is not None and last_did is not None:  # a guess the rules refuse: the rule's default DID then
+            fallback = intake.request(addressed, text, key, None)
+            if intake.check(fallback, self._settings) is None:
+                request, refusal = fallback, None
         if refusal is not None:
             return self._refuse(message, key, refusal), True
         prefix = self._settings.broker.prefix
