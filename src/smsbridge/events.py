@@ -42,11 +42,13 @@ class Media(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MediaProblem(msgspec.Struct, frozen=True, kw_only=True):
-    """An attachment Flowroute listed without a usable URL: the text and the other attachments
-    are delivered, and this names the one that could not be."""
+    """An attachment the PBX does not get, named so people know a picture is missing, and why:
+    Flowroute listed it without a usable URL, or the bridge could not download it (or refused to,
+    e.g. over the size cap). The text and the other attachments are delivered all the same."""
 
-    media_id: str | None = None
+    media_id: str | None = None  # Flowroute's id for the attachment, when it gave one
     file_name: str | None = None
+    mime_type: str | None = None
     reason: str
 
 
