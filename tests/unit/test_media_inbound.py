@@ -5,92 +5,29 @@ served on loopback. The PBX's view is the published delivery; its links are fetc
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-import aiohttp
-import msgspec
 import pytest
-from aiohttp import web
 
-from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import BrokerUnavailable
-from smsbridge.events import InboundDelivery, InboundMessage, Media, MediaProblem
-from smsbridge.ledger import Ledger
+from smsbridge.events import InboundMessage, Media, MediaProblem
 from smsbridge.ledger.media_ops import inbound_ref
 from smsbridge.media import links
-from smsbridge.media.destinations import guarded_session
-from smsbridge.media.fetch import MediaFetcher
-from smsbridge.media.inbound import InboundMedia
-from smsbridge.media.serve import add_media_routes
 from smsbridge.media.setup import prune_media
-from smsbridge.media.store import LocalStore
-from smsbridge.metrics import Metrics
-from smsbridge.testing.broker import InMemoryPublisher
-from smsbridge.workers.inbound import InboundHandler
-from tests.support.ledger import open_ledger
-from tests.support.media import LINK_KEY, media_settings, with_media
-from tests.support.media_server import FakeMediaServer, media_server
-from tests.support.settings import DID_MAIN, settings
-
-CONTEXT = MessageContext(origin_key="receiver", attempt=1)
-PICTURE = b"\xff\xd8\xff" + bytes(range(256)) * 2000
-
-
-@dataclass
-class Rig:
-    handler: InboundHandler
-    publisher: InMemoryPublisher
-    ledger: Ledger
-    store: LocalStore
-    server: FakeMediaServer
-    http: aiohttp.ClientSession
-    metrics: Metrics
-    media: InboundMedia
-
-    async def receive(self, *media: Media, mdr_id: str = "mdr2-one", from_: str = "+12065550199",
-                      unusable: tuple[MediaProblem, ...] = ()) -> list[InboundDelivery]:
-        # Texts of one conversation go to the PBX one at a time (ledger/order.py): tests that
-        # want several published at once text from several numbers.
-        message = InboundMessage(tenant="acme", config_id="main", mdr_id=mdr_id, from_=from_, to=DID_MAIN,
-                                 body="look at this", is_mms=True, media=media, media_problems=unusable)
-        await self.handler.handle(message, CONTEXT)
-        bodies = [p.body for p in self.publisher.published if p.routing_key.endswith("delivery")]
-        self.publisher.published.clear()
-        return [msgspec.json.decode(b, type=InboundDelivery) for b in bodies]
-
-    async def get(self, url: str) -> tuple[int, bytes, dict[str, str]]:
-        async with self.http.get(url) as response:
-            return response.status, await response.read(), dict(response.headers)
-
-
-async def start_receiver(store: LocalStore, ledger: Ledger) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    add_media_routes(app, LINK_KEY, store, ledger)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    return runner, f"http://{host}:{port}"
+from smsbridge.media.store import LocalStore, MediaStore
+from tests.support.media import LINK_KEY, PICTURE, Rig, media_rig, media_settings
+from tests.support.settings import DID_MAIN
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    async with open_ledger("sqlite", tmp_path) as ledger, media_server() as server, \
-            guarded_session(["127.0.0.0/8"]) as http:
-        store = LocalStore(tmp_path / "media")
-        runner, base_url = await start_receiver(store, ledger)
-        config = with_media(settings(prefix="unit"), media_settings(
-            tmp_path / "media", public_url=base_url, max_message_bytes=1_000_000))
-        metrics, publisher = Metrics(), InMemoryPublisher()
-        media = InboundMedia(config, MediaFetcher(http, store, config.media), ledger, metrics)
-        yield Rig(InboundHandler(config, publisher, ledger, metrics, media), publisher, ledger, store, server, http,
-                  metrics, media)
-        await runner.cleanup()
+    async with media_rig(tmp_path, LocalStore(tmp_path / "media")) as built:
+        yield built
 
 
-def blobs(store: LocalStore) -> list[Path]:
+def blobs(store: MediaStore) -> list[Path]:
+    assert isinstance(store, LocalStore)
     return [p for p in store.directory.rglob("*") if p.is_file() and ".spool" not in p.parts]
 
 

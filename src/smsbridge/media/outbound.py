@@ -49,9 +49,7 @@ class OutboundMedia:
                 raise FetchRefused("no room left: the text and the media before it fill the limit", "too_large")
             fetched = await self._fetcher.fetch(url, None, budget, self._settings.outbound_types)
         except FetchRefused as exc:
-            code = "media_type_not_allowed" if exc.code == "wrong_type" else "media_too_large"
-            raise Refused(f"media {position + 1} refused before sending: {exc.reason} (Flowroute takes at most "
-                          f"{limit} bytes per MMS, text included)", code=code) from None
+            raise _refused(position, exc, limit) from None
         except FetchFailed as exc:
             raise Refused(f"media {position + 1} could not be fetched: {exc.reason}",
                           code="media_unreachable") from None
@@ -61,3 +59,13 @@ class OutboundMedia:
                              file_name=url.rsplit("/", 1)[-1].split("?")[0][:200] or None, size=fetched.stored.size,
                              source_url=url)
         return await self._ledger.record_media(record), fetched.stored.key, fetched.stored.size
+
+
+def _refused(position: int, exc: FetchRefused, limit: int) -> Refused:
+    """The permanent refusal of an outbound MMS whose media `position` cannot be sent, naming why."""
+    if exc.code == "destination_refused":
+        return Refused(f"media {position + 1} refused: {exc.reason} (add its network to [media] "
+                       "fetch_allowed_networks if it is yours)", code="media_destination_refused")
+    code = "media_type_not_allowed" if exc.code == "wrong_type" else "media_too_large"
+    return Refused(f"media {position + 1} refused before sending: {exc.reason} (Flowroute takes at most "
+                   f"{limit} bytes per MMS, text included)", code=code)
