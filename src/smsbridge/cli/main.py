@@ -23,7 +23,7 @@ import structlog
 
 from smsbridge import logs
 from smsbridge.bridge import ROLES, Bridge
-from smsbridge.cli import db, dlq, messages
+from smsbridge.cli import db, dlq, media, messages
 from smsbridge.config import FlowrouteTarget, HttpTarget, LoggingSettings, Settings
 from smsbridge.config_file import ConfigError, check_file, load_settings
 from smsbridge.connection import connect
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db.add_parser(sub)
     messages.add_parser(sub)
+    media.add_parser(sub)
     dlq.add_parsers(sub)
 
     simulate = sub.add_parser("simulate", help="stand-ins for the outside world")
@@ -116,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(db.run(settings, args))
     if args.command == "messages":
         return asyncio.run(messages.run(settings, args))
+    if args.command == "media":
+        return asyncio.run(media.run(settings, args))
     logs.configure(settings.logging, cache=True)
     return asyncio.run(serve(settings, args.role or ROLES, sandbox=args.sandbox))
 

@@ -78,6 +78,16 @@ def media_of(c: sa.Connection, message_ref: str) -> list[MediaRow]:
     return [_row(m) for m in c.execute(query).mappings()]
 
 
+def media_of_message(c: sa.Connection, tenant: str, ident: str) -> list[MediaRow]:
+    """A tenant's attachments of the message `ident` names: a Flowroute id (inbound, any of the
+    tenant's configurations) or a client_message_id (outbound)."""
+    inbound = media.c.message_ref.startswith(f"in:{tenant}:", autoescape=True) & media.c.message_ref.endswith(
+        f":{ident}", autoescape=True)
+    outbound = media.c.message_ref == outbound_ref(tenant, ident)
+    query = sa.select(media).where((media.c.tenant == tenant) & (inbound | outbound))
+    return [_row(m) for m in c.execute(query.order_by(media.c.message_ref, media.c.position)).mappings()]
+
+
 def prune_media(c: sa.Connection, cutoff: datetime) -> list[str]:
     """Forget rows not touched since `cutoff`; return the blob keys no row refers to any more."""
     old = media.c.updated_at < cutoff

@@ -286,6 +286,9 @@ class Ledger:
     async def media_of(self, message_ref: str) -> list[MediaRow]:
         return await self._db.read(media_ops.media_of, message_ref)
 
+    async def media_of_message(self, tenant: str, ident: str) -> list[MediaRow]:
+        return await self._db.read(media_ops.media_of_message, tenant, ident)
+
     async def prune_media(self, older_than: timedelta) -> list[str]:
         """Forget attachments past retention; the blob keys nothing refers to any more."""
         return await self._db.write(media_ops.prune_media, self._now() - older_than)
