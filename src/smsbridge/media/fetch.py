@@ -20,7 +20,7 @@ from smsbridge.config import MediaSettings
 from smsbridge.media.destinations import DestinationRefused, check_literal, networks
 from smsbridge.media.store import MediaStore, Stored, TooLarge
 
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 MAX_REDIRECTS = 3
 MAX_DELAY_S = 30.0
 

@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 READ_CHUNK = 256 * 1024
-WRITE_BUFFER = 1024 * 1024  # bytes gathered before one write in a thread: few thread hops, bounded memory
+WRITE_BUFFER = 256 * 1024  # bytes gathered before one write in a thread: few thread hops, bounded memory
 
 
 class TooLarge(Exception):
@@ -85,13 +85,19 @@ async def _copy(chunks: AsyncIterator[bytes], out: BinaryIO, max_bytes: int) -> 
         size += len(chunk)
         if size > max_bytes:
             raise TooLarge(max_bytes)
-        digest.update(chunk)
         pending += chunk
         if len(pending) >= WRITE_BUFFER:
-            await asyncio.to_thread(out.write, bytes(pending))
+            # hashed and written off the event loop (both release the GIL); awaited before
+            # `pending` changes, so it needs no copy
+            await asyncio.to_thread(_absorb, digest, out, pending)
             pending.clear()
-    await asyncio.to_thread(out.write, bytes(pending))
+    await asyncio.to_thread(_absorb, digest, out, pending)
     return digest.hexdigest(), size
+
+
+def _absorb(digest: Any, out: BinaryIO, data: bytearray) -> None:
+    digest.update(data)
+    out.write(data)
 
 
 class LocalStore:
