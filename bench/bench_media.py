@@ -139,8 +139,8 @@ async def through_inbound(base: str, workdir: Path, count: int, size: int, concu
         handler = InboundHandler(config, publisher, ledger, metrics, media)
 
         async def handle(i: int) -> None:
-            message = InboundMessage(tenant="acme", config_id="main", mdr_id=f"mdr2-bench-{i}", from_=f"+1206555{i:04d}",
-                                     to=DID_MAIN, body="picture", is_mms=True,
+            message = InboundMessage(tenant="acme", config_id="main", mdr_id=f"mdr2-bench-{i}",
+                                     from_=f"+1206555{i:04d}", to=DID_MAIN, body="picture", is_mms=True,
                                      media=(Media(url=f"{base}/a/{i}?size={size}", mime_type="image/jpeg"),))
             await handler.handle(message, CONTEXT)
             publisher.published.clear()  # the broker's job: nothing kept here per message

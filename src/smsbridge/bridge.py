@@ -45,6 +45,7 @@ from smsbridge.media.outbound import OutboundMedia
 from smsbridge.media.serve import add_media_routes
 from smsbridge.media.setup import open_store
 from smsbridge.media.store import MediaStore
+from smsbridge.media.upload import add_upload_route
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
@@ -275,6 +276,7 @@ class Bridge:
         app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
         if self.media_store is not None and self.settings.media.link_key is not None:
             add_media_routes(app, self.settings.media.link_key, self.media_store, self.ledger)
+            add_upload_route(app, self.settings)
         # No access log: the webhook path carries the configuration's secret token. keepalive_timeout
         # also closes a connection whose headers are not complete in time (aiohttp runs it from the
         # connection's start); the body's own deadline is the receiver's (`receiver._read_body`).

@@ -143,6 +143,7 @@ class MediaSettings(_Section, frozen=True, kw_only=True):
     public_url: str = ""  # empty: [receiver] public_url
     link_days: PositiveFloat = 30.0
     link_days_by_tenant: dict[str, PositiveFloat] = {}
+    upload_tokens: dict[str, Secret] = {}  # tenant -> token for POST /v1/media (PBXs that cannot host files)
     max_file_bytes: PositiveInt = 15 * 1024 * 1024
     max_message_bytes: PositiveInt = 30 * 1024 * 1024
     fetch_timeout_s: PositiveFloat = 30.0

@@ -85,6 +85,8 @@ MEANING: dict[str, str] = {
     "media.public_url": "Where PBXs and Flowroute reach `/media/...`; empty: `[receiver] public_url`.",
     "media.link_days": "How long a media link works.",
     "media.link_days_by_tenant": "Per-tenant link lifetimes in days (`{ acme = 90 }`), overriding `link_days`.",
+    "media.upload_tokens": "Per tenant, a token (secret reference) with which its PBX may `POST /v1/media` a file "
+                           "and get a link to send, for PBXs that cannot host files (`{ acme = { env = \"...\" } }`).",
     "media.max_file_bytes": "An attachment larger than this is not downloaded (Flowroute documents up to 15 MB).",
     "media.max_message_bytes": "Attachments past this total per message are not downloaded.",
     "media.fetch_timeout_s": "How long one download may take.",

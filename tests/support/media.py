@@ -21,6 +21,7 @@ from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.inbound import InboundMedia
 from smsbridge.media.serve import add_media_routes
 from smsbridge.media.store import MediaStore
+from smsbridge.media.upload import add_upload_route
 from smsbridge.metrics import Metrics
 from smsbridge.secret import Secret
 from smsbridge.testing.broker import InMemoryPublisher
@@ -75,13 +76,16 @@ class Rig:
             return response.status, await response.read(), dict(response.headers)
 
 
-async def start_receiver(store: MediaStore, ledger: Ledger) -> tuple[web.AppRunner, str]:
-    """The receiver's media route alone, on a loopback port."""
+async def start_receiver(store: MediaStore, ledger: Ledger, upload: Settings | None = None,
+                         port: int = 0) -> tuple[web.AppRunner, str]:
+    """The receiver's media route alone (and the upload route, given settings), on a loopback port."""
     app = web.Application()
     add_media_routes(app, LINK_KEY, store, ledger)
+    if upload is not None:
+        add_upload_route(app, upload)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     host, port = runner.addresses[0][:2]
     return runner, f"http://{host}:{port}"
 

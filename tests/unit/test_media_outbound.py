@@ -19,14 +19,17 @@ from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.outbound import OutboundMedia
 from smsbridge.media.store import LocalStore
 from smsbridge.outbound_rules import Refused
+from smsbridge.secret import Secret
 from smsbridge.testing.broker import InMemoryPublisher
 from smsbridge.workers.outbound import OutboundHandler
 from tests.support.ledger import open_ledger
 from tests.support.media import media_settings, start_receiver, with_media
 from tests.support.media_server import FakeMediaServer, media_server
+from tests.support.ports import free_port
 from tests.support.settings import OUTBOUND_RULES, settings
 
 ACME = MessageContext(origin_key="outbound.acme", attempt=1)
+UPLOAD_TOKEN = "upload-token-acme-0123456789abcdef"
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Outbound:
     server: FakeMediaServer
     http: aiohttp.ClientSession
     base_url: str
+    media: OutboundMedia
 
     async def send(self, *urls: str, body: str = "see attached") -> DispatchRequest:
         request = OutboundRequest(tenant="acme", client_message_id="c-1", from_extension="101", to="+12065550199",
@@ -50,13 +54,16 @@ async def outbound_rig(tmp_path: Path, allowed: list[str]) -> AsyncIterator[Outb
     async with open_ledger("sqlite", tmp_path) as ledger, media_server() as server, \
             guarded_session(allowed) as http:
         store = LocalStore(tmp_path / "media")
-        runner, base_url = await start_receiver(store, ledger)
+        port = free_port()
         config = with_media(msgspec.structs.replace(settings(prefix="unit"), outbound_rules=OUTBOUND_RULES),
-                            media_settings(tmp_path / "media", public_url=base_url, fetch_allowed_networks=allowed))
+                            media_settings(tmp_path / "media", public_url=f"http://127.0.0.1:{port}",
+                                           fetch_allowed_networks=allowed,
+                                           upload_tokens={"acme": Secret(UPLOAD_TOKEN)}))
+        runner, base_url = await start_receiver(store, ledger, upload=config, port=port)
         publisher = InMemoryPublisher()
         media = OutboundMedia(config, MediaFetcher(http, store, config.media), ledger)
         try:
-            yield Outbound(OutboundHandler(config, publisher, ledger, media), publisher, server, http, base_url)
+            yield Outbound(OutboundHandler(config, publisher, ledger, media), publisher, server, http, base_url, media)
         finally:
             await runner.cleanup()
 
@@ -114,3 +121,42 @@ async def test_a_media_url_on_the_bridges_own_network_is_refused_before_any_atte
             await rig.send(url)
         assert refused.value.code == "media_destination_refused" and "media 1" in str(refused.value)
         assert rig.server.hits["plan.png"] == 0 and rig.publisher.published == []
+
+
+async def upload(outbound: Outbound, data: bytes, content_type: str, token: str = UPLOAD_TOKEN) -> tuple[int, dict]:
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {token}"}
+    async with outbound.http.post(f"{outbound.base_url}/v1/media?file_name=menu.jpg", data=data,
+                                  headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_a_pbx_that_cannot_host_files_uploads_and_sends_the_bridges_link(outbound: Outbound) -> None:
+    picture = b"\xff\xd8" + b"u" * 200_000
+    status, answer = await upload(outbound, picture, "image/jpeg")
+    assert status == 201 and answer["size"] == len(picture) and answer["url"].startswith(outbound.base_url)
+    dispatch = await outbound.send(answer["url"])
+    (link,) = dispatch.media_urls
+    async with outbound.http.get(link) as response:
+        assert response.status == 200 and await response.read() == picture
+        assert 'filename="menu.jpg"' in response.headers["Content-Disposition"]
+
+
+async def test_an_upload_needs_the_tenants_token_an_allowed_type_and_fits_flowroutes_limit(
+        outbound: Outbound) -> None:
+    assert (await upload(outbound, b"x", "image/jpeg", token="wrong-token"))[0] == 401
+    status, answer = await upload(outbound, b"<svg/>", "image/svg+xml")
+    assert status == 415 and answer["error"] == "media_type_not_allowed"
+    status, answer = await upload(outbound, b"j" * 750_001, "image/jpeg")
+    assert status == 413 and answer["error"] == "media_too_large"
+
+
+async def test_another_tenant_cannot_send_a_link_the_bridge_gave_this_one(outbound: Outbound) -> None:
+    """An uploaded file's link is the uploading tenant's: a second tenant naming it gets a refusal,
+    not the first tenant's picture re-hosted under its own name."""
+    status, answer = await upload(outbound, b"\xff\xd8" + b"s" * 1000, "image/jpeg")
+    assert status == 201
+    theirs = DispatchRequest(tenant="globex", config_id="gx", client_message_id="g-1", from_extension="300",
+                             from_="+14255550100", to="+14255550199", media_urls=(answer["url"],), is_mms=True)
+    with pytest.raises(Refused) as refused:
+        await outbound.media.rehost(theirs)  # the stage's media step, as a second tenant's request reaches it
+    assert refused.value.code == "media_unreachable" and "names nothing this tenant has stored" in str(refused.value)

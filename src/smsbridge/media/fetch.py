@@ -42,6 +42,7 @@ class FetchRefused(FetchFailed):
 class Fetched:
     stored: Stored
     mime_type: str
+    file_name: str | None = None  # when known better than from the URL
 
 
 def check_type(announced: str | None, served: str) -> str:

@@ -13,7 +13,8 @@ from smsbridge.events import DispatchRequest
 from smsbridge.ledger import Ledger
 from smsbridge.ledger.media_ops import MediaRecord, outbound_ref
 from smsbridge.media import links
-from smsbridge.media.fetch import FetchFailed, FetchRefused, MediaFetcher
+from smsbridge.media.fetch import Fetched, FetchFailed, FetchRefused, MediaFetcher
+from smsbridge.media.store import Stored
 from smsbridge.outbound_rules import Refused
 
 log = structlog.get_logger("smsbridge.media")
@@ -47,7 +48,10 @@ class OutboundMedia:
         try:
             if budget <= 0:
                 raise FetchRefused("no room left: the text and the media before it fill the limit", "too_large")
-            fetched = await self._fetcher.fetch(url, None, budget, self._settings.outbound_types)
+            fetched = await self._own(url, dispatch.tenant) or await self._fetcher.fetch(
+                url, None, budget, self._settings.outbound_types)
+            if fetched.stored.size > budget:
+                raise FetchRefused(f"{fetched.stored.size} bytes, more than the {budget} allowed", "too_large")
         except FetchRefused as exc:
             raise _refused(position, exc, limit) from None
         except FetchFailed as exc:
@@ -56,10 +60,26 @@ class OutboundMedia:
         record = MediaRecord(direction="outbound", tenant=dispatch.tenant,
                              message_ref=outbound_ref(dispatch.tenant, dispatch.client_message_id), position=position,
                              state="stored", blob_key=fetched.stored.key, mime_type=fetched.mime_type,
-                             file_name=url.rsplit("/", 1)[-1].split("?")[0][:200] or None, size=fetched.stored.size,
+                             file_name=fetched.file_name or url.rsplit("/", 1)[-1].split("?")[0][:200] or None,
+                             size=fetched.stored.size,
                              source_url=url)
         return await self._ledger.record_media(record), fetched.stored.key, fetched.stored.size
 
+    async def _own(self, url: str, tenant: str) -> Fetched | None:
+        """One of this bridge's links (e.g. from `POST /v1/media`): already stored, not fetched again."""
+        prefix = f"{self._base_url}/media/"
+        if not url.startswith(prefix):
+            return None
+        try:
+            claims = links.verify(self._key, url.removeprefix(prefix))
+        except (links.BadToken, links.ExpiredToken) as exc:
+            raise FetchFailed(f"the bridge's own media link is not valid: {exc}") from None
+        row = await self._ledger.media(claims.media_id)
+        if row is None or row.state != "stored" or row.blob_key != claims.key or claims.tenant != tenant:
+            raise FetchFailed("the bridge's own media link names nothing this tenant has stored")
+        if row.mime_type not in self._settings.outbound_types:
+            raise FetchRefused(f"type {row.mime_type} is not one an MMS may carry", "wrong_type")
+        return Fetched(Stored(claims.key, row.size or 0), row.mime_type or "application/octet-stream", row.file_name)
 
 def _refused(position: int, exc: FetchRefused, limit: int) -> Refused:
     """The permanent refusal of an outbound MMS whose media `position` cannot be sent, naming why."""
