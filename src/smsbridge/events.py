@@ -32,7 +32,9 @@ def utcnow() -> datetime:
 
 
 class Media(msgspec.Struct, frozen=True, kw_only=True):
-    """One attachment of an MMS. Flowroute's URLs expire (about 7 days): fetch promptly."""
+    """One attachment of an MMS. In a delivery, `url` is the bridge's own signed link when `[media]`
+    keeps attachments (it works for `link_days`); otherwise Flowroute's URL, which expires (about
+    7 days, sometimes hours): fetch promptly."""
 
     url: str
     mime_type: str | None = None

@@ -150,3 +150,16 @@ async def test_another_tenant_posting_the_same_flowroute_id_never_gets_the_first
     assert problems == () and rig.server.hits["globex.jpg"] == 1  # fetched, not taken from acme's record
     assert (await rig.get(kept.url))[:2] == (200, theirs)
     assert links.verify(LINK_KEY, kept.url.rsplit("/", 1)[1]).tenant == "globex"
+
+
+async def test_a_head_request_answers_the_headers_and_a_dangerous_type_is_a_download(rig: Rig) -> None:
+    (delivery, _) = await rig.receive(Media(url=rig.server.add("x.svg", b"<svg onload=alert(1)/>", "image/svg+xml"),
+                                            mime_type="image/svg+xml", file_name='x".svg'))
+    link = delivery.media[0].url
+    async with rig.http.head(link) as response:
+        assert response.status == 200 and response.headers["Content-Length"] == "22"
+    status, body, headers = await rig.get(link)
+    assert status == 200 and body == b"<svg onload=alert(1)/>"
+    assert headers["Content-Type"] == "application/octet-stream"  # never rendered on the bridge's origin
+    assert headers["Content-Disposition"].startswith('attachment; filename="x_.svg"')
+    assert "sandbox" in headers["Content-Security-Policy"]

@@ -95,7 +95,8 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
     response.content_length = blob.size
     async with contextlib.aclosing(blob.chunks) as chunks:  # closes the file or S3 stream on a disconnect
         await response.prepare(request)
-        async for chunk in chunks:
-            await response.write(chunk)
+        if request.method != "HEAD":  # a body after HEAD's headers would be read as the next response
+            async for chunk in chunks:
+                await response.write(chunk)
     await response.write_eof()
     return response
