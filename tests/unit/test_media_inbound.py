@@ -163,3 +163,12 @@ async def test_a_head_request_answers_the_headers_and_a_dangerous_type_is_a_down
     assert headers["Content-Type"] == "application/octet-stream"  # never rendered on the bridge's origin
     assert headers["Content-Disposition"].startswith('attachment; filename="x_.svg"')
     assert "sandbox" in headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("token", ["no-dot", "a.b.c", "%C3%A9.%C3%BC", "x" * 4000 + "." + "y" * 64, "%00.%00"])
+async def test_hostile_tokens_get_403_and_the_route_keeps_serving(rig: Rig, token: str) -> None:
+    (delivery, _) = await rig.receive(Media(url=rig.server.add("h.jpg", PICTURE), mime_type="image/jpeg"))
+    link = delivery.media[0].url
+    status, body, _ = await rig.get(f"{link.rsplit('/', 1)[0]}/{token}")
+    assert status == 403 and b"not valid" in body
+    assert (await rig.get(link))[:2] == (200, PICTURE)
