@@ -3,10 +3,12 @@ before any attempt is spent, and handed to Flowroute as the bridge's own links."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -50,7 +52,8 @@ class Outbound:
 
 
 @asynccontextmanager
-async def outbound_rig(tmp_path: Path, allowed: list[str]) -> AsyncIterator[Outbound]:
+async def outbound_rig(tmp_path: Path, allowed: list[str], read_timeout_s: float | None = None
+                       ) -> AsyncIterator[Outbound]:
     async with open_ledger("sqlite", tmp_path) as ledger, media_server() as server, \
             guarded_session(allowed) as http:
         store = LocalStore(tmp_path / "media")
@@ -59,6 +62,9 @@ async def outbound_rig(tmp_path: Path, allowed: list[str]) -> AsyncIterator[Outb
                             media_settings(tmp_path / "media", public_url=f"http://127.0.0.1:{port}",
                                            fetch_allowed_networks=allowed,
                                            upload_tokens={"acme": Secret(UPLOAD_TOKEN)}))
+        if read_timeout_s is not None:
+            config = msgspec.structs.replace(
+                config, receiver=msgspec.structs.replace(config.receiver, read_timeout_s=read_timeout_s))
         runner, base_url = await start_receiver(store, ledger, upload=config, port=port)
         publisher = InMemoryPublisher()
         media = OutboundMedia(config, MediaFetcher(http, store, config.media), ledger)
@@ -160,3 +166,19 @@ async def test_another_tenant_cannot_send_a_link_the_bridge_gave_this_one(outbou
     with pytest.raises(Refused) as refused:
         await outbound.media.rehost(theirs)  # the stage's media step, as a second tenant's request reaches it
     assert refused.value.code == "media_unreachable" and "names nothing this tenant has stored" in str(refused.value)
+
+
+async def test_an_upload_that_dribbles_in_past_the_read_timeout_gets_408_and_its_connection_closed(
+        tmp_path: Path) -> None:
+    async with outbound_rig(tmp_path, ["127.0.0.0/8"], read_timeout_s=0.5) as rig:
+        parts = urlsplit(rig.base_url)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writer.write((f"POST /v1/media?file_name=a.jpg HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                      f"Authorization: Bearer {UPLOAD_TOKEN}\r\nContent-Length: 100000\r\n\r\n").encode()
+                     + b"\xff\xd8" + b"d" * 1000)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=60)  # the answer, then EOF (or a reset)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b'"error":"timeout"' in answer
+        status, stored = await upload(rig, b"\xff\xd8" + b"k" * 100, "image/jpeg")  # the endpoint still serves
+        assert status == 201 and stored["size"] == 102
