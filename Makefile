@@ -10,7 +10,7 @@ CONFIG ?= deploy/sample.toml
 LOCK   := requirements/dev.lock
 RUNS   ?= 1
 
-.PHONY: run test test-loaded unit fuzz lint typecheck check-config bench bench-memory lock clean
+.PHONY: run test test-loaded unit fuzz lint typecheck check-config bench bench-memory bench-media lock clean
 
 # A fresh venv from the lock whenever the lock changes: exactly the locked versions, each checked
 # against its hash, nothing resolved at install time (requirements/README.md says why).
@@ -53,6 +53,10 @@ bench: $(STAMP)
 ## bench-memory: the memory benchmark alone, 1,000,000 messages through every role (hours on 2 cores)
 bench-memory: $(STAMP)
 	$(BIN)/python bench/run.py --only memory --memory-messages 1000000
+
+## bench-media: 200 MMS of 5 MB through the inbound stage: RSS flat? MB/s beside a bare aiohttp download
+bench-media: $(STAMP)
+	$(BIN)/python bench/bench_media.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

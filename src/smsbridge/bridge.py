@@ -48,6 +48,14 @@ from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.ledger import Ledger, open_from_settings
 from smsbridge.ledger.schema import LATEST
 from smsbridge.ledger_pruner import prune_forever
+from smsbridge.media.destinations import guarded_session
+from smsbridge.media.fetch import MediaFetcher
+from smsbridge.media.inbound import InboundMedia
+from smsbridge.media.outbound import OutboundMedia
+from smsbridge.media.serve import add_media_routes
+from smsbridge.media.setup import open_store
+from smsbridge.media.store import MediaStore
+from smsbridge.media.upload import add_upload_route
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
@@ -87,9 +95,11 @@ class Bridge:
         self._consumers: list[StageConsumer[Any]] = []
         self._adapters: dict[str, DeliveryAdapter] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._media_http: aiohttp.ClientSession | None = None
         self._declared = False
         self.ledger: Ledger | None = None
         self.liveness: BrokerLiveness | None = None
+        self.media_store: MediaStore | None = None
         self.health_url: str | None = None
         self.sip_intake: SipIntake | None = None
         self._stack = AsyncExitStack()
@@ -115,7 +125,10 @@ class Bridge:
         broker, stack = self.settings.broker, self._stack
         self.ledger = ledger = await open_ledger(self.settings.ledger)
         stack.push_async_callback(ledger.close)
-        self._background(prune_forever(ledger, self.settings.ledger), "ledger-pruner")
+        self.media_store = await open_store(self.settings.media)
+        if self.media_store is not None:
+            stack.push_async_callback(self.media_store.close)
+        self._background(prune_forever(ledger, self.settings.ledger, self.media_store), "ledger-pruner")
         self.connection = await connect(broker.urls, attempts=connect_attempts)
         connection = self.connection  # closed even while the broker is down: it would keep reconnecting
         stack.push_async_callback(lambda: _bounded(connection.close(), "close connection"))
@@ -151,7 +164,8 @@ class Bridge:
     async def _start_consumers(self, ledger: Ledger) -> None:
         assert self.publisher is not None
         if "inbound" in self.roles:
-            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics)
+            media = self._inbound_media(ledger)
+            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics, media)
             await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
         if "delivery" in self.roles:
             turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), self._delivery_lease_s()
@@ -164,8 +178,8 @@ class Bridge:
                 await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, relay_dlr.RelayDlrHandler(
                     self.settings, ledger, self._http_session()), policy=self.settings.retry.delivery)
         if "outbound" in self.roles:
-            await self._consume("outbound", outbound_stage_decoder,
-                                OutboundHandler(self.settings, self.publisher, ledger))
+            outbound = OutboundHandler(self.settings, self.publisher, ledger, self._outbound_media(ledger))
+            await self._consume("outbound", outbound_stage_decoder, outbound)
         if "dispatcher" in self.roles:
             await self._start_dispatcher()
 
@@ -216,6 +230,18 @@ class Bridge:
                                 prefetch=2 * config.sms_per_second, policy=self.settings.retry.dispatch,
                                 order_key=conversation_of)
 
+    def _inbound_media(self, ledger: Ledger) -> InboundMedia | None:
+        if self.media_store is None:
+            return None
+        fetcher = MediaFetcher(self._media_session(), self.media_store, self.settings.media)
+        return InboundMedia(self.settings, fetcher, ledger, self.metrics)
+
+    def _outbound_media(self, ledger: Ledger) -> OutboundMedia | None:
+        if self.media_store is None:
+            return None
+        return OutboundMedia(self.settings, MediaFetcher(self._media_session(), self.media_store, self.settings.media),
+                             ledger)
+
     def _delivery_lease_s(self) -> float:
         """Longer than any one delivery attempt can take, so a live claim is never stolen."""
         timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget | FlowrouteTarget)]
@@ -238,6 +264,13 @@ class Bridge:
         self.sip_intake = SipIntake(self.settings, self.publisher, ledger)
         await self.sip_intake.start()
         self._stack.push_async_callback(self.sip_intake.stop)
+
+    def _media_session(self) -> aiohttp.ClientSession:
+        """Media downloads have a session of their own: it connects only to allowed addresses."""
+        if self._media_http is None:
+            self._media_http = guarded_session(self.settings.media.fetch_allowed_networks)
+            self._stack.push_async_callback(self._media_http.close)
+        return self._media_http
 
     def _build_adapters(self) -> dict[str, DeliveryAdapter]:
         assert self.publisher is not None
@@ -281,6 +314,9 @@ class Bridge:
         assert self.publisher is not None
         assert self.ledger is not None
         app = make_app(self.settings, self.publisher, self.metrics, self.readiness, self.ledger)
+        if self.media_store is not None and self.settings.media.link_key is not None:
+            add_media_routes(app, self.settings.media.link_key, self.media_store, self.ledger)
+            add_upload_route(app, self.settings)
         # No access log: the webhook path carries the configuration's secret token. keepalive_timeout
         # also closes a connection whose headers are not complete in time (aiohttp runs it from the
         # connection's start); the body's own deadline is the receiver's (`receiver._read_body`).

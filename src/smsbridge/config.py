@@ -125,6 +125,43 @@ class OutboundSettings(_Section, frozen=True, kw_only=True):
     max_rate_limited_waits: PositiveInt = 5
 
 
+class MediaSettings(_Section, frozen=True, kw_only=True):
+    """MMS attachments: fetched from Flowroute on receipt, kept by content hash, served by signed links.
+
+    `store = "off"` passes Flowroute's own URLs through (they expire); `local` keeps files in
+    `directory` (one host); `s3` in a bucket (several hosts). Any store needs `link_key`."""
+
+    store: Literal["off", "local", "s3"] = "off"
+    directory: str = "/var/lib/smsbridge/media"
+    s3_bucket: str = ""
+    s3_prefix: str = "media/"
+    s3_region: str = "us-east-1"
+    s3_endpoint_url: str | None = None  # None: AWS; else MinIO, Ceph, ...
+    s3_access_key: Secret | None = None  # None: the default AWS credential chain
+    s3_secret_key: Secret | None = None
+    link_key: Secret | None = None
+    public_url: str = ""  # empty: [receiver] public_url
+    link_days: PositiveFloat = 30.0
+    link_days_by_tenant: dict[str, PositiveFloat] = {}
+    upload_tokens: dict[str, Secret] = {}  # tenant -> token for POST /v1/media (PBXs that cannot host files)
+    max_file_bytes: PositiveInt = 15 * 1024 * 1024
+    max_message_bytes: PositiveInt = 30 * 1024 * 1024
+    fetch_timeout_s: PositiveFloat = 30.0
+    fetch_attempts: PositiveInt = 3
+    fetch_base_delay_s: PositiveFloat = 1.0
+    # Media are fetched only from globally routable addresses, and from these networks (CIDR).
+    fetch_allowed_networks: list[str] = []
+    # flowroute-api.md §2: 750 kB per MMS, text included; the types most carriers render.
+    outbound_max_bytes: PositiveInt = 750_000
+    outbound_types: list[str] = msgspec.field(default_factory=lambda: [
+        "image/png", "image/jpeg", "image/gif", "image/bmp", "video/3gpp", "video/mp4", "video/x-msvideo",
+        "video/mpeg", "audio/amr", "audio/midi", "audio/wav", "audio/x-wav", "audio/ac3", "audio/mpeg", "text/plain",
+    ])
+
+    def link_lifetime_s(self, tenant: str) -> float:
+        return self.link_days_by_tenant.get(tenant, self.link_days) * 86400.0
+
+
 class SmsConfig(_Section, frozen=True, kw_only=True):
     """One Flowroute SMS configuration: credentials, DIDs and one webhook URL.
 
@@ -314,6 +351,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     observability: ObservabilitySettings = msgspec.field(default_factory=ObservabilitySettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
     relay: RelaySettings = msgspec.field(default_factory=RelaySettings)
+    media: MediaSettings = msgspec.field(default_factory=MediaSettings)
     sms_configs: list[SmsConfig] = []
     inbound_rules: list[InboundRule] = []
     outbound_rules: list[OutboundRule] = []
@@ -346,6 +384,10 @@ class Settings(_Section, frozen=True, kw_only=True):
 
     def rules_for(self, config_id: str) -> list[InboundRule]:
         return [r for r in self.inbound_rules if r.config == config_id]
+
+    def media_base_url(self) -> str:
+        """Where signed media links start: `[media] public_url`, else the receiver's."""
+        return (self.media.public_url or self.receiver.public_url).rstrip("/")
 
     def webhook_url(self, config: SmsConfig) -> str:
         base = self.receiver.public_url.rstrip("/")

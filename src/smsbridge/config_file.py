@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from smsbridge.config import EmailTarget, Settings, SmsConfig
+from smsbridge.media.check import media_problems
 from smsbridge.secret import Secret
 
 MIN_TOKEN_LENGTH = 24
@@ -146,6 +147,7 @@ def semantic_problems(settings: Settings) -> list[Problem]:
     problems += _rule_problems(settings)
     problems += _target_problems(settings)
     problems += relay_problems(settings)
+    problems += [Problem(where, what) for where, what in media_problems(settings.media)]
     return problems
 
 

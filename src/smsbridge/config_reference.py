@@ -71,6 +71,34 @@ MEANING: dict[str, str] = {
     "outbound.max_media": "MMS with more attachments are refused.",
     "outbound.max_rate_limited_waits": "If Flowroute answers 429 anyway, how often the dispatcher pauses the "
                                        "account and tries again before it schedules a retry.",
+    "media.store": "Where MMS attachments are kept: `off` (Flowroute's own URLs go to the PBX; they expire), "
+                   "`local` (`directory`, one host) or `s3` (a bucket, several hosts). Any store needs `link_key`.",
+    "media.directory": "local: the directory blobs are stored in, by sha256.",
+    "media.s3_bucket": "s3: the bucket.",
+    "media.s3_prefix": "s3: the start of every object key.",
+    "media.s3_region": "s3: the bucket's region.",
+    "media.s3_endpoint_url": "s3: the endpoint of an S3-compatible service (MinIO, Ceph); empty: AWS.",
+    "media.s3_access_key": "s3: access key id, as a secret reference (empty: the default AWS credential chain).",
+    "media.s3_secret_key": "s3: secret access key, as a secret reference.",
+    "media.link_key": "The HMAC key that signs media links (`/media/<token>`), as a secret reference; at least 32 "
+                      "characters. Changing it invalidates every link given out.",
+    "media.public_url": "Where PBXs and Flowroute reach `/media/...`; empty: `[receiver] public_url`.",
+    "media.link_days": "How long a media link works.",
+    "media.link_days_by_tenant": "Per-tenant link lifetimes in days (`{ acme = 90 }`), overriding `link_days`.",
+    "media.upload_tokens": "Per tenant, a token (secret reference) with which its PBX may `POST /v1/media` a file "
+                           "and get a link to send, for PBXs that cannot host files (`{ acme = { env = \"...\" } }`).",
+    "media.max_file_bytes": "An attachment larger than this is not downloaded (Flowroute documents up to 15 MB).",
+    "media.max_message_bytes": "Attachments past this total per message are not downloaded.",
+    "media.fetch_timeout_s": "How long one download may take.",
+    "media.fetch_attempts": "Tries per attachment before the text is delivered without it (named in "
+                            "`media_problems`).",
+    "media.fetch_base_delay_s": "The first retry's delay; each later one doubles, with jitter.",
+    "media.fetch_allowed_networks": "Networks (CIDR) media may be downloaded from besides public addresses; "
+                                    "loopback, private and link-local ones are refused unless listed here "
+                                    "(`[\"127.0.0.0/8\"]` for the sandbox).",
+    "media.outbound_max_bytes": "Outbound MMS whose media and text exceed this are refused before any attempt "
+                                "(Flowroute: 750 kB).",
+    "media.outbound_types": "Content types an outbound MMS may carry; others are refused before any attempt.",
     "sms_configs.id": "The configuration's name; it is part of its webhook URL.",
     "sms_configs.tenant": "The tenant (customer) it belongs to: its texts go to that tenant's PBX target only.",
     "sms_configs.access_key": "Flowroute Access Key (API username), as a secret reference.",

@@ -32,7 +32,9 @@ def utcnow() -> datetime:
 
 
 class Media(msgspec.Struct, frozen=True, kw_only=True):
-    """One attachment of an MMS. Flowroute's URLs expire (about 7 days): fetch promptly."""
+    """One attachment of an MMS. In a delivery, `url` is the bridge's own signed link when `[media]`
+    keeps attachments (it works for `link_days`); otherwise Flowroute's URL, which expires (about
+    7 days, sometimes hours): fetch promptly."""
 
     url: str
     mime_type: str | None = None
@@ -42,11 +44,13 @@ class Media(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class MediaProblem(msgspec.Struct, frozen=True, kw_only=True):
-    """An attachment Flowroute listed without a usable URL: the text and the other attachments
-    are delivered, and this names the one that could not be."""
+    """An attachment the PBX does not get, named so people know a picture is missing, and why:
+    Flowroute listed it without a usable URL, or the bridge could not download it (or refused to,
+    e.g. over the size cap). The text and the other attachments are delivered all the same."""
 
-    media_id: str | None = None
+    media_id: str | None = None  # Flowroute's id for the attachment, when it gave one
     file_name: str | None = None
+    mime_type: str | None = None
     reason: str
 
 

@@ -78,6 +78,10 @@ def check_webhook(parsed: ParsedMessage | ParsedReceipt, client_message_id: str 
         check_text("included.attributes.mime_type", media.mime_type, SHORT_TEXT_CHARS)
         check_text("included.attributes.file_name", media.file_name, SHORT_TEXT_CHARS)
         check_int("included.attributes.file_size", media.size, SIZE)
+    for problem in parsed.media_problems:  # named in the delivery: bounded like a usable attachment
+        check_text("included.id", problem.media_id, ID_CHARS)
+        check_text("included.attributes.mime_type", problem.mime_type, SHORT_TEXT_CHARS)
+        check_text("included.attributes.file_name", problem.file_name, SHORT_TEXT_CHARS)
 
 
 def _check_receipt(parsed: ParsedReceipt) -> None:

@@ -85,6 +85,16 @@ class Metrics:
             "1 once this process has received work for the account (only the active consumer does), else 0",
             ["account"], registry=r,
         )
+        self.media_fetched_bytes = Counter(
+            "smsbridge_media_fetched_bytes_total", "Bytes of MMS attachments downloaded into the media store",
+            ["tenant"], registry=r,
+        )
+        self.media_missing = Counter(
+            "smsbridge_media_missing_total",
+            "MMS attachments the PBX got named in media_problems instead of as a picture: Flowroute gave no "
+            "usable URL (unusable), the download failed (failed) or was refused (refused); alert on any increase",
+            ["tenant", "reason"], registry=r,
+        )
 
     def webhook_result(self, config: str, status: int) -> Counter:
         """The webhooks counter for one configuration and HTTP status. Looked up once per pair:

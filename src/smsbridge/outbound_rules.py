@@ -78,12 +78,16 @@ def check_destination(to: str, rule: OutboundRule) -> str:
     return number
 
 
-def prepare_body(request: OutboundRequest, options: OutboundSettings) -> tuple[str, int, str]:
-    """The body to send, its segment count and encoding; refuses what Flowroute would refuse."""
+def prepare_body(request: OutboundRequest, options: OutboundSettings,
+                 rehosted: bool = False) -> tuple[str, int, str]:
+    """The body to send, its segment count and encoding; refuses what Flowroute would refuse.
+    `rehosted`: the bridge fetches the media itself, so a PBX may name any http(s) URL it reaches."""
     body = replace_smart_punctuation(request.body) if options.replace_smart_punctuation else request.body
     for url in request.media_urls:
-        if not url.startswith("https://"):
-            raise Refused(f"media URL must be a public https URL: {url[:200]}", code="media_not_https")
+        schemes = ("https://", "http://") if rehosted else ("https://",)
+        if not url.startswith(schemes):
+            what = "an http(s) URL" if rehosted else "a public https URL"
+            raise Refused(f"media URL must be {what}: {url[:200]}", code="media_not_https")
     if len(request.media_urls) > options.max_media:
         raise Refused(f"too many media: {len(request.media_urls)} (at most {options.max_media})",
                       code="too_many_media")
@@ -107,7 +111,7 @@ def decide(request: OutboundRequest, settings: Settings) -> DispatchRequest:
     rule = find_rule(request.from_extension, config, settings.outbound_rules)
     sender = choose_sender(request, config, rule)
     to = check_destination(request.to, rule)
-    body, segments, encoding = prepare_body(request, settings.outbound)
+    body, segments, encoding = prepare_body(request, settings.outbound, rehosted=settings.media.store != "off")
     return DispatchRequest(
         tenant=request.tenant, config_id=config.id, client_message_id=request.client_message_id,
         from_extension=request.from_extension, from_=sender, to=to, body=body,

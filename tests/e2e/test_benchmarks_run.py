@@ -61,3 +61,15 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
     for found in rows:
         if any(word in str(found["figure"]) for word in ("lost", "429", "duplicate")):
             assert found["value"] == 0, found
+
+
+def test_the_media_benchmark_runs_on_a_tiny_load_and_prints_its_figures() -> None:
+    """`make bench-media` needs no broker, so it is not in `bench/run.py`: run it here on 10 small
+    MMS so it cannot rot (RSS flatness means nothing at this size: only that it ran and printed)."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_media.py"), "--messages", "10", "--mb", "0.2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode in (0, 1), done.stdout[-3000:] + done.stderr[-3000:]  # 1: RSS "not flat"
+    figures = json.loads(done.stdout[:done.stdout.rindex("}") + 1])
+    for name in ("before", "peak", "after", "stage_mb_s", "bare_mb_s", "bare_to_file_mb_s"):
+        assert math.isfinite(figures[name]) and figures[name] > 0, (name, figures)
+    assert "inbound stage" in done.stdout and "bare aiohttp" in done.stdout

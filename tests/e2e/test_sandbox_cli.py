@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from smsbridge.flowroute.sim_media import sample_png
 from smsbridge.sandbox.flowroute_pbx import send_flat
 from tests.support import processes
 from tests.support.processes import logged
@@ -40,7 +41,8 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
     config.write_text(sample.replace('prefix = "smsbridge"', f'prefix = "{prefix}"')
                       .replace("8080", str(receiver)).replace("8090", str(pbx)).replace("8091", str(flowroute_pbx))
                       .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]')
-                      .replace("sqlite:///.smsbridge/ledger.sqlite3", f"sqlite:///{tmp_path / 'ledger.sqlite3'}"))
+                      .replace("sqlite:///.smsbridge/ledger.sqlite3", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+                      .replace('".smsbridge/media"', f'"{tmp_path / "media"}"'))
     env = dict(os.environ)
     for line in (ROOT / "deploy" / "sandbox.env").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -64,6 +66,7 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
         await eventually(lambda: logged(log.read_text(), event="PBX received a text"), what="the demo PBX's text")
         assert logged(log.read_text(), event="PBX received a text", extension="201"), log.read_text()
         await _flowroute_pbx_round_trip(f"http://127.0.0.1:{receiver}", config, env, log)
+        await mms_round_trip(config, url.strip(), log, env)
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have died already: the log says why
             bridge.send_signal(signal.SIGTERM)
@@ -91,6 +94,26 @@ async def _flowroute_pbx_round_trip(receiver: str, config: Path, env: dict[str, 
     assert code == 0 and out.startswith("200 "), out
     await eventually(lambda: logged(log.read_text(), event="Flowroute PBX got a text"),
                      what="the text at the Flowroute-speaking PBX")
+
+
+async def mms_round_trip(config: Path, webhook_url: str, log: Path, env: dict[str, str]) -> None:
+    """The simulator's sample picture texted in: the demo PBX gets the bridge's link, which serves
+    the picture; then sent out by extension 101: the bridge re-hosts it and the simulator, fetching
+    it like Flowroute, accepts the MMS."""
+    sample = next(e["sample_mms_picture"] for e in processes.log_events(log.read_text()) if "sample_mms_picture" in e)
+    code, out = await cli("simulate", "inbound", webhook_url, "--from", "12065550199", "--to", "12065550100",
+                          "--body", "our new sign", "--media", sample, env=env)
+    assert code == 0, out
+    await eventually(lambda: logged(log.read_text(), event="PBX received a text", media=1),
+                     what="the demo PBX's MMS")
+    (link,) = next(e["media_urls"] for e in processes.log_events(log.read_text())
+                   if e.get("event") == "PBX received a text" and e.get("media") == 1)
+    async with aiohttp.ClientSession() as http, http.get(link) as response:
+        assert response.status == 200 and await response.read() == sample_png()
+    code, out = await cli("send", "-c", str(config), "--tenant", "acme", "--from-ext", "101", "--to", "2065550199",
+                          "--body", "here it is", "--media", sample, "--wait", "60", env=env)
+    states = [json.loads(line).get("state") for line in out.splitlines() if line.startswith("{")]
+    assert code == 0 and states[1:] == ["accepted", "sent", "delivered"], out
 
 
 def _account_digest(access_key: str) -> str:

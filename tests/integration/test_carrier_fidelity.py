@@ -104,7 +104,8 @@ async def test_an_attachment_without_a_url_is_named_in_the_delivery(
     assert answer["status"] == "accepted"
     delivery = (await pbx.wait_for(2))[0]
     assert delivery["media_problems"] == [
-        {"media_id": "n-1", "file_name": "image000000.png", "reason": "Flowroute gave no URL for it"}]
+        {"media_id": "n-1", "file_name": "image000000.png", "mime_type": "image/png",
+         "reason": "Flowroute gave no URL for it"}]
     assert await depth(channel, names.dead_queue(prefix)) == 0
 
 

@@ -7,13 +7,17 @@ from pathlib import Path
 import pytest
 
 from smsbridge.cli.main import main
+from smsbridge.config import MediaSettings
 from smsbridge.config_file import ConfigError, check_file, load_settings
+from smsbridge.media.check import media_problems
+from smsbridge.secret import Secret
 
 SAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "sample.toml"
 ENV = {
     "FLOWROUTE_ACCESS_KEY": "ak", "FLOWROUTE_SECRET_KEY": "sk",
     "SMSBRIDGE_WEBHOOK_TOKEN_MAIN": "t" * 32, "ACME_PBX_AUTH": "Bearer x",
     "SMSBRIDGE_WEBHOOK_TOKEN_GLOBEX": "g" * 32, "GLOBEX_RELAY_SECRET": "r" * 32,
+    "SMSBRIDGE_MEDIA_LINK_KEY": "k" * 40,
 }
 
 GOOD = """
@@ -47,6 +51,7 @@ def test_the_shipped_sample_is_valid() -> None:
     settings = load_settings(SAMPLE, ENV)
     assert [c.id for c in settings.sms_configs] == ["main", "globex"]
     assert settings.webhook_url(settings.sms_configs[0]) == f"http://127.0.0.1:8080/webhooks/flowroute/main/{'t' * 32}"
+    assert settings.media.store == "local" and settings.media_base_url() == "http://127.0.0.1:8080"
 
 
 def test_secrets_resolve_from_env_and_file(tmp_path: Path) -> None:
@@ -229,3 +234,22 @@ def test_a_good_outbound_rule_passes(tmp_path: Path) -> None:
             'default_did = "+12065550100"\ndestinations = ["+1206*", "+1[34]??5550100"]\n')
     _, problems = check_file(write(tmp_path, TWO_TENANTS + rule), {"AK": "a", "TOKEN": "x" * 30})
     assert problems == []
+
+
+def test_a_media_store_needs_a_long_link_key_and_s3_a_bucket(tmp_path: Path) -> None:
+    assert media_problems(MediaSettings()) == []  # off: nothing to check
+    assert [w for w, _ in media_problems(MediaSettings(store="local"))] == ["media.link_key"]
+    assert [w for w, _ in media_problems(MediaSettings(store="local", link_key=Secret("short")))] == ["media.link_key"]
+    problems = media_problems(MediaSettings(store="s3", link_key=Secret("k" * 40), public_url="sms.example.com"))
+    assert [w for w, _ in problems] == ["media.s3_bucket", "media.public_url"]
+
+
+def test_a_config_file_with_a_store_and_no_link_key_fails_check_config_naming_the_field(tmp_path: Path) -> None:
+    text = GOOD + '\n[media]\nstore = "local"\ndirectory = "media"\nfetch_allowed_networks = ["10.0.0.0/8", "lan"]\n'
+    _, problems = check_file(write(tmp_path, text), {"AK": "a", "TOKEN": "x" * 30})
+    found = {p.where: p.message for p in problems}
+    assert set(found) == {"media.link_key", "media.fetch_allowed_networks[1]"}
+    assert "needs a key" in found["media.link_key"] and "not a network" in found["media.fetch_allowed_networks[1]"]
+    with_key = text + 'link_key = { env = "LINK" }\n'
+    _, problems = check_file(write(tmp_path, with_key), {"AK": "a", "TOKEN": "x" * 30, "LINK": "k" * 40})
+    assert [p.where for p in problems] == ["media.fetch_allowed_networks[1]"]

@@ -8,6 +8,7 @@ import pytest
 
 from smsbridge.events import MediaProblem
 from smsbridge.flowroute.webhook import ParsedMessage, ParsedReceipt, UnknownShape, parse_timestamp, parse_webhook
+from smsbridge.limits import FieldRejected, check_webhook
 from tests.support.fixtures import payload
 
 
@@ -144,6 +145,19 @@ def test_an_attachment_without_a_usable_url_costs_neither_the_text_nor_the_other
     assert parsed.body == "photos from the site visit" and parsed.is_mms
     assert [m.media_id for m in parsed.media] == ["m-2", "m-3"]
     assert parsed.media_problems == (MediaProblem(media_id="m-1", file_name="one.jpg", reason=reason),)
+
+
+def test_an_unusable_attachment_is_named_with_its_type_and_a_hostile_name_is_refused_naming_the_field() -> None:
+    doc = payload("mms_three_media")
+    bad = next(item for item in doc["included"] if item["id"] == "m-1")
+    bad["attributes"] = {"file_name": "one.jpg", "mime_type": "image/png", "url": None}
+    parsed = parse_webhook(doc)
+    assert isinstance(parsed, ParsedMessage)
+    assert parsed.media_problems[0].mime_type == "image/png"
+    bad["attributes"] = {"file_name": "x" * 5000, "url": None}
+    with pytest.raises(FieldRejected) as rejected:
+        check_webhook(parse_webhook(doc))
+    assert rejected.value.field == "included.attributes.file_name"
 
 
 def test_an_mms_whose_only_attachment_is_unusable_is_still_an_mms() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import mimetypes
 import signal
 import sys
 import uuid
@@ -22,7 +23,7 @@ import structlog
 
 from smsbridge import logs
 from smsbridge.bridge import ROLES, Bridge
-from smsbridge.cli import db, dlq, messages
+from smsbridge.cli import db, dlq, media, messages
 from smsbridge.config import FlowrouteTarget, HttpTarget, LoggingSettings, Settings
 from smsbridge.config_file import ConfigError, check_file, load_settings
 from smsbridge.connection import connect
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     db.add_parser(sub)
     messages.add_parser(sub)
+    media.add_parser(sub)
     dlq.add_parsers(sub)
 
     simulate = sub.add_parser("simulate", help="stand-ins for the outside world")
@@ -115,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(db.run(settings, args))
     if args.command == "messages":
         return asyncio.run(messages.run(settings, args))
+    if args.command == "media":
+        return asyncio.run(media.run(settings, args))
     logs.configure(settings.logging, cache=True)
     return asyncio.run(serve(settings, args.role or ROLES, sandbox=args.sandbox))
 
@@ -157,8 +161,7 @@ async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = Fal
     if sandbox:
         pbxs = await _start_sandbox(settings)
         simulator = await _start_simulator(settings)
-        settings = msgspec.structs.replace(
-            settings, flowroute=msgspec.structs.replace(settings.flowroute, api_base=simulator.url))
+        settings = _sandboxed(settings, simulator.url)
     bridge = Bridge(settings, roles)
     try:
         await bridge.start()
@@ -177,12 +180,22 @@ async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = Fal
     return 0
 
 
+def _sandboxed(settings: Settings, simulator_url: str) -> Settings:
+    """The simulator in place of Flowroute's API; the media it serves on loopback may be fetched."""
+    media = settings.media
+    allowed = [*media.fetch_allowed_networks, "127.0.0.0/8"]
+    return msgspec.structs.replace(
+        settings, flowroute=msgspec.structs.replace(settings.flowroute, api_base=simulator_url),
+        media=msgspec.structs.replace(media, fetch_allowed_networks=allowed))
+
+
 async def _start_simulator(settings: Settings) -> FlowrouteSimulator:
     accounts = {c.access_key.reveal(): c.secret_key.reveal() for c in settings.sms_configs}
-    simulator = FlowrouteSimulator(accounts, dlr_delay_s=0.5, webhook_resend_interval_s=5.0)
+    simulator = FlowrouteSimulator(accounts, dlr_delay_s=0.5, webhook_resend_interval_s=5.0, fetch_media=True)
     await simulator.start()
     structlog.get_logger("smsbridge").info("sandbox: Flowroute simulator in place of api.flowroute.com",
-                                           url=simulator.url)
+                                           url=simulator.url,
+                                           sample_mms_picture=f"{simulator.url}/_sim/media/sample.png")
     return simulator
 
 
@@ -227,7 +240,8 @@ async def simulate_flowroute(args: argparse.Namespace) -> int:
 
 
 async def simulate_inbound(args: argparse.Namespace) -> int:
-    media = [{"url": url, "file_name": url.rsplit("/", 1)[-1], "mime_type": "image/jpeg"} for url in args.media]
+    media = [{"url": url, "file_name": url.rsplit("/", 1)[-1],
+              "mime_type": mimetypes.guess_type(url)[0] or "image/jpeg"} for url in args.media]
     payload = inbound_payload(sender=args.sender, did=args.to, body=args.body, media=media,
                               shape="legacy" if args.legacy else "jsonapi")
     async with aiohttp.ClientSession() as session, session.post(args.webhook_url, json=payload) as response:

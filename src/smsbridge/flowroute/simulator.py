@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from smsbridge.flowroute.payloads import dlr_payload, error_body, inbound_payload, new_mdr_id
+from smsbridge.flowroute.sim_media import SimMedia
 from smsbridge.flowroute.sim_records import BadQuery, list_query, outbound_mdr, send_problem
 from smsbridge.flowroute.webhook import parse_timestamp
 from smsbridge.segments import body_info
@@ -85,7 +86,7 @@ class FlowrouteSimulator:
     def __init__(self, accounts: dict[str, str], *, sms_per_second: int | None = 5, mms_per_second: int | None = 1,
                  behaviours: dict[str, str] | None = None, dlr_delay_s: float = 0.05,
                  webhook_resend_interval_s: float = 30.0, seed: int | None = None,
-                 numbers: dict[str, list[str]] | None = None) -> None:
+                 numbers: dict[str, list[str]] | None = None, fetch_media: bool = False) -> None:
         self.accounts = {key: Account(secret, sms_per_second, mms_per_second) for key, secret in accounts.items()}
         for key, owned in (numbers or {}).items():
             self.accounts[key].numbers = {_plus(n) for n in owned}
@@ -101,6 +102,8 @@ class FlowrouteSimulator:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.media = SimMedia()  # sample pictures served for inbound MMS; outbound media fetched
+        self.fetch_media = fetch_media  # fetch an MMS's media before accepting it, as Flowroute does
 
     # ----- lifecycle -------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -112,6 +115,7 @@ class FlowrouteSimulator:
         app.router.add_post("/_sim/inbound", self._inject_view)
         app.router.add_post("/_sim/faults", self._faults_view)
         app.router.add_get("/_sim/stats", self._stats_view)
+        app.router.add_get("/_sim/media/{name}", self.media.serve)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -195,12 +199,19 @@ class FlowrouteSimulator:
             assert request.transport is not None
             request.transport.close()
             return web.Response(status=500)
-        response = self._answer(request, attributes, limited, account)
+        response = await self._media_refusal(attributes) or self._answer(request, attributes, limited, account)
         if self.faults.respond_delay_s:
             await asyncio.sleep(self.faults.respond_delay_s)
         self.requests.append({"user": user, "body": msgspec.json.decode(raw) if attributes is not None else None,
                               "status": response.status, "content_type": request.headers.get("Content-Type")})
         return response
+
+    async def _media_refusal(self, attributes: dict[str, Any] | None) -> web.Response | None:
+        urls = (attributes or {}).get("media_urls")
+        if not self.fetch_media or not urls or not isinstance(urls, list) or self._session is None:
+            return None
+        problem = await self.media.check_outbound(self._session, [str(u) for u in urls])
+        return web.json_response(error_body(422, "Unprocessable Entity", problem), status=422) if problem else None
 
     def _answer(self, request: web.Request, attributes: dict[str, Any] | None, limited: bool,
                 account: Account) -> web.Response:

@@ -229,9 +229,11 @@ def _one_media(item: _Included) -> Media | MediaProblem:
     except msgspec.ValidationError as exc:
         return MediaProblem(media_id=item.id, file_name=name, reason=f"unreadable attributes: {exc}")
     if not attrs.url:
-        return MediaProblem(media_id=item.id, file_name=name, reason="Flowroute gave no URL for it")
+        return MediaProblem(media_id=item.id, file_name=name, mime_type=attrs.mime_type,
+                            reason="Flowroute gave no URL for it")
     if not attrs.url.startswith(("https://", "http://")):
-        return MediaProblem(media_id=item.id, file_name=name, reason="its URL is not http(s)")
+        return MediaProblem(media_id=item.id, file_name=name, mime_type=attrs.mime_type,
+                            reason="its URL is not http(s)")
     return Media(
         url=attrs.url,
         mime_type=attrs.mime_type,

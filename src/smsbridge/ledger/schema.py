@@ -116,6 +116,29 @@ relay_sends = sa.Table(
 )
 sa.Index("ix_relay_sends_created", relay_sends.c.created_at)
 
+# MMS attachments the bridge keeps (issue 20): one row per attachment of a message, whether it
+# was stored (`blob_key` is the sha256 of its bytes) or could not be ("missing", with a reason).
+media = sa.Table(
+    "media", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("direction", sa.String(8), nullable=False),  # inbound | outbound
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("message_ref", sa.String(255), nullable=False),  # media_ops.inbound_ref / outbound_ref
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # stored | missing
+    sa.Column("blob_key", sa.String(64)),
+    sa.Column("mime_type", sa.String(128)),
+    sa.Column("file_name", sa.String(255)),
+    sa.Column("size", sa.BigInteger),
+    sa.Column("source_url", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", When, nullable=False),
+    sa.Column("updated_at", When, nullable=False),
+    sa.UniqueConstraint("message_ref", "position", name="uq_media_message_position"),
+)
+sa.Index("ix_media_blob", media.c.blob_key)
+sa.Index("ix_media_updated", media.c.updated_at)
+
 Migration = Callable[[sa.Connection], None]
 
 
@@ -139,10 +162,15 @@ def _v3_relay_sends(connection: sa.Connection) -> None:
     _create(connection, relay_sends)
 
 
+def _v4_media(connection: sa.Connection) -> None:
+    _create(connection, media)
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "messages, status history, deliveries, DLR dedupe", _v1_initial),
     (2, "delivery order per conversation and extension", _v2_delivery_order),
     (3, "relay sends (Flowroute-compatible API)", _v3_relay_sends),
+    (4, "media: MMS attachments kept by the bridge", _v4_media),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -16,7 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
-from smsbridge.ledger import ops, order, relay_ops, schema
+from smsbridge.ledger import media_ops, ops, order, relay_ops, schema
+from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.relay_ops import RelaySend
 from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
@@ -281,6 +282,24 @@ class Ledger:
         await self._db.write(order.prune, cutoff)
         await self._db.write(relay_ops.prune, cutoff)
         return removed
+
+    # ----- media (issue 20) -----------------------------------------------------------------------
+    async def record_media(self, record: MediaRecord) -> int:
+        """Remember one attachment (stored or missing); its media id, stable across redeliveries."""
+        return await self._db.write(media_ops.record_media, record, self._now())
+
+    async def media(self, media_id: int) -> MediaRow | None:
+        return await self._db.read(media_ops.media_by_id, media_id)
+
+    async def media_of(self, message_ref: str) -> list[MediaRow]:
+        return await self._db.read(media_ops.media_of, message_ref)
+
+    async def media_of_message(self, tenant: str, ident: str) -> list[MediaRow]:
+        return await self._db.read(media_ops.media_of_message, tenant, ident)
+
+    async def prune_media(self, older_than: timedelta) -> list[str]:
+        """Forget attachments past retention; the blob keys nothing refers to any more."""
+        return await self._db.write(media_ops.prune_media, self._now() - older_than)
 
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:

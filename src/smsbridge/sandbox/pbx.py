@@ -53,7 +53,8 @@ class FakePbx:
             if 200 <= status < 300:
                 self.received.append(body)
                 log.info("PBX received a text", extension=body.get("extension"), from_=body.get("from"),
-                         body=body.get("body"), media=len(body.get("media", [])))
+                         body=body.get("body"), media=len(body.get("media", [])),
+                         media_urls=[m.get("url") for m in body.get("media", [])])
             self._changed.notify_all()
         if 200 <= status < 300:
             return web.json_response({"ok": True})

@@ -21,6 +21,7 @@ from smsbridge.events import (
 )
 from smsbridge.flowroute.dlr import classify_dlr
 from smsbridge.ledger import Ledger, Scope
+from smsbridge.media.inbound import InboundMedia
 from smsbridge.metrics import Metrics
 from smsbridge.numbers import is_us_ca
 from smsbridge.rules import keyword_of, route
@@ -92,9 +93,11 @@ def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
 
 
 class InboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger, metrics: Metrics,
+                 media: InboundMedia | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._media = media  # None: Flowroute's media URLs pass through ([media] store = "off")
         self._publisher = publisher
         self._ledger = ledger
         self._prefix = settings.broker.prefix
@@ -117,6 +120,7 @@ class InboundHandler:
         if await self._ledger.inbound_seen(Scope(message.tenant, message.config_id), message.mdr_id):
             log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
             return
+        message = await self._keep_media(message)
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
         deliveries = deliveries_for(message, chosen.extensions, first=targets.first(self._settings, message.tenant),
                                     copies=tuple(targets.copies(self._settings, message.tenant)))
@@ -131,10 +135,22 @@ class InboundHandler:
         # the next copy welcome. Two copies racing here are stopped by the delivery claims.
         await self._ledger.record_inbound(message)
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
-                 keyword=deliveries[0].keyword, media=len(message.media))
-        for problem in message.media_problems:  # the text went on; say which attachment did not
+                 keyword=deliveries[0].keyword, media=len(message.media),
+                 media_missing=len(message.media_problems))
+
+    async def _keep_media(self, message: InboundMessage) -> InboundMessage:
+        """The attachments as the PBX will get them, before any delivery is published: downloaded
+        into the store when the bridge keeps media. One list names every attachment the PBX will
+        not get (Flowroute gave no usable URL, or the download failed or was refused), and each
+        is counted for the alert; the text goes on regardless."""
+        for problem in message.media_problems:  # unusable in Flowroute's webhook already
+            self._metrics.media_missing.labels(message.tenant, "unusable").inc()
             log.warning("attachment not delivered", media_id=problem.media_id, file_name=problem.file_name,
-                        reason=problem.reason)
+                        reason=problem.reason, outcome="media_unusable")
+        if self._media is None or not message.media:
+            return message
+        kept, failed = await self._media.keep(message)
+        return msgspec.structs.replace(message, media=kept, media_problems=message.media_problems + failed)
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
         key = dlr_key(receipt)

@@ -11,6 +11,7 @@ from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
 from smsbridge.ledger import Ledger
 from smsbridge.limits import CLIENT_ID_CHARS, NAME_CHARS, check_request
+from smsbridge.media.outbound import OutboundMedia
 from smsbridge.outbound_rules import Refused, decide
 from smsbridge.redact import clip, quote
 from smsbridge.workers.status import publish_status
@@ -19,8 +20,10 @@ log = structlog.get_logger("smsbridge.outbound")
 
 
 class OutboundHandler:
-    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger) -> None:
+    def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger,
+                 media: OutboundMedia | None = None) -> None:
         self._settings = settings
+        self._media = media  # None: the PBX's own https media URLs go to Flowroute ([media] store = "off")
         self._publisher = publisher
         self._ledger = ledger
         self._prefix = settings.broker.prefix
@@ -37,6 +40,8 @@ class OutboundHandler:
                           f"{quote(context.origin_key)}", code="tenant_mismatch")
         check_request(request)  # before any rule: every field within its limit, or a failed status naming it
         dispatch = decide(request, self._settings)
+        if self._media is not None and dispatch.media_urls:  # checked and re-hosted before any MMS attempt
+            dispatch = await self._media.rehost(dispatch)
         config = self._settings.sms_config(dispatch.config_id)
         assert config is not None
         stage = names.dispatch_stage(config.account_name)
