@@ -35,9 +35,9 @@ from tests.support.settings import DID_MAIN, settings
 from smsbridge import logs
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.config import LedgerSettings, LoggingSettings
+from smsbridge.destinations import guarded_session
 from smsbridge.events import InboundMessage, Media
 from smsbridge.ledger import Ledger
-from smsbridge.media.destinations import guarded_session
 from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.inbound import InboundMedia
 from smsbridge.media.store import LocalStore

@@ -38,6 +38,7 @@ from smsbridge.config import (
     SipTarget,
 )
 from smsbridge.connection import connect, failover
+from smsbridge.destinations import guarded_session
 from smsbridge.events import (
     delivery_stage_decoder,
     dispatch_stage_decoder,
@@ -48,7 +49,6 @@ from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.ledger import Ledger, open_from_settings
 from smsbridge.ledger.schema import LATEST
 from smsbridge.ledger_pruner import prune_forever
-from smsbridge.media.destinations import guarded_session
 from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.inbound import InboundMedia
 from smsbridge.media.outbound import OutboundMedia
@@ -175,8 +175,10 @@ class Bridge:
             self._background(sweeper.run(), "delivery-order-sweep")
             await self._consume("delivery", delivery_stage_decoder, handler, order_key=_conversation)
             if self.settings.relay_clients:  # receipts for relayed sends go back over HTTP, like deliveries
-                await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, relay_dlr.RelayDlrHandler(
-                    self.settings, ledger, self._http_session()), policy=self.settings.retry.delivery)
+                receipts = relay_dlr.RelayDlrHandler(self.settings, ledger, self._http_session())
+                self._stack.push_async_callback(receipts.close)
+                await self._consume(relay_dlr.STAGE, relay_dlr.status_decoder, receipts,
+                                    policy=self.settings.retry.delivery)
         if "outbound" in self.roles:
             outbound = OutboundHandler(self.settings, self.publisher, ledger, self._outbound_media(ledger))
             await self._consume("outbound", outbound_stage_decoder, outbound)

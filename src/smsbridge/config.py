@@ -300,7 +300,8 @@ class RelayClient(_Section, frozen=True, kw_only=True):
 
     The PBX uses them where it would put Flowroute's Access Key and Secret Key; they are never
     the real Flowroute keys. Its sends go through the outbound rules as `extension`, and may use
-    only the DIDs of the tenant's SMS configurations.
+    only the DIDs of the tenant's SMS configurations. The `dlr_callback` it names must be a public
+    address or inside `dlr_callback_networks` (the PBX's own network, typically).
     """
 
     tenant: Ident
@@ -308,6 +309,7 @@ class RelayClient(_Section, frozen=True, kw_only=True):
     secret_key: Secret
     extension: Extension = "relay"
     name: str = ""
+    dlr_callback_networks: list[str] = []
 
 
 class RelaySettings(_Section, frozen=True, kw_only=True):

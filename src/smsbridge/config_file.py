@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from smsbridge.config import EmailTarget, Settings, SmsConfig
+from smsbridge.destinations import network_problems
 from smsbridge.media.check import media_problems
 from smsbridge.secret import Secret
 
@@ -268,4 +269,6 @@ def relay_problems(settings: Settings) -> list[Problem]:
                                     f"too short: use at least {MIN_TOKEN_LENGTH} random characters"))
         if {client.access_key, client.secret_key.reveal()} & flowroute_keys:
             problems.append(Problem(where, "relay credentials must not be Flowroute's own keys: issue new ones"))
+        problems += [Problem(at, what) for at, what in
+                     network_problems(client.dlr_callback_networks, f"{where}.dlr_callback_networks")]
     return problems

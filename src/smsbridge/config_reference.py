@@ -157,6 +157,9 @@ MEANING: dict[str, str] = {
                                 "24 characters, never a Flowroute key.",
     "relay_clients.extension": "Who the outbound rules see sending: name it in an `[[outbound_rules]]` entry.",
     "relay_clients.name": "A name for logs and `check-config`.",
+    "relay_clients.dlr_callback_networks": "Networks (CIDR) this PBX's `dlr_callback` URLs may point to besides "
+                                           "public addresses, e.g. the PBX's LAN; loopback, private and "
+                                           "link-local addresses are refused otherwise (SSRF).",
     "pbx_targets.exchange": "amqp: the exchange deliveries are published to, key `<tenant>.<extension>`.",
     "sip_intake.host": "`sip` role: the address phones' texts arrive on (UDP and TCP).",
     "sip_intake.port": "`sip` role: the port, UDP and TCP (0: any free port, logged at start-up).",

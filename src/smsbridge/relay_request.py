@@ -13,8 +13,10 @@ import uuid
 from typing import Any
 
 import msgspec
+import yarl
 
 from smsbridge.config import RelayClient, Settings
+from smsbridge.destinations import DestinationRefused, check_literal, networks
 from smsbridge.errors import InvalidNumber
 from smsbridge.events import OutboundRequest
 from smsbridge.numbers import to_e164
@@ -126,6 +128,18 @@ def _number(value: str | int, field: str) -> str:
         raise RelayError(422, f"'{field}' is not a valid North American number") from None
 
 
+def _check_callback(url: str, client: RelayClient) -> None:
+    """An address literal the bridge will not call back is refused now (a name is checked as it
+    resolves, when the receipt is posted: `workers/relay_dlr.py`)."""
+    try:
+        check_literal(yarl.URL(url).host, networks(client.dlr_callback_networks))
+    except ValueError:
+        raise RelayError(422, "'dlr_callback' must be an http(s) URL") from None
+    except DestinationRefused:
+        raise RelayError(422, "'dlr_callback' points to a private, loopback or reserved address; the bridge's "
+                              "operator can allow the PBX's network (relay_clients dlr_callback_networks)") from None
+
+
 def to_outbound(attributes: SendAttributes, client: RelayClient, settings: Settings,
                 bridge_id: str) -> OutboundRequest:
     """The outbound request this send becomes, checked now against DID ownership and the
@@ -135,6 +149,8 @@ def to_outbound(attributes: SendAttributes, client: RelayClient, settings: Setti
     owned = {did for config in settings.configs_of(client.tenant) for did in config.dids}
     if sender not in owned:
         raise RelayError(403, "'from' is not a messaging number of this account")
+    if attributes.dlr_callback is not None:
+        _check_callback(attributes.dlr_callback, client)
     request = OutboundRequest(
         tenant=client.tenant, client_message_id=bridge_id, from_extension=client.extension, to=to,
         body=attributes.body or "", from_did=sender, media_urls=tuple(attributes.media_urls),

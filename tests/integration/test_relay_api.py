@@ -113,6 +113,11 @@ async def test_credentials_and_did_ownership(receiver_only: Start, http: aiohttp
     assert "'from' is not a messaging number" in assert_error(status, doc, 403)
     status, doc = await raw_post(http, url, msgspec.json.encode({"to": MOBILE, "from": GLOBEX_DID, "body": "x"}))
     assert assert_error(status, doc, 403)
+    # globex may call back only public addresses: its receipts cannot be aimed at the bridge's host
+    for callback in ("http://127.0.0.1:15672/api/users", "http://169.254.169.254/latest"):
+        doc_in = {"to": MOBILE, "from": GLOBEX_DID, "body": "x", "dlr_callback": callback}
+        status, doc = await raw_post(http, url, msgspec.json.encode(doc_in), auth=GLOBEX)
+        assert "'dlr_callback' points to a private" in assert_error(status, doc, 422)
     assert await depth(channel, names.stage_queue(prefix, "outbound")) == 0
 
 

@@ -14,9 +14,9 @@ from aiohttp import web
 
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.config import MediaSettings, Settings
+from smsbridge.destinations import guarded_session
 from smsbridge.events import InboundDelivery, InboundMessage, Media, MediaProblem
 from smsbridge.ledger import Ledger
-from smsbridge.media.destinations import guarded_session
 from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.inbound import InboundMedia
 from smsbridge.media.serve import add_media_routes

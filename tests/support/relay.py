@@ -18,11 +18,13 @@ GLOBEX_DID = "+14255550100"
 FUSION = ("acme-fusion", "fusion-secret-0123456789abcdef")
 FREEPBX = ("acme-freepbx", "freepbx-secret-0123456789abcdef")
 GLOBEX = ("globex-pbx", "globex-secret-0123456789abcdef")
+LOOPBACK = ["127.0.0.0/8"]
 
 
-def client(credentials: tuple[str, str], tenant: str, extension: str) -> RelayClient:
+def client(credentials: tuple[str, str], tenant: str, extension: str, callbacks: list[str] | None = None
+           ) -> RelayClient:
     return RelayClient(tenant=tenant, access_key=credentials[0], secret_key=Secret(credentials[1]),
-                       extension=extension)
+                       extension=extension, dlr_callback_networks=callbacks or [])
 
 
 def relay_settings(prefix: str, *, api_base: str = "http://127.0.0.1:9", pbx_hook: str = "http://127.0.0.1:9/hook",
@@ -36,7 +38,9 @@ def relay_settings(prefix: str, *, api_base: str = "http://127.0.0.1:9", pbx_hoo
         base, sms_configs=[*base.sms_configs, globex],
         pbx_targets=[FlowrouteTarget(tenant="acme", url=pbx_hook, timeout_s=2.0, forward_dlrs=forward_dlrs),
                      HttpTarget(tenant="globex", url="http://127.0.0.1:9/unused")],
-        relay_clients=[client(FUSION, "acme", "fusion"), client(FREEPBX, "acme", "freepbx"),
+        # acme's PBXs take their receipts on loopback, as a PBX beside the bridge would on its LAN;
+        # globex's client allows no private network (its callbacks on loopback are refused)
+        relay_clients=[client(FUSION, "acme", "fusion", LOOPBACK), client(FREEPBX, "acme", "freepbx", LOOPBACK),
                        client(GLOBEX, "globex", "relay")],
     )
 

@@ -38,6 +38,7 @@ def test_relay_client_problems_are_each_reported(tmp_path: Path) -> None:
 tenant = "acme"
 access_key = "acme-weak01"
 secret_key = { env = "WEAK" }
+dlr_callback_networks = ["192.168.10.0/24", "the office"]
 
 [[relay_clients]]
 tenant = "acme"
@@ -49,6 +50,8 @@ secret_key = { file = "sk.txt" }
     assert "relay_clients[1].access_key: 'acme-portsip' is used by another client" in found
     assert "relay_clients[1].tenant: tenant 'nobody' has no SMS configuration" in found
     assert any(p.startswith("relay_clients[2].secret_key: too short") for p in found)
+    assert any(p.startswith("relay_clients[2].dlr_callback_networks[1]: not a network") for p in found)
+    assert not any("dlr_callback_networks[0]" in p for p in found)
     assert "relay_clients[3]: relay credentials must not be Flowroute's own keys: issue new ones" in found
 
 

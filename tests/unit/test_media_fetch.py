@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from smsbridge.config import MediaSettings
-from smsbridge.media.destinations import guarded_session, is_allowed
+from smsbridge.destinations import guarded_session, is_allowed
 from smsbridge.media.fetch import FetchFailed, FetchRefused, MediaFetcher
 from smsbridge.media.store import LocalStore
 from tests.support.media_server import FakeMediaServer, media_server

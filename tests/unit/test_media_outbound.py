@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from smsbridge.broker.consumer import MessageContext
+from smsbridge.destinations import guarded_session
 from smsbridge.events import DispatchRequest, OutboundRequest
-from smsbridge.media.destinations import guarded_session
 from smsbridge.media.fetch import MediaFetcher
 from smsbridge.media.outbound import OutboundMedia
 from smsbridge.media.store import LocalStore

@@ -169,3 +169,24 @@ def test_hostile_bytes_end_in_a_relay_error(raw: bytes) -> None:
         parse_send(raw, 5000)
     except RelayError as exc:
         assert exc.status in (400, 422)
+
+
+@pytest.mark.parametrize("callback", [
+    "http://127.0.0.1:8080/admin", "http://[::1]/x", "http://169.254.169.254/latest/meta-data",
+    "http://[::ffff:10.0.0.7]/dlr", "http://10.1.2.3/dlr", "http://0.0.0.0/x",
+])
+def test_a_dlr_callback_at_a_private_or_reserved_address_is_422(callback: str) -> None:
+    """SSRF: the bridge would POST there with every receipt. Refused when the send arrives,
+    naming the field and the key that allows a PBX's own network, never echoing the address."""
+    doc = {"to": "2065550199", "from": DID_MAIN, "body": "x", "dlr_callback": callback}
+    with pytest.raises(RelayError) as info:
+        to_outbound(parse(doc), CLIENT, bridge_settings(), "mdr2-x")
+    assert info.value.status == 422 and "'dlr_callback'" in info.value.detail
+    assert "dlr_callback_networks" in info.value.detail and callback.split("/")[2] not in info.value.detail
+
+
+def test_a_dlr_callback_on_the_clients_allowed_network_or_a_public_name_is_accepted() -> None:
+    lan = msgspec.structs.replace(CLIENT, dlr_callback_networks=["10.0.0.0/8"])
+    for client, callback in ((lan, "http://10.1.2.3/dlr"), (CLIENT, "https://pbx.example.com/dlr")):
+        doc = {"to": "2065550199", "from": DID_MAIN, "body": "x", "dlr_callback": callback}
+        assert to_outbound(parse(doc), client, bridge_settings(), "mdr2-x").tenant == "acme"

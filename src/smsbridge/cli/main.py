@@ -180,13 +180,19 @@ async def serve(settings: Settings, roles: Sequence[str], *, sandbox: bool = Fal
     return 0
 
 
+LOOPBACK_NETWORK = "127.0.0.0/8"
+
+
 def _sandboxed(settings: Settings, simulator_url: str) -> Settings:
-    """The simulator in place of Flowroute's API; the media it serves on loopback may be fetched."""
+    """The simulator in place of Flowroute's API; the media it serves and the sandbox PBXs'
+    receipt URLs are on loopback, so loopback may be reached for both."""
     media = settings.media
-    allowed = [*media.fetch_allowed_networks, "127.0.0.0/8"]
+    allowed = [*media.fetch_allowed_networks, LOOPBACK_NETWORK]
+    clients = [msgspec.structs.replace(c, dlr_callback_networks=[*c.dlr_callback_networks, LOOPBACK_NETWORK])
+               for c in settings.relay_clients]
     return msgspec.structs.replace(
         settings, flowroute=msgspec.structs.replace(settings.flowroute, api_base=simulator_url),
-        media=msgspec.structs.replace(media, fetch_allowed_networks=allowed))
+        media=msgspec.structs.replace(media, fetch_allowed_networks=allowed), relay_clients=clients)
 
 
 async def _start_simulator(settings: Settings) -> FlowrouteSimulator:

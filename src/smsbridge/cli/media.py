@@ -9,10 +9,10 @@ from datetime import timedelta
 import msgspec
 
 from smsbridge.config import Settings
+from smsbridge.destinations import guarded_session
 from smsbridge.ledger import Ledger, open_from_settings
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.media import links
-from smsbridge.media.destinations import guarded_session
 from smsbridge.media.fetch import FetchFailed, MediaFetcher
 from smsbridge.media.setup import open_store, prune_media
 from smsbridge.media.store import MediaStore

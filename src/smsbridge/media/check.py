@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 from smsbridge.config import MediaSettings
+from smsbridge.destinations import network_problems
 
 MIN_LINK_KEY_LENGTH = 32
 
 
 def media_problems(media: MediaSettings) -> list[tuple[str, str]]:
     """(where, what) for each problem of the section."""
-    problems = _network_problems(media.fetch_allowed_networks)
+    problems = network_problems(media.fetch_allowed_networks, "media.fetch_allowed_networks")
     if media.store == "off":
         return problems
     if media.link_key is None:
@@ -25,13 +24,3 @@ def media_problems(media: MediaSettings) -> list[tuple[str, str]]:
         problems.append(("media.public_url", "must start with http:// or https://"))
     return problems
 
-
-def _network_problems(entries: list[str]) -> list[tuple[str, str]]:
-    problems = []
-    for i, entry in enumerate(entries):
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            problems.append((f"media.fetch_allowed_networks[{i}]",
-                             "not a network: write an address or CIDR such as 127.0.0.0/8"))
-    return problems

@@ -17,7 +17,7 @@ import yarl
 
 from smsbridge.backoff import compute_backoff
 from smsbridge.config import MediaSettings
-from smsbridge.media.destinations import DestinationRefused, check_literal, networks
+from smsbridge.destinations import DestinationRefused, check_literal, networks
 from smsbridge.media.store import MediaStore, Stored, TooLarge
 
 CHUNK = 256 * 1024

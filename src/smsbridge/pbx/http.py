@@ -11,6 +11,7 @@ import aiohttp
 
 from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
+from smsbridge.destinations import DestinationRefused
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, encoder
 
@@ -29,12 +30,20 @@ def classify_pbx_answer(status: int, body: str, retry_after: str | None) -> None
 
 
 async def post_to_pbx(session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str],
-                      timeout: aiohttp.ClientTimeout) -> None:
-    """POST to a PBX; return on 2xx, raise RetryableError or PermanentError as the module says."""
+                      timeout: aiohttp.ClientTimeout, *, allow_redirects: bool = True) -> None:
+    """POST to a PBX; return on 2xx, raise RetryableError or PermanentError as the module says.
+    A URL that a guarded session (`smsbridge.destinations`) refuses is a permanent error."""
     try:
-        async with session.post(url, data=data, headers=headers, timeout=timeout) as response:
+        async with session.post(url, data=data, headers=headers, timeout=timeout,
+                                allow_redirects=allow_redirects) as response:
             body = await response.text(errors="replace")
             classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
+    except DestinationRefused as exc:
+        raise PermanentError(f"not called: {exc}", code="destination_refused") from None
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, DestinationRefused):
+            raise PermanentError(f"not called: {exc.os_error}", code="destination_refused") from None
+        raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
     except TimeoutError:
         raise RetryableError(f"PBX did not answer within {timeout.total:g} s") from None
     except aiohttp.ClientError as exc:

@@ -14,12 +14,15 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
+import yarl
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.topology import declare_stage
 from smsbridge.config import FlowrouteTarget, Settings
+from smsbridge.destinations import DestinationRefused, check_literal, guarded_session, networks
+from smsbridge.errors import PermanentError
 from smsbridge.events import StatusEvent
 from smsbridge.flowroute.payloads import timestamp
 from smsbridge.ledger import Ledger, RelaySend
@@ -54,11 +57,13 @@ def dlr_doc(status: StatusEvent, message_id: str, link: str) -> dict[str, Any] |
                      "links": {"related": link}}}
 
 
-def receipt_urls(settings: Settings, send: RelaySend) -> list[str]:
-    urls = [send.dlr_callback] if send.dlr_callback else []
-    for target in settings.targets_of(send.tenant):  # a tenant may list several targets (e.g. sip, email)
-        if isinstance(target, FlowrouteTarget) and target.forward_dlrs and target.url not in urls:
-            urls.append(target.url)
+def receipt_urls(settings: Settings, send: RelaySend) -> list[tuple[str, bool]]:
+    """(url, named by the client): the send's `dlr_callback`, then the tenant's `flowroute` targets
+    that forward DLRs (URLs the operator configured, so never checked as the client's). A tenant
+    may list several targets (e.g. flowroute, then email)."""
+    forwarded = [t.url for t in settings.targets_of(send.tenant) if isinstance(t, FlowrouteTarget) and t.forward_dlrs]
+    urls = [(send.dlr_callback, send.dlr_callback not in forwarded)] if send.dlr_callback else []
+    urls += [(url, False) for url in dict.fromkeys(forwarded) if url != send.dlr_callback]
     return urls
 
 
@@ -72,12 +77,35 @@ async def declare(channel: AbstractChannel, settings: Settings) -> None:
 
 
 class RelayDlrHandler:
+    """A `dlr_callback` is a URL a client named: it is posted through a session that connects only to
+    public addresses and the client's `dlr_callback_networks`, and never follows a redirect (one
+    could lead anywhere); a refused address is a permanent failure, dead-lettered with its reason."""
+
     def __init__(self, settings: Settings, ledger: Ledger, session: aiohttp.ClientSession,
                  timeout_s: float = 10.0) -> None:
         self._settings = settings
         self._ledger = ledger
         self._session = session
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._callback_sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _callback_session(self, access_key: str, url: str) -> aiohttp.ClientSession:
+        """The client's guarded session, once `url`'s host, if an address literal, passed the check."""
+        client = self._settings.relay_client(access_key)
+        allowed = client.dlr_callback_networks if client is not None else []
+        try:
+            check_literal(yarl.URL(url).host, networks(allowed))
+        except DestinationRefused as exc:
+            raise PermanentError(f"dlr_callback not called: {exc}", code="destination_refused") from None
+        session = self._callback_sessions.get(access_key)
+        if session is None:
+            session = self._callback_sessions[access_key] = guarded_session(allowed)
+        return session
+
+    async def close(self) -> None:
+        for session in self._callback_sessions.values():
+            await session.close()
+        self._callback_sessions.clear()
 
     async def handle(self, status: StatusEvent, context: MessageContext) -> None:
         if status.state == "accepted" or not status.client_message_id:
@@ -91,9 +119,10 @@ class RelayDlrHandler:
         structlog.contextvars.bind_contextvars(id=send.bridge_id, tenant=send.tenant, state=status.state)
         # At least once: when one URL fails, the retry posts to every URL again (a PBX drops
         # repeats by id, level and status, as it must for Flowroute's own resends).
-        for url in receipt_urls(self._settings, send):
-            await post_json(self._session, url, doc, self._timeout,
-                            idempotency_key=f"{send.bridge_id}:{status.state}")
+        for url, named_by_client in receipt_urls(self._settings, send):
+            session = self._callback_session(send.access_key, url) if named_by_client else self._session
+            await post_json(session, url, doc, self._timeout, idempotency_key=f"{send.bridge_id}:{status.state}",
+                            allow_redirects=not named_by_client)
         log.info("delivery receipt forwarded", outcome="forwarded")
 
     async def given_up(self, event: StatusEvent, reason: str, code: str) -> None:

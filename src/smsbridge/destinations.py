@@ -1,12 +1,14 @@
-"""Where the bridge may download media from: not its own host or network (SSRF).
+"""Where the bridge may connect to on someone else's say-so: not its own host or network (SSRF).
 
-Outbound media are URLs a tenant names, and inbound ones come in a webhook: either could point
-the bridge at 127.0.0.1, the cloud's metadata address (169.254.169.254) or a private service.
-Only globally routable addresses are fetched, plus the networks `[media] fetch_allowed_networks`
-lists (tests and the sandbox serve media on loopback). The check is made on the address the
-connection is actually made to: names are checked as they resolve (no window for a DNS answer
-that changes between a check and the connection), address literals before each request, and
-redirects are followed one hop at a time so that each hop is checked again.
+Outbound media are URLs a tenant names, inbound ones come in a webhook, and a relayed send names
+its own `dlr_callback`: any of them could point the bridge at 127.0.0.1, the cloud's metadata
+address (169.254.169.254) or a private service. Only globally routable addresses are used, plus
+the networks the configuration allows for that use (`[media] fetch_allowed_networks`,
+`[[relay_clients]] dlr_callback_networks`; tests and the sandbox serve on loopback). The check is
+made on the address the connection is actually made to: names are checked as they resolve (no
+window for a DNS answer that changes between a check and the connection), address literals before
+each request (aiohttp does not resolve them), and redirects are followed one hop at a time, so
+that each hop is checked again, or not at all.
 """
 
 from __future__ import annotations
@@ -24,12 +26,23 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class DestinationRefused(OSError):
-    """The URL's host is, or resolves only to, an address the bridge does not fetch from."""
+    """The URL's host is, or resolves only to, an address the bridge does not connect to for this use."""
 
 
 def networks(allowed: Iterable[str]) -> tuple[Network, ...]:
     """The allow-list as networks (checked with the configuration, so every entry parses)."""
     return tuple(ipaddress.ip_network(entry, strict=False) for entry in allowed)
+
+
+def network_problems(entries: Iterable[str], where: str) -> list[tuple[str, str]]:
+    """(where[i], what) for each allow-list entry that is not an address or a network."""
+    problems = []
+    for i, entry in enumerate(entries):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            problems.append((f"{where}[{i}]", "not a network: write an address or CIDR such as 10.0.0.0/8"))
+    return problems
 
 
 def is_allowed(address: Address, allowed: tuple[Network, ...]) -> bool:
@@ -49,7 +62,7 @@ def check_literal(host: str | None, allowed: tuple[Network, ...]) -> None:
     except ValueError:
         return
     if not is_allowed(address, allowed):
-        raise DestinationRefused(f"{address} is not an address the bridge fetches media from")
+        raise DestinationRefused(f"{address} is not an allowed address (private, loopback or reserved)")
 
 
 class GuardedResolver(AbstractResolver):
@@ -64,7 +77,7 @@ class GuardedResolver(AbstractResolver):
         found = await self._inner.resolve(host, port, family)
         usable = [r for r in found if is_allowed(ipaddress.ip_address(r["host"]), self._allowed)]
         if not usable:
-            raise DestinationRefused(f"{host} resolves to no address the bridge fetches media from")
+            raise DestinationRefused(f"{host} resolves to no allowed address (only private, loopback or reserved)")
         return usable
 
     async def close(self) -> None:
