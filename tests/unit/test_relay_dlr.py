@@ -70,6 +70,16 @@ def test_receipts_go_to_the_callback_and_to_the_target_when_forwarding() -> None
     assert receipt_urls(msgspec.structs.replace(Settings(), pbx_targets=[http]), relay(None)) == []
 
 
+
+def test_a_forwarding_target_behind_another_of_the_tenants_targets_still_gets_receipts() -> None:
+    """Issue 21: a tenant's targets are a list; the flowroute one need not be first."""
+    forwarding = FlowrouteTarget(tenant="acme", url="https://pbx.example/hook", forward_dlrs=True)
+    first = HttpTarget(tenant="acme", url="https://pbx.example/json")
+    other = FlowrouteTarget(tenant="globex", url="https://globex.example/hook", forward_dlrs=True)
+    both = msgspec.structs.replace(Settings(), pbx_targets=[first, other, forwarding])
+    assert receipt_urls(both, relay(None)) == [("https://pbx.example/hook", False)]
+
+
 async def test_a_callback_that_resolves_to_loopback_or_redirects_is_never_posted_to(tmp_path: Path) -> None:
     """SSRF at the moment of the POST: a name that resolves only to loopback is refused by the
     connection itself, an address literal before it, and a redirect from an allowed PBX is not
