@@ -4,28 +4,17 @@ sends → bridge → simulator → DLRs → bridge → the PBX's `dlr_callback`,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import aiohttp
-import pytest
 
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.flowroute_pbx import FlowroutePbx, send_flat, send_jsonapi
 from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url
-from tests.support.relay import FREEPBX, FUSION, relay_queue, relay_settings
+from tests.support.relay import FREEPBX, FUSION, flowroute_pbx, relay_queue, relay_settings
 from tests.support.settings import DID_MAIN
 
-__all__ = ["relay_queue"]
+__all__ = ["flowroute_pbx", "relay_queue"]
 MOBILE = "+12065550199"
-
-
-@pytest.fixture
-async def flowroute_pbx() -> AsyncIterator[FlowroutePbx]:
-    pbx = FlowroutePbx()
-    await pbx.start()
-    yield pbx
-    await pbx.stop()
 
 
 async def test_inbound_text_and_mms_reach_the_pbxs_flowroute_webhook_once(

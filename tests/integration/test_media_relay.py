@@ -18,19 +18,11 @@ from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url
 from tests.support.media import PICTURE, media_settings, with_media
 from tests.support.media_server import FakeMediaServer, media_server
-from tests.support.relay import FREEPBX, relay_queue, relay_settings
+from tests.support.relay import FREEPBX, flowroute_pbx, relay_queue, relay_settings
 from tests.support.settings import DID_MAIN
 
-__all__ = ["relay_queue"]
+__all__ = ["flowroute_pbx", "relay_queue"]
 MOBILE = "+12065550199"
-
-
-@pytest.fixture
-async def flowroute_pbx() -> AsyncIterator[FlowroutePbx]:
-    pbx = FlowroutePbx()
-    await pbx.start()
-    yield pbx
-    await pbx.stop()
 
 
 @pytest.fixture

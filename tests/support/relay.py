@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 
 from smsbridge.broker import names
 from smsbridge.config import FlowrouteTarget, HttpTarget, OutboundRule, RelayClient, Settings
+from smsbridge.sandbox.flowroute_pbx import FlowroutePbx
 from smsbridge.secret import Secret
 from smsbridge.workers.relay_dlr import STAGE
 from tests.support.settings import ACCOUNT, DID_MAIN, TOKEN, settings, sms_config, with_flowroute
@@ -53,3 +54,12 @@ async def relay_queue(amqp: AbstractRobustConnection, prefix: str) -> AsyncItera
     channel = await amqp.channel()
     await channel.queue_delete(name)
     await channel.close()
+
+
+@pytest.fixture
+async def flowroute_pbx() -> AsyncIterator[FlowroutePbx]:
+    """The sandbox PBX that speaks only Flowroute (its webhook, its DLR callback), on loopback."""
+    pbx = FlowroutePbx()
+    await pbx.start()
+    yield pbx
+    await pbx.stop()
