@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import structlog
+from aio_pika import RobustConnection
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 
@@ -37,7 +38,7 @@ from smsbridge.config import (
     Settings,
     SipTarget,
 )
-from smsbridge.connection import connect, failover
+from smsbridge.connection import connect, failover, rotated
 from smsbridge.destinations import guarded_session
 from smsbridge.events import (
     delivery_stage_decoder,
@@ -88,7 +89,8 @@ class Bridge:
         self.settings = settings
         self.roles = tuple(r for r in ROLES if r in set(roles))
         self.metrics = metrics or Metrics()
-        self.connection: AbstractRobustConnection | None = None
+        self.connection: RobustConnection | None = None  # consumers, topology, the first route
+        self.standby: RobustConnection | None = None  # with several nodes: the second route
         self.publisher: Publisher | None = None
         self.receiver_url: str | None = None
         self._channels: list[AbstractChannel] = []
@@ -105,8 +107,9 @@ class Bridge:
         self._stack = AsyncExitStack()
 
     def readiness(self) -> dict[str, bool]:
-        conn = self.connection
-        connected = conn is not None and not conn.is_closed and conn.connected.is_set()
+        # Connected if either connection is: with the standby up, webhooks are still taken.
+        connected = any(c is not None and not c.is_closed and c.connected.is_set()
+                        for c in (self.connection, self.standby))
         ledger_usable = self.ledger is not None and self.ledger.usable
         answering = self.liveness is not None and self.liveness.responsive()
         return {"broker_connected": connected, "broker_answering": answering, "topology_declared": self._declared,
@@ -129,19 +132,25 @@ class Bridge:
         if self.media_store is not None:
             stack.push_async_callback(self.media_store.close)
         self._background(prune_forever(ledger, self.settings.ledger, self.media_store), "ledger-pruner")
-        self.connection = await connect(broker.urls, attempts=connect_attempts)
-        connection = self.connection  # closed even while the broker is down: it would keep reconnecting
-        stack.push_async_callback(lambda: _bounded(connection.close(), "close connection"))
-        self._background(failover(self.connection, broker.urls), "broker-failover")
+        self.connection = connection = await self._connect(broker.urls, connect_attempts, "smsbridge")
+        if len(broker.urls) > 1:  # a second connection, to another node: the publisher's second route
+            self.standby = await self._connect(rotated(broker.urls, 1), connect_attempts, "smsbridge-standby")
+            standby = self.standby
+            self._background(failover(standby, broker.urls, avoid=lambda: str(connection.url)), "standby-failover")
+        self._background(failover(connection, broker.urls, avoid=self._standby_url), "broker-failover")
         stack.push_async_callback(self._close_channels)
         channel = await self._channel(publisher_confirms=True, on_return_raises=True)
         pbx_exchanges = [t.exchange for t in self.settings.pbx_targets if isinstance(t, AmqpTarget)]
         await topology.declare(channel, broker.prefix, delivery_limit=broker.delivery_limit,
-                               accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges)
+                               accounts=self.settings.accounts(), pbx_exchanges=pbx_exchanges,
+                               placement=topology.placement_of(broker))
         if self.settings.relay_clients:
             await relay_dlr.declare(channel, self.settings)
         self._declared = True
-        self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
+        self.publisher = Publisher(channel, timeout=broker.publish_timeout_s, connected=connection.connected.is_set)
+        if self.standby is not None:
+            second = await self._channel(publisher_confirms=True, on_return_raises=True, on=self.standby)
+            self.publisher.add_route(second, connected=self.standby.connected.is_set, name="standby")
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
         self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
         self._background(self.liveness.run(), "broker-liveness")
@@ -185,6 +194,15 @@ class Bridge:
         if "dispatcher" in self.roles:
             await self._start_dispatcher()
 
+    async def _connect(self, urls: list[str], attempts: int | None, name: str) -> RobustConnection:
+        connection = await connect(urls, attempts=attempts, name=name)
+        # Closed even while the broker is down: it would keep reconnecting.
+        self._stack.push_async_callback(lambda: _bounded(connection.close(), f"close connection {name}"))
+        return connection
+
+    def _standby_url(self) -> str | None:
+        return None if self.standby is None else str(self.standby.url)
+
     def _background(self, work: Coroutine[Any, Any, None], name: str) -> None:
         """A task that lives as long as the bridge: cancelled and awaited on stop."""
         task = asyncio.create_task(work, name=name)
@@ -195,9 +213,10 @@ class Bridge:
 
         self._stack.push_async_callback(cancel)
 
-    async def _channel(self, **kwargs: Any) -> AbstractChannel:
-        assert self.connection is not None
-        channel = await self.connection.channel(**kwargs)
+    async def _channel(self, *, on: AbstractRobustConnection | None = None, **kwargs: Any) -> AbstractChannel:
+        connection = on or self.connection
+        assert connection is not None
+        channel = await connection.channel(**kwargs)
         self._channels.append(channel)
         return channel
 

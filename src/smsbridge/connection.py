@@ -1,8 +1,13 @@
 """Connecting to RabbitMQ: robust (reconnects and re-declares by itself), across a URL list.
 
 aio-pika's robust connection reconnects to the URL it has (`connection.url`, which it reads on
-every attempt). For a cluster we give it the next node's URL when it has been down for a few
-seconds (`failover`), so losing one node is a short pause, not an outage. `amqps://` URLs use
+every attempt), first at once and then every `reconnect_interval` (5 s unless told: we say
+`RECONNECT_INTERVAL_S`). For a cluster, `failover` points it at the next node the moment the
+connection closes, and again every `FAILOVER_AFTER_S` while attempts keep failing, skipping
+the node the process's other connection uses (`avoid`). So when a node dies the consumers are
+back on another node within about a second, and publishers lose nothing at all: the bridge
+keeps a second connection, to another node, as the publisher's second route
+(`broker/publisher.py`). `amqps://` URLs use
 TLS (aio-pika reads `cafile`, `certfile`, `keyfile` and `no_verify_ssl` from the URL query).
 
 A silent partition (packets dropped, no reset) is noticed by AMQP heartbeats: we ask for one
@@ -27,6 +32,8 @@ log = structlog.get_logger("smsbridge.broker")
 # RabbitMQ's default, 60, keeps a dead connection for over three minutes; much below 10 risks
 # dropping a live one whose process was busy. Readiness does not wait for it (broker/liveness.py).
 HEARTBEAT_S = 10
+RECONNECT_INTERVAL_S = 0.5  # between attempts; an attempt at a dead node fails at once (refused)
+FAILOVER_AFTER_S = 1.0  # while attempts fail, move on to the next node this often
 CONNECT_TIMEOUT_S = 60.0  # a broker under heavy load can take many seconds to finish a handshake
 
 
@@ -47,7 +54,31 @@ def _safe(url: str) -> str:
     return f"{scheme}://{creds.split(':')[0]}:***@{host}"
 
 
-async def connect(urls: list[str], *, attempts: int | None = None,
+def rotated(urls: list[str], first: int) -> list[str]:
+    """The same nodes, starting at `first` (a second connection starts on another node)."""
+    if not urls:
+        return urls
+    first %= len(urls)
+    return urls[first:] + urls[:first]
+
+
+def node(url: str) -> tuple[str | None, int | None]:
+    """Which broker node a URL points at (its query, e.g. our heartbeat, does not matter)."""
+    parsed = yarl.URL(url)
+    return parsed.host, parsed.port
+
+
+def following(urls: list[str], current: str, avoid: str | None = None) -> str:
+    """The node after `current` in `urls` (tuned), not `avoid` unless it is the only other one."""
+    nodes = [tuned(u) for u in urls]
+    here = next((i for i, u in enumerate(nodes) if node(u) == node(current)), -1)
+    after = [nodes[(here + k) % len(nodes)] for k in range(1, len(nodes) + 1)]
+    others = [u for u in after if node(u) != node(current)] or after
+    preferred = [u for u in others if avoid is None or node(u) != node(avoid)]
+    return (preferred or others)[0]
+
+
+async def connect(urls: list[str], *, attempts: int | None = None, name: str = "smsbridge",
                   sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> aio_pika.RobustConnection:
     """Connect to the first URL that answers, trying them in turn with backoff (at most 10 s apart).
 
@@ -59,7 +90,8 @@ async def connect(urls: list[str], *, attempts: int | None = None,
         for url in urls:
             try:
                 connection = await aio_pika.connect_robust(
-                    tuned(url), client_properties={"connection_name": "smsbridge"}, timeout=CONNECT_TIMEOUT_S)
+                    tuned(url), client_properties={"connection_name": name}, timeout=CONNECT_TIMEOUT_S,
+                    reconnect_interval=RECONNECT_INTERVAL_S)
                 assert isinstance(connection, aio_pika.RobustConnection)
                 return connection
             except (ConnectionError, OSError, aio_pika.exceptions.AMQPError) as exc:
@@ -70,24 +102,35 @@ async def connect(urls: list[str], *, attempts: int | None = None,
         await sleep(compute_backoff(attempt, base=0.5, cap=10.0))
 
 
-async def failover(connection: aio_pika.RobustConnection, urls: list[str], *, after_s: float = 3.0,
-                   check_s: float = 0.5) -> None:
-    """Run for the connection's life: point it at the next URL while it stays disconnected."""
+async def failover(connection: aio_pika.RobustConnection, urls: list[str], *,
+                   avoid: Callable[[], str | None] = lambda: None, after_s: float = FAILOVER_AFTER_S,
+                   check_s: float = 0.25) -> None:
+    """Run for the connection's life: point it at the next URL when it closes, and again every
+    `after_s` while it stays disconnected."""
     if len(urls) < 2:
         return
-    down_since: float | None = None
     loop = asyncio.get_running_loop()
-    while not connection.is_closed:
-        await asyncio.sleep(check_s)
-        if connection.connected.is_set():
-            down_since = None
-            continue
-        down_since = down_since or loop.time()
-        if loop.time() - down_since >= after_s:
-            current = str(connection.url)
-            nodes = [tuned(u) for u in urls]
-            following = nodes[(next((i for i, u in enumerate(nodes) if yarl.URL(u) == yarl.URL(current)), -1) + 1)
-                              % len(nodes)]
-            connection.url = yarl.URL(following)  # read by the robust connection's next attempt
-            log.warning("broker node unreachable: trying the next one", url=_safe(following))
-            down_since = loop.time()
+    down_since = loop.time()
+
+    def move(reason: str) -> None:
+        nonlocal down_since
+        target = following(urls, str(connection.url), avoid())
+        connection.url = yarl.URL(target)  # read by the robust connection's next attempt
+        log.warning("broker connection lost: trying the next node", url=_safe(target), reason=reason)
+        down_since = loop.time()
+
+    def on_close(_sender: object, exc: BaseException | None = None) -> None:
+        # Runs before aio-pika's immediate reconnect attempt, so that attempt already goes elsewhere.
+        if not connection.close_called:
+            move(f"closed: {exc!r}")
+
+    connection.close_callbacks.add(on_close)
+    try:
+        while not connection.is_closed:
+            await asyncio.sleep(check_s)
+            if connection.connected.is_set():
+                down_since = loop.time()
+            elif loop.time() - down_since >= after_s:
+                move("still unreachable")
+    finally:
+        connection.close_callbacks.discard(on_close)

@@ -10,18 +10,20 @@ default exchange: the bridge's RabbitMQ user may write only to `<prefix>.*` exch
 deploy/rabbitmq/definitions.json, and a refused publish would close the publishing channel.) It goes through the same
 channel as the real publishes, so a broker that blocks publishers (memory or disk alarm)
 counts as not answering too, which it is for a webhook.
+
+With two routes (a connection to a second node, see `broker/publisher.py`), each is probed on
+its own: the broker answers while either route does, and the publisher tries the answering
+route first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import structlog
 
 from smsbridge.broker import names
-from smsbridge.broker.publisher import Publisher
+from smsbridge.broker.publisher import Basic, Publisher, Route
 from smsbridge.errors import BrokerUnavailable
 
 log = structlog.get_logger("smsbridge.broker")
@@ -37,39 +39,37 @@ def probe_key(prefix: str) -> str:
 
 
 class BrokerLiveness:
-    """Remembers when the broker last confirmed a probe; `responsive()` reads that, without I/O,
+    """Remembers when each route last confirmed a probe; `responsive()` reads that, without I/O,
     so it can serve as the publisher's gate and as a readiness check."""
 
     def __init__(self, publisher: Publisher, prefix: str, *, interval_s: float = PROBE_INTERVAL_S,
-                 timeout_s: float = PROBE_TIMEOUT_S, stale_after_s: float = STALE_AFTER_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 timeout_s: float = PROBE_TIMEOUT_S, stale_after_s: float = STALE_AFTER_S) -> None:
         self._publisher = publisher
         self._exchange = names.work_exchange(prefix)
         self._key = probe_key(prefix)
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._stale_after_s = stale_after_s
-        self._clock = clock
-        # Created once the topology is declared, itself a round trip the broker answered.
-        self._last_ok = clock()
 
     def responsive(self) -> bool:
-        return self._clock() - self._last_ok <= self._stale_after_s
-
-    def confirmed(self) -> None:
-        """A round trip succeeded (a probe; any confirmed publish would do as well)."""
-        self._last_ok = self._clock()
+        """Some route confirmed a round trip in the last `stale_after_s` seconds."""
+        return any(r.fresh(self._stale_after_s) for r in self._publisher.routes)
 
     async def probe(self) -> bool:
+        """Probe every route at once; True if any answered."""
+        answers = await asyncio.gather(*(self._probe(route) for route in self._publisher.routes))
+        return any(answers)
+
+    async def _probe(self, route: Route) -> bool:
+        properties = Basic.Properties(delivery_mode=1)
         try:
-            await self._publisher.publish(self._exchange, self._key, b"", mandatory=False, timeout=self._timeout_s,
-                                          gated=False)
+            await self._publisher.publish_on(route, self._exchange, self._key, b"", properties, False,
+                                             self._timeout_s)
         except BrokerUnavailable:
             return False
         except Exception as exc:  # never let the prober die: readiness would stay false for good
-            log.warning("liveness probe failed unexpectedly", error=repr(exc))
+            log.warning("liveness probe failed unexpectedly", route=route.name, error=repr(exc))
             return False
-        self.confirmed()
         return True
 
     async def run(self) -> None:

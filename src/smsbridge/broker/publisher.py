@@ -4,6 +4,15 @@ Any failure (connection down, channel closed, nack, unroutable, timeout) becomes
 `BrokerUnavailable`, so callers have one thing to catch and one meaning: nothing was stored.
 With a `gate` (see `broker/liveness.py`), a publish while the broker is known not to answer
 fails at once instead of waiting out its confirm timeout.
+
+In a cluster the publisher has two routes, each a confirm channel on its own connection to its
+own node (see `connection.py`). A publish goes through the first route that is connected and
+answering; if that route's connection fails under it (the node died: reset, closed channel,
+lost confirm), the same message goes again through the other route, within the same timeout.
+A message whose confirm was lost may so be stored twice: every consumer already drops a second
+copy by message id (the receiver's Flowroute id, the ledger's claims), as it does for the
+broker's own redeliveries. A nack or an unroutable return is an answer, not a lost node: it is
+not retried.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from smsbridge.redact import header_text
 
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
+MIN_RETRY_S = 0.5  # a retry on the second route gets at least this, even past the deadline
 PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everything on disk anyway)
 
 
@@ -29,15 +39,59 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Route:
+    """One way to the broker: a confirm channel on one connection, and when it last answered."""
+
+    def __init__(self, channel: AbstractChannel, *, connected: Callable[[], bool] | None = None,
+                 name: str = "primary", clock: Callable[[], float] = time.monotonic) -> None:
+        self.channel = channel
+        self.name = name
+        self._connected = connected
+        self._clock = clock
+        self.last_ok = clock()  # created once the topology is declared, itself a round trip
+        self.last_failed = float("-inf")
+
+    def connected(self) -> bool:
+        return not self.channel.is_closed and (self._connected is None or self._connected())
+
+    def confirmed(self) -> None:
+        self.last_ok = self._clock()
+
+    def failed(self) -> None:
+        self.last_failed = self._clock()
+
+    def fresh(self, stale_after_s: float) -> bool:
+        """Confirmed something in the last `stale_after_s` seconds."""
+        return self._clock() - self.last_ok <= stale_after_s
+
+    def answering(self, stale_after_s: float) -> bool:
+        """Connected, confirmed something lately, and not failed since."""
+        return self.connected() and self.last_ok >= self.last_failed and self.fresh(stale_after_s)
+
+
+class RouteDown(BrokerUnavailable):
+    """The route itself failed (connection or channel lost, no confirm in time): another may work."""
+
+
 class Publisher:
     """Publishes on the channel underneath aio-pika's robust channel, with AMQP properties built
     directly: no aio-pika `Message` or `Exchange` per publish (about 5% of the receiver's CPU)."""
 
-    def __init__(self, channel: AbstractChannel, *, timeout: float) -> None:
-        self._channel = channel
+    STALE_AFTER_S = 3.0  # a route that confirmed nothing for this long is tried last
+
+    def __init__(self, channel: AbstractChannel, *, timeout: float,
+                 connected: Callable[[], bool] | None = None) -> None:
+        self.routes = [Route(channel, connected=connected)]
         self._timeout = timeout
         self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
 
+    def add_route(self, channel: AbstractChannel, *, connected: Callable[[], bool], name: str) -> None:
+        """A second way to the broker (a connection to another node), used when the first fails."""
+        self.routes.append(Route(channel, connected=connected, name=name))
+
+    def _in_order(self) -> list[Route]:
+        """Routes that answer first, the primary first among equals (sort is stable)."""
+        return sorted(self.routes, key=lambda r: not r.answering(self.STALE_AFTER_S))
 
     async def publish(
         self,
@@ -61,25 +115,51 @@ class Publisher:
             message_id=message_id,
             expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         )
+        budget = self._timeout if timeout is None else timeout
+        if len(self.routes) == 1:
+            await self.publish_on(self.routes[0], exchange, routing_key, body, properties, mandatory, budget)
+            return
+        deadline = time.monotonic() + budget
+        failure: RouteDown | None = None
+        for route in self._in_order():
+            left = max(deadline - time.monotonic(), MIN_RETRY_S)
+            if not route.connected():
+                failure = RouteDown(f"publish to {exchange}/{routing_key} not attempted: {route.name} route down")
+                continue
+            try:
+                await self.publish_on(route, exchange, routing_key, body, properties, mandatory, left)
+                return
+            except RouteDown as exc:  # the node went away under this publish: the other route may work
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def publish_on(self, route: Route, exchange: str, routing_key: str, body: bytes,
+                         properties: Basic.Properties, mandatory: bool, timeout: float) -> None:
+        """One confirmed publish on one route; a confirm marks the route as answering."""
         try:
-            if self._channel.is_closed:
+            if route.channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
-            channel = await self._channel.get_underlay_channel()
-            confirmation = await channel.basic_publish(
-                body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory,
-                timeout=self._timeout if timeout is None else timeout,
-            )
+            async with asyncio.timeout(timeout):  # also bounds waiting for a reconnecting channel
+                channel = await route.channel.get_underlay_channel()
+                confirmation = await channel.basic_publish(
+                    body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory,
+                    timeout=timeout,
+                )
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
+            route.failed()
+            raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
         except asyncio.CancelledError as exc:
             # aiormq cancels the confirm futures of a connection it drops (e.g. after missed
             # heartbeats): for us that is an unconfirmed publish. Our own cancellation stays one.
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
+            route.failed()
+            raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # a nack, or the message came back unroutable
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
+        route.confirmed()
 
     async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None) -> None:
         """A fresh message for a stage: attempt 0, first seen now."""
