@@ -36,6 +36,10 @@ class BrokerSettings(_Section, frozen=True, kw_only=True):
     prefetch: PositiveInt = 32
     publish_timeout_s: PositiveFloat = 5.0
     delivery_limit: PositiveInt = 20
+    # Where quorum queues are placed when first declared (broker/topology.py): the replica count,
+    # and which node leads each ("balanced": the one leading fewest; "" leaves it to a policy).
+    quorum_initial_group_size: Annotated[int, msgspec.Meta(ge=1, le=15)] = 3
+    queue_leader_locator: Literal["balanced", "client-local", ""] = "balanced"
 
 
 class ReceiverSettings(_Section, frozen=True, kw_only=True):

@@ -29,6 +29,12 @@ MEANING: dict[str, str] = {
                                 "(a webhook then gets 503).",
     "broker.delivery_limit": "Quorum queues' `x-delivery-limit`: a message redelivered this often (e.g. one that "
                              "crashes its process every time) is dead-lettered by the broker.",
+    "broker.quorum_initial_group_size": "Quorum queues' `x-quorum-initial-group-size`: replicas of each queue "
+                                        "when it is first declared (the broker uses every node if it has fewer; "
+                                        "an existing queue keeps its replicas). See operations: several hosts.",
+    "broker.queue_leader_locator": "Quorum queues' `x-queue-leader-locator` (RabbitMQ 3.10+): `balanced` spreads "
+                                   "leaders over the nodes, `client-local` puts each on the declaring node, "
+                                   "`\"\"` declares none (a policy's `queue-leader-locator` decides).",
     "receiver.host": "Address the receiver (webhooks, history API, probes, metrics) listens on.",
     "receiver.port": "Its port; 0 picks a free one.",
     "receiver.public_url": "The URL Flowroute reaches the receiver at; webhook and `dlr_callback` URLs start with it.",

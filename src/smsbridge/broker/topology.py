@@ -4,6 +4,14 @@ Stage and delay queues are quorum queues: durable, replicated in a cluster, and 
 `x-delivery-limit` dead-letters a message that keeps crashing its consumer. Dead-lettering is
 at-least-once (needs `reject-publish` overflow), so an expiring delay never loses a message.
 Changing an argument here needs the queue deleted first (RabbitMQ refuses a redeclare).
+
+Placement (`Placement`: `x-quorum-initial-group-size`, `x-queue-leader-locator`) only matters
+when a queue is created, and RabbitMQ compares it on every redeclare like any argument: a queue
+created by an older release, without it, would refuse the new arguments (PRECONDITION_FAILED),
+and so would one created with another group size. Such a queue is used as it is (declared
+passively) with a warning: placement for existing queues is a policy's job (docs/operations.md,
+"Several hosts"). A broker that rejects the locator's value (`invalid arg`) gets the queue
+without it. Either refusal closes the channel; aio-pika's robust channel reopens it.
 """
 
 from __future__ import annotations
@@ -12,11 +20,40 @@ from collections.abc import Iterable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractChannel
+import msgspec
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.broker import names
+from smsbridge.config import BrokerSettings
 
+log = structlog.get_logger("smsbridge.broker")
 STAGES = ("inbound", "delivery", "outbound")
+GROUP_SIZE = "x-quorum-initial-group-size"
+LEADER_LOCATOR = "x-queue-leader-locator"
+
+
+class Placement(msgspec.Struct, frozen=True):
+    """Where a new quorum queue goes: how many replicas, and how its leader's node is chosen."""
+
+    group_size: int | None = 3
+    leader_locator: str = "balanced"  # "" declares no locator (the broker's default or a policy)
+
+    def arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.group_size is not None:
+            args[GROUP_SIZE] = self.group_size
+        if self.leader_locator:
+            args[LEADER_LOCATOR] = self.leader_locator
+        return args
+
+
+DEFAULT_PLACEMENT = Placement()
+NO_PLACEMENT = Placement(group_size=None, leader_locator="")
+
+
+def placement_of(broker: BrokerSettings) -> Placement:
+    return Placement(group_size=broker.quorum_initial_group_size, leader_locator=broker.queue_leader_locator)
 
 
 def quorum_arguments(*, dead_letter_exchange: str, delivery_limit: int | None) -> dict[str, Any]:
@@ -39,16 +76,17 @@ async def declare(
     stages: Iterable[str] = STAGES,
     accounts: Iterable[str] = (),
     pbx_exchanges: Iterable[str] = (),
+    placement: Placement = DEFAULT_PLACEMENT,
 ) -> None:
     """Declare the whole topology for `prefix`; safe to run from every process at every start."""
     work = await channel.declare_exchange(names.work_exchange(prefix), aio_pika.ExchangeType.DIRECT, durable=True)
     delay = await channel.declare_exchange(names.delay_exchange(prefix), aio_pika.ExchangeType.HEADERS, durable=True)
     dlx = await channel.declare_exchange(names.dead_exchange(prefix), aio_pika.ExchangeType.FANOUT, durable=True)
-    dead = await channel.declare_queue(names.dead_queue(prefix), durable=True, arguments={"x-queue-type": "quorum"})
+    dead = await declare_quorum(channel, names.dead_queue(prefix), {"x-queue-type": "quorum"}, placement)
     await dead.bind(dlx, routing_key="#")
-    await _declare_status(channel, prefix)
+    await _declare_status(channel, prefix, placement)
     for stage in stages:
-        await declare_stage(channel, prefix, stage, delivery_limit=delivery_limit)
+        await declare_stage(channel, prefix, stage, delivery_limit=delivery_limit, placement=placement)
     requests = await channel.declare_exchange(
         names.requests_exchange(prefix), aio_pika.ExchangeType.TOPIC, durable=True
     )
@@ -58,34 +96,62 @@ async def declare(
         # Single active consumer: one dispatcher sends for an account at a time, so its limiter
         # alone decides the account's rate; the others stand by and take over when it dies.
         await declare_stage(channel, prefix, names.dispatch_stage(account), delivery_limit=delivery_limit,
-                            single_active=True)
+                            single_active=True, placement=placement)
     for tier in range(names.MAX_TIER + 1):
         args = quorum_arguments(dead_letter_exchange=work.name, delivery_limit=None)
-        queue = await channel.declare_queue(names.delay_queue(prefix, tier), durable=True, arguments=args)
+        queue = await declare_quorum(channel, names.delay_queue(prefix, tier), args, placement)
         await queue.bind(delay, arguments={"x-match": "all", names.H_DELAY_TIER: str(tier)})
     for exchange in pbx_exchanges:
         await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
 
 
 async def declare_stage(
-    channel: AbstractChannel, prefix: str, stage: str, *, delivery_limit: int, single_active: bool = False
+    channel: AbstractChannel, prefix: str, stage: str, *, delivery_limit: int, single_active: bool = False,
+    placement: Placement = NO_PLACEMENT,
 ) -> str:
     args = quorum_arguments(dead_letter_exchange=names.dead_exchange(prefix), delivery_limit=delivery_limit)
     if single_active:
         args["x-single-active-consumer"] = True
     name = names.stage_queue(prefix, stage)
-    queue = await channel.declare_queue(name, durable=True, arguments=args)
+    queue = await declare_quorum(channel, name, args, placement)
     await queue.bind(names.work_exchange(prefix), routing_key=name)
     return name
 
 
-async def _declare_status(channel: AbstractChannel, prefix: str) -> None:
+async def declare_quorum(channel: AbstractChannel, name: str, args: dict[str, Any],
+                         placement: Placement) -> AbstractQueue:
+    """Declare a quorum queue with its placement; an existing queue placed otherwise is used as is."""
+    wanted = {**args, **placement.arguments()}
+    refused = await _refusal(channel, name, wanted) if placement.arguments() else ""
+    if not refused:
+        return await channel.declare_queue(name, durable=True, arguments=wanted)
+    if not any(key in refused for key in placement.arguments()):
+        raise aio_pika.exceptions.ChannelPreconditionFailed(refused)
+    if "invalid arg" in refused:  # a broker that does not know this locator value
+        log.warning("broker refused the queue leader locator: declared without it", queue=name, refused=refused)
+        return await declare_quorum(channel, name, args, msgspec.structs.replace(placement, leader_locator=""))
+    log.warning("queue exists with other placement arguments: used as it is (set a policy to place it)",
+                queue=name, refused=refused)
+    return await channel.declare_queue(name, durable=True, passive=True)
+
+
+async def _refusal(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> str:
+    """Try the declaration on a scratch channel first: a refusal closes the channel it came on."""
+    underlay = await channel.get_underlay_channel()
+    scratch = await underlay.connection.channel()
+    try:
+        await scratch.queue_declare(name, durable=True, arguments=arguments)
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        return str(exc)
+    await scratch.close()
+    return ""
+
+
+async def _declare_status(channel: AbstractChannel, prefix: str, placement: Placement = NO_PLACEMENT) -> None:
     unrouted = await channel.declare_exchange(
         names.unrouted_exchange(prefix), aio_pika.ExchangeType.FANOUT, durable=True
     )
-    queue = await channel.declare_queue(
-        names.unrouted_queue(prefix), durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    queue = await declare_quorum(channel, names.unrouted_queue(prefix), {"x-queue-type": "quorum"}, placement)
     await queue.bind(unrouted, routing_key="#")
     await channel.declare_exchange(
         names.status_exchange(prefix),

@@ -19,7 +19,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
-from smsbridge.broker.topology import declare_stage
+from smsbridge.broker.topology import declare_stage, placement_of
 from smsbridge.config import FlowrouteTarget, Settings
 from smsbridge.destinations import DestinationRefused, check_literal, guarded_session, networks
 from smsbridge.errors import PermanentError
@@ -70,7 +70,8 @@ def receipt_urls(settings: Settings, send: RelaySend) -> list[tuple[str, bool]]:
 async def declare(channel: AbstractChannel, settings: Settings) -> None:
     """The stage queue, bound to the statuses of every tenant with relay clients."""
     prefix = settings.broker.prefix
-    name = await declare_stage(channel, prefix, STAGE, delivery_limit=settings.broker.delivery_limit)
+    name = await declare_stage(channel, prefix, STAGE, delivery_limit=settings.broker.delivery_limit,
+                               placement=placement_of(settings.broker))
     queue = await channel.get_queue(name, ensure=False)
     for tenant in sorted({c.tenant for c in settings.relay_clients}):
         await queue.bind(names.status_exchange(prefix), routing_key=f"status.{tenant}.#")
