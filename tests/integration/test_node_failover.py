@@ -15,13 +15,20 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 import pytest
+from aio_pika.abc import AbstractChannel
 
 from smsbridge.bridge import Bridge
-from smsbridge.connection import node
+from smsbridge.broker import names, topology
+from smsbridge.broker.consumer import MessageContext, StageConsumer
+from smsbridge.broker.publisher import Publisher
+from smsbridge.config import RetryPolicy
+from smsbridge.connection import connect, node
+from smsbridge.metrics import Metrics
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import text
-from tests.support.settings import TOKEN, settings
+from tests.support.broker import take
+from tests.support.settings import ACCOUNT, TOKEN, settings
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
 
@@ -90,3 +97,61 @@ async def test_killing_the_connected_node_refuses_no_webhook_and_consumers_move_
     assert slowest < SLOW_WEBHOOK_S * 3, f"a webhook waited {slowest:.2f} s"
     delivered = await pbx.wait_for(2 * 120, timeout=60)  # extensions 101 and 102 each get every text
     assert len({(d["mdr_id"], d["extension"]) for d in delivered}) == 240
+
+
+class Held:
+    """Handles each job only once `release` is set, as a delivery waits for the PBX's answer;
+    records what finished and what was cancelled half-way."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def handle(self, event: Job, context: MessageContext) -> None:
+        self.started.append(event.request)
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(event.request)
+            raise
+        self.finished.append(event.request)
+
+    async def given_up(self, event: Job, reason: str, code: str) -> None:
+        pass
+
+
+async def test_work_in_flight_when_the_node_dies_finishes_and_its_redelivery_follows(
+    nodes: tuple[TcpProxy, TcpProxy], channel: AbstractChannel, prefix: str,
+) -> None:
+    """aiormq cancels a channel's consumer callbacks when the channel closes: a delivery cut off
+    after the PBX took the text, before the ledger knew, reached the PBX again a lease later."""
+    first, _ = nodes
+    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
+    connection = await connect([first.url], attempts=3)
+    try:
+        own = await connection.channel()
+        handler = Held()
+        stage = StageConsumer(stage="outbound", queue_name=names.stage_queue(prefix, "outbound"), prefix=prefix,
+                              decoder=msgspec.json.Decoder(Job), handler=handler,
+                              publisher=Publisher(channel, timeout=5), metrics=Metrics(),
+                              policy=RetryPolicy(max_attempts=5, base_delay_s=0.05, max_delay_s=0.1))
+        await Publisher(channel, timeout=5).to_stage(prefix, "outbound", msgspec.json.encode(Job("r-1")))
+        await stage.start(own)
+        await eventually(lambda: handler.started == ["r-1"], what="the job started")
+        await first.cut()  # the node goes: the consumer's channel closes under the running job
+        await eventually(lambda: own.is_closed or not connection.connected.is_set(), what="the channel lost")
+        handler.release.set()
+        await eventually(lambda: handler.finished[:1] == ["r-1"] or bool(handler.cancelled),
+                         what="the job ended one way or the other")
+        assert handler.cancelled == [] and handler.finished[:1] == ["r-1"]
+    finally:
+        await connection.close()
+    # Never acked: the broker still has it for the next consumer (which finds it done, in real life).
+    [again] = await take(channel, names.stage_queue(prefix, "outbound"))
+    assert msgspec.json.decode(again.body, type=Job) == Job("r-1")
+
+
+class Job(msgspec.Struct, frozen=True):
+    request: str

@@ -161,14 +161,19 @@ class StageConsumer(Generic[T]):
         return len(self._inflight)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._inflight.add(task)
-        try:
-            with structlog.contextvars.bound_contextvars(stage=self.stage):
-                await self._process(message)
-        finally:
-            self._inflight.discard(task)
+        # aiormq runs this callback as a task of the channel, and cancels it when the channel
+        # closes (the node died): a delivery cancelled after the PBX took the text but before the
+        # ledger recorded it would wait out its claim's lease and then reach the PBX again. So
+        # the work runs in a task of ours that finishes; its ack then fails on the dead channel,
+        # and the broker's redelivery finds the text already delivered.
+        work = asyncio.create_task(self._work(message))
+        self._inflight.add(work)
+        work.add_done_callback(self._inflight.discard)
+        await asyncio.shield(work)
+
+    async def _work(self, message: AbstractIncomingMessage) -> None:
+        with structlog.contextvars.bound_contextvars(stage=self.stage):
+            await self._process(message)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         attempt = Attempt.from_headers(dict(message.headers or {}))
