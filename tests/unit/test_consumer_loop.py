@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pytest
 
+from smsbridge.backoff import compute_backoff
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext, StageConsumer
 from smsbridge.config import RetryPolicy
@@ -41,11 +42,16 @@ class Scripted:
 
 
 async def consumer(handler: Scripted, publisher: InMemoryPublisher,
-                   policy: RetryPolicy | None = None) -> StubQueue:
+                   policy: RetryPolicy | None = None, paused: list[float] | None = None) -> StubQueue:
     channel = StubChannel()
+
+    async def sleep(seconds: float) -> None:  # no real waiting: record the pause instead
+        (paused if paused is not None else []).append(seconds)
+
     stage = StageConsumer(stage="inbound", queue_name=QUEUE, prefix=PREFIX, decoder=msgspec.json.Decoder(Event),
                           handler=handler, publisher=publisher, metrics=Metrics(), rand=lambda: 1.0,
-                          policy=policy or RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=10.0))
+                          policy=policy or RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=10.0),
+                          sleep=sleep)
     await stage.start(channel)  # type: ignore[arg-type]
     return channel.queues[QUEUE]
 
@@ -100,6 +106,18 @@ async def test_when_the_broker_is_down_the_message_is_requeued_not_lost() -> Non
     handler, publisher = Scripted(BrokerUnavailable("next stage unreachable")), InMemoryPublisher()
     delivered = await (await consumer(handler, publisher)).deliver(message(1))
     assert delivered.settled == "requeue" and publisher.published == []
+
+
+async def test_a_requeued_message_comes_back_later_the_more_often_it_came_back() -> None:
+    # A queue refusing publishes for 17 s used to burn its messages' delivery limit (20) in a
+    # tight nack/redeliver loop, and the broker dead-lettered them (`make faults`, leader scenario).
+    handler, publisher, paused = Scripted(BrokerUnavailable("refused")), InMemoryPublisher(), []
+    queue = await consumer(handler, publisher, paused=paused)
+    for returns in (0, 1, 2, 19):
+        delivered = await queue.deliver(message(1, **{"x-delivery-count": returns}))
+        assert delivered.settled == "requeue"
+    assert paused == [0.5, 1.0, 2.0, 10.0]
+    assert sum(compute_backoff(n, base=0.5, cap=10.0, rand=lambda: 0.0) for n in range(20)) > 60
 
 
 async def test_when_even_the_retry_cannot_be_published_the_message_is_requeued() -> None:

@@ -11,8 +11,8 @@ answering; if that route's connection fails under it (the node died: reset, clos
 lost confirm), the same message goes again through the other route, within the same timeout.
 A message whose confirm was lost may so be stored twice: every consumer already drops a second
 copy by message id (the receiver's Flowroute id, the ledger's claims), as it does for the
-broker's own redeliveries. A nack or an unroutable return is an answer, not a lost node: it is
-not retried.
+broker's own redeliveries. aiormq raises a nack as an error, so it too is tried on the other
+route; an unroutable return is an answer and is not retried.
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ class Publisher:
                 raise
             route.failed()
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
-        if not isinstance(confirmation, Basic.Ack):  # a nack, or the message came back unroutable
+        if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
         route.confirmed()
 
