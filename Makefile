@@ -10,7 +10,7 @@ CONFIG ?= deploy/sample.toml
 LOCK   := requirements/dev.lock
 RUNS   ?= 1
 
-.PHONY: run test test-loaded unit fuzz lint typecheck check-config bench bench-memory bench-media lock clean
+.PHONY: run test test-loaded unit fuzz lint typecheck check-config bench bench-memory bench-media faults lock clean
 
 # A fresh venv from the lock whenever the lock changes: exactly the locked versions, each checked
 # against its hash, nothing resolved at install time (requirements/README.md says why).
@@ -44,11 +44,16 @@ fuzz: $(STAMP)
 	  tests/integration/test_fuzz.py tests/unit/test_hostile_input.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench faults
 
 ## bench: every benchmark beside its reference on the real RabbitMQ; table + bench/results/latest.json
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## faults: a 3-node RabbitMQ cluster and PostgreSQL of its own, the roles as processes under load, one
+## fault per scenario, a table of figures beside their targets (faults/README.md); 10-15 min on 2 cores
+faults: $(STAMP)
+	$(BIN)/python -m faults.run
 
 ## bench-memory: the memory benchmark alone, 1,000,000 messages through every role (hours on 2 cores)
 bench-memory: $(STAMP)
@@ -61,6 +66,7 @@ bench-media: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy bench
+	$(BIN)/mypy faults
 
 check-config: $(STAMP)
 	set -a && . ./deploy/sandbox.env && set +a && $(BIN)/smsbridge check-config $(CONFIG)
