@@ -147,25 +147,41 @@ def out_of_order(received: list[dict[str, object]]) -> int:
     return late
 
 
-def outcome(load: Load, pbx: FakePbx, flowroute: FlowrouteSimulator, fault_end: float,
+def outcome(load: Load, pbx: FakePbx, flowroute: FlowrouteSimulator, fault: tuple[float, float],
             delivered_at: dict[str, float]) -> dict[str, object]:
-    """The row of the table for one scenario."""
+    """The row of the table for one scenario; `fault` is when it began and when it ended."""
     f = load.figures
     ours = [d for d in pbx.received if str(d.get("mdr_id", "")).startswith(f"mdr1-{load.run}")]
     seen = Counter((d["mdr_id"], d["extension"]) for d in ours)
     sends = [r["body"]["data"]["attributes"]["body"] for r in flowroute.requests
              if r["status"] == 202 and str(r["body"]["data"]["attributes"]["body"]).startswith(load.run)]
     sent = Counter(sends)
-    after = [delivered_at[m] - fault_end for m, t in f.accepted.items() if t >= fault_end and m in delivered_at]
+    began, ended = fault
     lat = sorted(f.latencies)
+    before = sorted(delivered_at[m] - t for m, t in f.accepted.items() if began - 5 <= t < began and m in delivered_at)
+    usual = before[len(before) // 2] if before else 0.0  # webhook to PBX just before the fault (a backlog shows)
+    first = min(((t, m) for m, t in f.accepted.items() if t >= ended and m in delivered_at), default=None)
     return {
         "200": f.first_answers["200"], "503": f.first_answers["503"], "other": f.first_answers["other"],
         "p99 ms": round(1000 * lat[int(0.99 * (len(lat) - 1))]) if lat else None,
         "lost": len(set(f.accepted) - {m for m, _ in seen}),
         "dup@PBX": sum(c - 1 for c in seen.values() if c > 1),
+        "dup, new key": _rekeyed(pbx, {k for k, c in seen.items() if c > 1}),
         "out of order": out_of_order(ours),
         "sent twice": sum(c - 1 for c in sent.values() if c > 1),
         "never sent": len(f.requested - set(sent)),
         "429": sum(1 for r in flowroute.requests if r["status"] == 429),
-        "recover s": round(min(after), 2) if after else None,
+        "e2e s": round(usual, 2),
+        # The first text accepted after the fault's end: how much longer than usual it took.
+        "recover s": None if first is None else round(max(0.0, delivered_at[first[1]] - first[0] - usual), 2),
     }
+
+
+def _rekeyed(pbx: FakePbx, twice: set[tuple[object, object]]) -> int:
+    """Texts stored twice whose copies did not carry one idempotency key (a PBX could not tell)."""
+    keys: dict[tuple[object, object], set[str]] = defaultdict(set)
+    for status, body, headers in pbx.attempts:
+        key = (body.get("mdr_id"), body.get("extension"))
+        if 200 <= status < 300 and key in twice:
+            keys[key].add(headers.get("Idempotency-Key", ""))
+    return sum(1 for found in keys.values() if len(found) > 1)

@@ -31,8 +31,11 @@ RECEIVER_PORTS = (28080, 28081)  # below the ephemeral range: no collision with 
 # Patient retries: texts must outlast a PBX outage without being dead-lettered.
 RETRY = {"retry": {"delivery": {"max_attempts": 200, "base_delay_s": 0.5, "max_delay_s": 2.0},
                    "dispatch": {"max_attempts": 50, "base_delay_s": 0.5, "max_delay_s": 2.0}}}
-TARGETS = {"503": 0, "other": 0, "lost": 0, "dup@PBX": 0, "out of order": 0, "sent twice": 0, "never sent": 0,
-           "429": 0}
+TARGETS = {"503": 0, "other": 0, "lost": 0, "dup@PBX": 0, "dup, new key": 0, "out of order": 0, "sent twice": 0,
+           "never sent": 0, "429": 0}
+# Where a process dies (or loses the ledger) between the PBX's answer and recording it, the text
+# goes to the PBX again, with the same idempotency key (README, Guarantees): allowed there only.
+DUPLICATES_ALLOWED = {"roles", "postgres"}
 PBX_DOWN_S = 20.0  # the issue asks 60 s; 20 s keeps `make faults` under 15 minutes on 2 cores
 
 
@@ -139,6 +142,7 @@ class Run:
         load = Load(self.bridge.receivers, [n.url for n in self.cluster.nodes], self.prefix, run)
         driving = asyncio.create_task(load.drive(self.seconds))
         await asyncio.sleep(self.seconds / 3)  # the fault's moment, not a wait for a condition
+        fault_start = time.monotonic()
         what = await fault()
         fault_end = time.monotonic()
         await driving
@@ -146,12 +150,12 @@ class Run:
             if self._settled(load):
                 break
             await asyncio.sleep(0.5)
-        row = outcome(load, self.pbx, self.flowroute, fault_end, self.delivered_at)
+        row = outcome(load, self.pbx, self.flowroute, (fault_start, fault_end), self.delivered_at)
         self.rows.append((name, what, row))
         print(f"{name}: {what}: {row}", flush=True)
 
     def _settled(self, load: Load) -> bool:
-        row = outcome(load, self.pbx, self.flowroute, 0.0, self.delivered_at)
+        row = outcome(load, self.pbx, self.flowroute, (0.0, 0.0), self.delivered_at)
         return row["lost"] == 0 and row["never sent"] == 0
 
     # ----- the faults --------------------------------------------------------------------------
@@ -224,14 +228,15 @@ SCENARIOS = ("connected-node", "leader", "follower", "roles", "pbx-down", "postg
 
 
 def table(rows: list[tuple[str, str, dict[str, object]]]) -> str:
-    columns = ["200", "503", "other", "p99 ms", "lost", "dup@PBX", "out of order", "sent twice", "never sent",
-               "429", "recover s"]
+    columns = ["200", "503", "other", "p99 ms", "lost", "dup@PBX", "dup, new key", "out of order", "sent twice",
+               "never sent", "429", "e2e s", "recover s"]
     lines = ["| scenario | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    lines.append("| target | " + " | ".join(str(TARGETS.get(c, "< 1000" if c == "p99 ms" else "")) for c in columns)
-                 + " |")
+    targets = {**TARGETS, "p99 ms": "< 1000", "dup@PBX": "0 (†)"}
+    lines.append("| target | " + " | ".join(str(targets.get(c, "")) for c in columns) + " |")
     for name, _, row in rows:
         lines.append(f"| {name} | " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
     lines.append("")
+    lines.append(f"(†) except in {', '.join(sorted(DUPLICATES_ALLOWED))}, with the same idempotency key")
     lines += [f"- {name}: {what}" for name, what, _ in rows]
     return "\n".join(lines)
 
@@ -259,7 +264,8 @@ async def main(only: list[str], seconds: float) -> int:
         await run.stop()
     print(f"\nmake faults: {time.monotonic() - started:.0f} s, logs in {root}\n")
     print(table(run.rows))
-    failed = [name for name, _, row in run.rows if any(row[k] != v for k, v in TARGETS.items())]
+    failed = [name for name, _, row in run.rows
+              if any(row[k] != v for k, v in TARGETS.items() if not (k == "dup@PBX" and name in DUPLICATES_ALLOWED))]
     if failed:
         print(f"\ntargets missed in: {', '.join(failed)}")
     return 1 if failed else 0
