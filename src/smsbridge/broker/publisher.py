@@ -12,12 +12,15 @@ lost confirm), the same message goes again through the other route, within the s
 A message whose confirm was lost may so be stored twice: every consumer already drops a second
 copy by message id (the receiver's Flowroute id, the ledger's claims), as it does for the
 broker's own redeliveries. aiormq raises a nack as an error, so it too is tried on the other
-route; an unroutable return is an answer and is not retried.
+route: while a dead node's queue leaders are re-elected the broker nacks what goes to them, so
+when every route failed the publisher tries them all again, a little later each time, until
+the timeout. An unroutable return is an answer and is not retried.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -32,6 +35,8 @@ from smsbridge.redact import header_text
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
 MIN_RETRY_S = 0.5  # a retry on the second route gets at least this, even past the deadline
+RETRY_PAUSE_S = 0.05  # between two rounds over every route, doubling...
+MAX_RETRY_PAUSE_S = 0.8  # ...up to this, until the publish timeout
 PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everything on disk anyway)
 
 
@@ -120,6 +125,21 @@ class Publisher:
             await self.publish_on(self.routes[0], exchange, routing_key, body, properties, mandatory, budget)
             return
         deadline = time.monotonic() + budget
+        for rounds in itertools.count():
+            failure = await self._each_route(exchange, routing_key, body, properties, mandatory, deadline)
+            if failure is None:
+                return
+            # Every route failed: a node dying takes its queues' leaders with it, and until their
+            # elections end (well under a second) the broker nacks what is routed to them.
+            pause = min(RETRY_PAUSE_S * 2 ** rounds, MAX_RETRY_PAUSE_S)
+            if time.monotonic() + pause >= deadline:
+                raise failure
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def _each_route(self, exchange: str, routing_key: str, body: bytes, properties: Basic.Properties,
+                          mandatory: bool, deadline: float) -> RouteDown | None:
+        """Try the routes in turn; None once one confirmed, else the last route's failure."""
         failure: RouteDown | None = None
         for route in self._in_order():
             left = max(deadline - time.monotonic(), MIN_RETRY_S)
@@ -128,11 +148,10 @@ class Publisher:
                 continue
             try:
                 await self.publish_on(route, exchange, routing_key, body, properties, mandatory, left)
-                return
+                return None
             except RouteDown as exc:  # the node went away under this publish: the other route may work
                 failure = exc
-        assert failure is not None
-        raise failure
+        return failure
 
     async def publish_on(self, route: Route, exchange: str, routing_key: str, body: bytes,
                          properties: Basic.Properties, mandatory: bool, timeout: float) -> None:
