@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 ## faults: a 3-node RabbitMQ cluster and PostgreSQL of its own, the roles as processes under load, one
-## fault per scenario, a table of figures beside their targets (faults/README.md); 10-15 min on 2 cores
+## fault per scenario, a table of figures beside their targets (faults/README.md); 6-7 min on 2 shared cores
 faults: $(STAMP)
 	$(BIN)/python -m faults.run
 

@@ -58,6 +58,7 @@ class Cluster:
             "RABBITMQ_CONFIG_FILES": str(self.root / "conf.d"),
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_CRASH_DUMP": str(node.base / "erl_crash.dump"),  # not in the caller's directory
         }
 
     def _write_files(self) -> None:
@@ -86,7 +87,7 @@ class Cluster:
         (node.base / "log").mkdir(parents=True, exist_ok=True)
         out = (node.base / "log" / "console.log").open("ab")
         node.process = await asyncio.create_subprocess_exec(
-            SERVER, env=self.env(node), stdout=out, stderr=out, start_new_session=True)
+            SERVER, env=self.env(node), stdout=out, stderr=out, start_new_session=True, cwd=node.base)
         # `wait` waits for the PID file and then for the app: `await_startup` fails at once if the
         # VM has not registered with epmd yet.
         await self.ctl(node, "wait", str(node.base / "pid"), "--timeout", "180", timeout=200)
