@@ -13,11 +13,18 @@ Exactly once, with the ledger:
   there; when the list cannot decide, it is parked as `send_in_doubt` for a person.
 - Requests with the same text to the same number are handled one after the other
   (`conversation_of`), so a lookup never races a send it could mistake for its own.
+
+Taking an account over (the first message after a (re)subscription), the limiter is primed with
+the attempts the ledger shows for the account (`AccountLimiter.resume` says why they are all
+there); a message's next attempt waits until its previous one ended `resend_gap` ago, so that
+they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -28,7 +35,7 @@ from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import DeliveryState, DispatchRequest, StatusEvent
 from smsbridge.flowroute.client import FlowrouteClient
-from smsbridge.flowroute.limiter import AccountLimiter
+from smsbridge.flowroute.limiter import CLOCK_SKEW_S, AccountLimiter, PastAttempt
 from smsbridge.flowroute.outcome import Accepted, Fail, RateLimited, Retry
 from smsbridge.flowroute.sent_lookup import AlreadySent, InDoubt, decide
 from smsbridge.ledger import Ledger, MessageRow
@@ -37,6 +44,7 @@ from smsbridge.workers.status import publish_status, publish_status_after_send
 
 log = structlog.get_logger("smsbridge.dispatcher")
 LOOKUP_SLACK = timedelta(seconds=60)  # clocks differ; Flowroute stamps the MDR when it takes it
+LOOKUP_PAGES = 10  # the most pages of Flowroute's message list one lookup reads
 
 
 def limiters_for(settings: Settings) -> dict[str, AccountLimiter]:
@@ -68,8 +76,8 @@ class DispatchHandler:
         self._warm: set[str] = set()
 
     def subscribed(self) -> None:
-        """Called after every (re)subscription: the next send per account waits a window and the
-        takeover grace (`AccountLimiter.assume_busy`)."""
+        """Called after every (re)subscription: the first message per account reads the attempts
+        before us from the ledger (`_resume`)."""
         self._warm.clear()
         for account in self._limiters:
             self._metrics.dispatcher_active.labels(account).set(0)
@@ -80,12 +88,33 @@ class DispatchHandler:
             raise PermanentError(f"unknown SMS configuration '{request.config_id}'", code="unknown_config")
         return config
 
-    def _limiter(self, config: SmsConfig) -> AccountLimiter:
+    async def _limiter(self, config: SmsConfig) -> AccountLimiter:
         limiter = self._limiters[config.account_name]
         if config.account_name not in self._warm:
-            limiter.assume_busy()
+            await self._resume(config.account_name, limiter)
             self._warm.add(config.account_name)
         return limiter
+
+    async def _resume(self, account: str, limiter: AccountLimiter) -> None:
+        """We may be taking the account over: count the attempts the ledger shows that may still
+        count (answered within a window, or still "sending" within the longest an attempt runs)."""
+        window = timedelta(seconds=limiter.sms.window_s + CLOCK_SKEW_S)
+        longest = timedelta(seconds=self._settings.flowroute.timeout_s * (LOOKUP_PAGES + 1)) + window
+        config_ids = [c.id for c in self._settings.sms_configs if c.account_name == account]
+        sends = await self._ledger.recent_sends(config_ids, window, longest)
+        now = datetime.now(UTC)
+        limiter.resume([PastAttempt(None if s.sending else (now - s.at).total_seconds(), s.is_mms) for s in sends])
+        log.info("sending for the account: counting the attempts before us", account=account,
+                 answered=sum(not s.sending for s in sends), in_flight=sum(s.sending for s in sends))
+
+    def _resend_gap(self, limiter: AccountLimiter) -> float:
+        """How long after a message's attempt ended its next one may start: a window and the clock
+        skew, so that the write that starts it never hides an end a takeover must still count."""
+        return limiter.sms.window_s + CLOCK_SKEW_S
+
+    async def _wait_gap(self, limiter: AccountLimiter, ended: float | None) -> None:
+        if ended is not None:
+            await asyncio.sleep(max(0.0, ended + self._resend_gap(limiter) - time.monotonic()))
 
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
@@ -96,19 +125,26 @@ class DispatchHandler:
             log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
             await publish_status(self._publisher, self._prefix, current_status(row))
             return
-        limiter = self._limiter(config)
-        if row.dispatch_state == "sending" and await self._already_sent(config, limiter, request, row):
-            return
-        await self._settle(request, row, await self._send(config, limiter, request, row))
+        limiter = await self._limiter(config)
+        previous = previous_end(row)
+        if row.dispatch_state == "sending":
+            looked_up = await self._already_sent(config, limiter, request, row)
+            if looked_up is None:
+                return
+            previous = looked_up
+        await self._settle(request, row, await self._send(config, limiter, request, row, previous))
 
     async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
-                            row: MessageRow) -> bool:
-        """After a crash or a lost answer: did Flowroute take it? Then record it, never resend."""
+                            row: MessageRow) -> float | None:
+        """After a crash or a lost answer: did Flowroute take it? Then record it, never resend
+        (None). Not taken: when the lookup ended (a `time.monotonic()`), to space the send after it."""
         started = row.send_started_at or row.updated_at
         alike = await self._ledger.alike_in_doubt(row, timedelta(seconds=self._settings.retry.dispatch.max_age_s))
         async with limiter.attempt(is_mms=False):  # the list shares the endpoint's budget
+            await self._ledger.touch_sending(row.id)  # a takeover now sees this attempt in flight
             lookup = await self._client.find_sent(config, request, since=min([started, *alike]) - LOOKUP_SLACK,
-                                                  until=datetime.now(UTC) + LOOKUP_SLACK)
+                                                  until=datetime.now(UTC) + LOOKUP_SLACK, max_pages=LOOKUP_PAGES)
+        ended = time.monotonic()
         held = await self._ledger.held_mdrs([sent.mdr_id for sent in lookup.found])
         decision = decide(lookup, held, started, alike)
         log.warning("message was maybe sent before: looked it up", decision=type(decision).__name__,
@@ -117,19 +153,22 @@ class DispatchHandler:
             raise PermanentError(f"cannot tell whether Flowroute took it: {decision.reason}", code="send_in_doubt")
         if isinstance(decision, AlreadySent):
             await self._accepted(request, row, Accepted(decision.mdr_id, None))
-            return True
-        return False
+            return None
+        return ended
 
     async def _send(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
-                    row: MessageRow) -> Accepted | Retry | Fail:
+                    row: MessageRow, previous: float | None) -> Accepted | Retry | Fail:
         """Send through the limiter; on 429 pause the account and go round again (bounded). The
-        slot is held until the answer is in: Flowroute counts the attempt somewhere in between."""
+        slot is held until the answer is in: Flowroute counts the attempt somewhere in between.
+        `previous`: when this message's previous attempt ended, if one may still count."""
         pause = 1.0
         for _ in range(self._settings.outbound.max_rate_limited_waits):
+            await self._wait_gap(limiter, previous)
             async with limiter.attempt(is_mms=request.is_mms) as waited:
                 self._metrics.limiter_wait.labels(config.account_name).inc(waited)
                 await self._ledger.mark_sending(row.id)
                 outcome = await self._client.send(config, request)
+            previous = time.monotonic()
             if not isinstance(outcome, RateLimited):
                 return outcome
             pause = outcome.retry_after
@@ -167,6 +206,14 @@ class DispatchHandler:
                              client_message_id=request.client_message_id, reason_code=code, reason=reason,
                              segments=request.segments)
         await publish_status(self._publisher, self._prefix, status)
+
+
+def previous_end(row: MessageRow) -> float | None:
+    """When the message's last attempt (requeued after its answer) ended at the latest, on the
+    `time.monotonic()` clock; None if it never had one."""
+    if row.send_started_at is None or row.dispatch_state != "queued":
+        return None
+    return time.monotonic() - (datetime.now(UTC) - row.updated_at).total_seconds()
 
 
 def current_status(row: MessageRow) -> StatusEvent:
