@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.broker import topology
@@ -135,3 +136,22 @@ async def test_a_message_found_sending_is_sent_a_window_after_its_lookup(
     (looked_up,) = flowroute.list_reads
     (sent, _), = flowroute.accounts["AK-test"].attempts
     assert sent - looked_up >= 1.0
+
+
+async def test_messages_arriving_together_read_the_attempts_before_them_once(
+    ledger_settings: LedgerSettings, start_bridge: StartBridge, flowroute: FlowrouteSimulator,
+    channel: AbstractChannel, prefix: str, statuses: AbstractQueue,
+) -> None:
+    # Each first message read the ledger and added the same five attempts again: the limiter
+    # kept the newest five of them all, the latest end five times, as if the whole budget had
+    # just been used (the takeover's pause was 1.58 s instead of the ordinary gap).
+    flowroute.dlr_delay_s = 30
+    await start_bridge(with_flowroute(settings(prefix=prefix, ledger=ledger_settings), flowroute.url))
+    with structlog.testing.capture_logs() as logs:
+        for n in range(4):
+            await publish_request(channel, prefix, OutboundRequest(
+                tenant="acme", client_message_id=f"together-{n}", from_extension="101", to=f"+120655501{n:02d}",
+                body="hello"))
+        for n in range(4):
+            await watch(statuses, f"together-{n}", until=frozenset({"accepted"}), timeout=20)
+    assert [e["event"] for e in logs].count("sending for the account: counting the attempts before us") == 1

@@ -74,6 +74,8 @@ class DispatchHandler:
         self._ledger = ledger
         self._prefix = settings.broker.prefix
         self._warm: set[str] = set()
+        # Messages of one account arrive side by side: one of them reads the ledger, once.
+        self._resuming = {account: asyncio.Lock() for account in limiters}
 
     def subscribed(self) -> None:
         """Called after every (re)subscription: the first message per account reads the attempts
@@ -89,10 +91,13 @@ class DispatchHandler:
         return config
 
     async def _limiter(self, config: SmsConfig) -> AccountLimiter:
-        limiter = self._limiters[config.account_name]
-        if config.account_name not in self._warm:
-            await self._resume(config.account_name, limiter)
-            self._warm.add(config.account_name)
+        account = config.account_name
+        limiter = self._limiters[account]
+        if account not in self._warm:
+            async with self._resuming[account]:
+                if account not in self._warm:  # counting them twice would fill every slot
+                    await self._resume(account, limiter)
+                    self._warm.add(account)
         return limiter
 
     async def _resume(self, account: str, limiter: AccountLimiter) -> None:
