@@ -144,6 +144,7 @@ class Bridge:
         self.publisher = Publisher(channel, timeout=broker.publish_timeout_s)
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
         self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
+        self.publisher.on_confirm = self.liveness.confirmed
         self._background(self.liveness.run(), "broker-liveness")
         await self._start_consumers(ledger)
         stack.push_async_callback(self._stop_consumers)

@@ -37,6 +37,9 @@ class Publisher:
         self._channel = channel
         self._timeout = timeout
         self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
+        # Called for every confirmed publish: a broker that confirms our publishes is answering,
+        # even when a flood of them keeps the liveness probe's own confirm waiting.
+        self.on_confirm: Callable[[], None] | None = None
 
 
     async def publish(
@@ -80,6 +83,8 @@ class Publisher:
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # a nack, or the message came back unroutable
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
+        if self.on_confirm is not None:
+            self.on_confirm()
 
     async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None) -> None:
         """A fresh message for a stage: attempt 0, first seen now."""
