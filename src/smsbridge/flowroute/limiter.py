@@ -143,6 +143,13 @@ class AccountLimiter:
             window.end(now)
         self._ended.set()
 
+    def abandon(self, *, is_mms: bool) -> None:
+        """The slot was taken but nothing was sent (the message turned out not to need a send):
+        free it without counting an attempt."""
+        for window in self._windows(is_mms):
+            window.in_flight = max(0, window.in_flight - 1)
+        self._ended.set()
+
     def _windows(self, is_mms: bool) -> tuple[SlidingWindow, ...]:
         return (self.sms, self.mms) if is_mms else (self.sms,)
 

@@ -1,4 +1,5 @@
-"""The dispatcher's own ledger transactions, beside `ops.py`: what a dispatcher that takes an
+"""The dispatcher's own ledger transactions, beside `ops.py`: the claim that starts a send (one
+transaction: read the request's row and mark it `sending`), what a dispatcher that takes an
 account over reads of the attempts before it (`flowroute/limiter.py` says why that suffices),
 and the touch that makes a lookup in Flowroute's list visible to it."""
 
@@ -9,7 +10,9 @@ from datetime import datetime
 import msgspec
 import sqlalchemy as sa
 
-from smsbridge.ledger.ops import utc
+from smsbridge.events import DispatchRequest
+from smsbridge.ledger import ops
+from smsbridge.ledger.ops import MessageRow, utc
 from smsbridge.ledger.schema import messages
 
 _p = sa.bindparam
@@ -49,3 +52,23 @@ def recent_sends(c: sa.Connection, config_ids: list[str], ended_since: datetime,
 def touch(c: sa.Connection, message_id: int, now: datetime) -> None:
     """Before a lookup of a message still `sending`: the lookup is an attempt in flight too."""
     c.execute(_TOUCH, {"message_id": message_id, "now": now})
+
+
+def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_ended_before: datetime,
+               after_lookup: bool) -> tuple[MessageRow, bool]:
+    """With a rate-limit slot in hand: the request's row, marked `sending` (True) if it is ours to
+    send now: queued and never tried, or tried last before `last_ended_before`; or still `sending`
+    right after a lookup found it not sent (`after_lookup`). Otherwise (False) the row as it is:
+    settled (a repeat), `sending` (look it up first) or tried too recently (wait, then claim
+    again). Recorded first if absent (pruned, or written elsewhere)."""
+    row = ops.outbound(c, request.tenant, request.client_message_id)
+    if row is None:
+        ops.record_request(c, request, now)
+        row = ops.outbound(c, request.tenant, request.client_message_id)
+        assert row is not None
+    queued_and_due = row.dispatch_state == "queued" and (
+        row.send_started_at is None or row.updated_at <= last_ended_before)
+    if not (queued_and_due or (after_lookup and row.dispatch_state == "sending")):
+        return row, False
+    ops.mark_sending(c, row.id, now)
+    return msgspec.structs.replace(row, dispatch_state="sending", send_started_at=now, updated_at=now), True

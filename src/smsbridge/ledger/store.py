@@ -196,6 +196,14 @@ class Ledger:
         await self._db.write(ops.mark_sending, message_id, now)
         return now
 
+    async def claim_send(self, request: DispatchRequest, *, gap: timedelta,
+                         after_lookup: bool = False) -> tuple[MessageRow, bool]:
+        """The dispatcher's one transaction before a POST (`dispatch_ops.claim_send`): the row,
+        and whether it is now marked "sending" by us. `gap`: how long after its last attempt ended
+        a message may be tried again."""
+        now = self._now()
+        return await self._db.write(dispatch_ops.claim_send, request, now, now - gap, after_lookup)
+
     async def recent_sends(self, config_ids: list[str], ended_within: timedelta,
                            sending_within: timedelta) -> list[dispatch_ops.RecentSend]:
         """For a takeover: these configurations' attempts that may still count (`dispatch_ops`)."""

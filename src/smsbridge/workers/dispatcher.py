@@ -28,6 +28,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import Counter, Gauge
 
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
@@ -36,7 +37,7 @@ from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import DeliveryState, DispatchRequest, StatusEvent
 from smsbridge.flowroute.client import FlowrouteClient
 from smsbridge.flowroute.limiter import CLOCK_SKEW_S, AccountLimiter, PastAttempt
-from smsbridge.flowroute.outcome import Accepted, Fail, RateLimited, Retry
+from smsbridge.flowroute.outcome import Accepted, Fail, Outcome, RateLimited, Retry
 from smsbridge.flowroute.sent_lookup import AlreadySent, InDoubt, decide
 from smsbridge.ledger import Ledger, MessageRow
 from smsbridge.metrics import Metrics
@@ -74,6 +75,8 @@ class DispatchHandler:
         self._ledger = ledger
         self._prefix = settings.broker.prefix
         self._warm: set[str] = set()
+        self._active_gauges: dict[str, Gauge] = {}
+        self._wait_counters: dict[str, Counter] = {}
         # Messages of one account arrive side by side: one of them reads the ledger, once.
         self._resuming = {account: asyncio.Lock() for account in limiters}
 
@@ -83,6 +86,17 @@ class DispatchHandler:
         self._warm.clear()
         for account in self._limiters:
             self._metrics.dispatcher_active.labels(account).set(0)
+
+    def _active(self, account: str) -> Gauge:
+        """The metric children, looked up once per account (`labels` costs tens of µs a call)."""
+        if account not in self._active_gauges:
+            self._active_gauges[account] = self._metrics.dispatcher_active.labels(account)
+        return self._active_gauges[account]
+
+    def _waits(self, account: str) -> Counter:
+        if account not in self._wait_counters:
+            self._wait_counters[account] = self._metrics.limiter_wait.labels(account)
+        return self._wait_counters[account]
 
     def _config(self, request: DispatchRequest) -> SmsConfig:
         config = self._settings.sms_config(request.config_id)
@@ -124,20 +138,61 @@ class DispatchHandler:
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
-        self._metrics.dispatcher_active.labels(config.account_name).set(1)
-        row = await self._ledger.request_row(request)
-        if row.dispatch_state == "done":
-            log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
-            await publish_status(self._publisher, self._prefix, current_status(row))
-            return
+        self._active(config.account_name).set(1)
         limiter = await self._limiter(config)
-        previous = previous_end(row)
-        if row.dispatch_state == "sending":
-            looked_up = await self._already_sent(config, limiter, request, row)
-            if looked_up is None:
+        previous: float | None = None  # when this message's previous attempt ended
+        after_lookup = False
+        rate_limited = 0
+        while True:
+            await self._wait_gap(limiter, previous)
+            row, outcome = await self._attempt(config, limiter, request, after_lookup)
+            if outcome is None:  # not ours to send now
+                if row.dispatch_state == "done":
+                    log.info("repeated request: answering with the current status", outcome="duplicate",
+                             state=row.state)
+                    await publish_status(self._publisher, self._prefix, current_status(row))
+                    return
+                if row.dispatch_state == "sending":
+                    previous = await self._already_sent(config, limiter, request, row)
+                    if previous is None:
+                        return
+                    after_lookup = True
+                else:  # requeued after an answer a moment ago
+                    previous = previous_end(row)
+                continue
+            previous, after_lookup = time.monotonic(), False
+            if not isinstance(outcome, RateLimited):
+                await self._settle(request, row, outcome)
                 return
-            previous = looked_up
-        await self._settle(request, row, await self._send(config, limiter, request, row, previous))
+            rate_limited += 1
+            log.warning("Flowroute rate limit (429): pausing the account", account=config.account_name,
+                        pause_s=round(outcome.retry_after, 3))
+            limiter.pause(outcome.retry_after)
+            if rate_limited >= self._settings.outbound.max_rate_limited_waits:
+                await self._ledger.mark_queued(row.id, "Flowroute kept answering 429")  # certainly not taken
+                raise RetryableError("Flowroute kept answering 429", retry_after=outcome.retry_after)
+
+    async def _attempt(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
+                       after_lookup: bool) -> tuple[MessageRow, Outcome | None]:
+        """With a slot in hand, claim the request in the ledger ("sending", committed before the
+        POST: a crash after it means "maybe sent") and send it; no outcome when it is not ours to
+        send now (its row says why). The slot is held until the answer is in: Flowroute counts the
+        attempt somewhere in between; a slot not used for a send is given back uncounted."""
+        waited = await limiter.acquire(is_mms=request.is_mms)
+        sent = False
+        try:
+            self._waits(config.account_name).inc(waited)
+            row, mine = await self._ledger.claim_send(request, gap=timedelta(seconds=self._resend_gap(limiter)),
+                                                      after_lookup=after_lookup)
+            if not mine:
+                return row, None
+            sent = True
+            return row, await self._client.send(config, request)
+        finally:
+            if sent:
+                limiter.release(is_mms=request.is_mms)
+            else:
+                limiter.abandon(is_mms=request.is_mms)
 
     async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
                             row: MessageRow) -> float | None:
@@ -160,28 +215,6 @@ class DispatchHandler:
             await self._accepted(request, row, Accepted(decision.mdr_id, None))
             return None
         return ended
-
-    async def _send(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
-                    row: MessageRow, previous: float | None) -> Accepted | Retry | Fail:
-        """Send through the limiter; on 429 pause the account and go round again (bounded). The
-        slot is held until the answer is in: Flowroute counts the attempt somewhere in between.
-        `previous`: when this message's previous attempt ended, if one may still count."""
-        pause = 1.0
-        for _ in range(self._settings.outbound.max_rate_limited_waits):
-            await self._wait_gap(limiter, previous)
-            async with limiter.attempt(is_mms=request.is_mms) as waited:
-                self._metrics.limiter_wait.labels(config.account_name).inc(waited)
-                await self._ledger.mark_sending(row.id)
-                outcome = await self._client.send(config, request)
-            previous = time.monotonic()
-            if not isinstance(outcome, RateLimited):
-                return outcome
-            pause = outcome.retry_after
-            log.warning("Flowroute rate limit (429): pausing the account", account=config.account_name,
-                        pause_s=round(pause, 3), waited_s=round(waited, 3))
-            limiter.pause(pause)
-        await self._ledger.mark_queued(row.id, "Flowroute kept answering 429")  # a 429 is certainly not taken
-        raise RetryableError("Flowroute kept answering 429", retry_after=pause)
 
     async def _settle(self, request: DispatchRequest, row: MessageRow, outcome: Accepted | Retry | Fail) -> None:
         if isinstance(outcome, Retry):
@@ -215,10 +248,11 @@ class DispatchHandler:
 
 def previous_end(row: MessageRow) -> float | None:
     """When the message's last attempt (requeued after its answer) ended at the latest, on the
-    `time.monotonic()` clock; None if it never had one."""
+    `time.monotonic()` clock (a millisecond later: the claim compares wall clock times); None if
+    it never had one."""
     if row.send_started_at is None or row.dispatch_state != "queued":
         return None
-    return time.monotonic() - (datetime.now(UTC) - row.updated_at).total_seconds()
+    return time.monotonic() - (datetime.now(UTC) - row.updated_at).total_seconds() + 0.001
 
 
 def current_status(row: MessageRow) -> StatusEvent:
