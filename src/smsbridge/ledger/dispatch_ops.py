@@ -30,6 +30,13 @@ class RecentSend(msgspec.Struct, frozen=True):
 _RECENT = sa.select(messages.c.config_id, messages.c.dispatch_state, messages.c.is_mms, messages.c.updated_at).where(
     (messages.c.updated_at >= _p("since")) & (messages.c.direction == "outbound")
     & messages.c.send_started_at.is_not(None))
+_MOVABLE = ops.movable_from("accepted")
+_MOVES = sa.or_(*(messages.c.state == state for state in _MOVABLE))
+# `ops.record_accepted`'s two UPDATEs (the send settled; the state moved forward if it may) as one.
+_ACCEPT = sa.update(messages).where(messages.c.id == _p("message_id")).values(
+    dispatch_state="done", mdr_id=_p("new_mdr_id"), segments=_p("new_segments"), reason=None, updated_at=_p("now"),
+    state=sa.case((_MOVES, "accepted"), else_=messages.c.state),
+    reason_code=sa.case((_MOVES, None), else_=messages.c.reason_code))
 _TOUCH = (sa.update(messages).where((messages.c.id == _p("message_id")) & (messages.c.dispatch_state == "sending"))
           .values(updated_at=_p("now")))
 
@@ -72,3 +79,15 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
         return row, False
     ops.mark_sending(c, row.id, now)
     return msgspec.structs.replace(row, dispatch_state="sending", send_started_at=now, updated_at=now), True
+
+
+def accept(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None, now: datetime) -> bool:
+    """`ops.record_accepted` in three statements instead of four: False, and nothing written,
+    when another message already has this Flowroute id."""
+    if mdr_id is not None:
+        holder = c.execute(ops._ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+        if holder is not None and holder != message_id:
+            return False
+    c.execute(_ACCEPT, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
+    ops._history(c, message_id, "accepted", now)
+    return True

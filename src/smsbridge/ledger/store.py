@@ -220,7 +220,7 @@ class Ledger:
 
     async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> bool:
         """False (nothing written) when another message already has `mdr_id`."""
-        return await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
+        return await self._db.write(dispatch_ops.accept, message_id, mdr_id, segments, self._now())
 
     async def record_failed(self, message_id: int, code: str, reason: str) -> None:
         await self._db.write(ops.record_failed, message_id, code, reason, self._now())
