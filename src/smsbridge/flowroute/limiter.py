@@ -29,7 +29,8 @@ older than a window cost nothing; the usual takeover (killed between two sends) 
 the pace the old dispatcher would have kept, and one killed mid-request holds one slot, not five.
 Measured (`bench/run.py --only dispatch`, takeover with 0-50 ms jitter, shared 2-core VM): before,
 0.924 of the limit with a 1.27 s pause; after, 0.961 and 0.945 with 1.00 and 1.08 s pauses, which
-is the ordinary gap after a burst of five (the slots stay in step: five go, then a window). The objections that first kept this out hold no more: an
+is the ordinary gap after a burst of five (the slots stay in step: five go, then a window).
+The objections that first kept this out hold no more: an
 attempt killed mid-request has no end in the ledger, and it is the only one we hold for (as in
 flight); the two hosts' clocks are compared to within `CLOCK_SKEW_S`, added to every end; and it
 adds no write per attempt (`sending` and the answer are written anyway), only a read per
