@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aio_pika
 import aiormq
 
+import bench_accounts
 import bench_dispatch
 import bench_inbound
 import bench_memory
@@ -37,7 +38,7 @@ from pool import Pool
 from report import HEADER, ROWS
 from smsbridge.broker import topology
 
-BENCHES = ("receiver", "inbound", "dispatch", "relay", "scaling", "memory")
+BENCHES = ("receiver", "inbound", "dispatch", "accounts", "relay", "scaling", "memory")
 BUDGET_S = 600  # the full suite's time budget on two cores
 
 
@@ -57,6 +58,9 @@ class Sizes:
     scaling_messages: int
     scaling_processes: tuple[int, ...]
     memory_messages: int
+    accounts: int = 100
+    accounts_seconds: float = 12
+    accounts_processes: tuple[int, ...] = (1, 2, 4)
     relay_seconds: float = 4
     relay_rounds: int = 2
     relay_limited_seconds: float = 30
@@ -71,7 +75,8 @@ QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 
               inbound_max_messages=100, dispatch_messages=30, dispatch_limited_seconds=1,
               dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=2, scaling_messages=600,
               scaling_processes=(1, 2, 4),
-              memory_messages=300, relay_seconds=0.5, relay_rounds=1, relay_limited_seconds=1)
+              memory_messages=300, relay_seconds=0.5, relay_rounds=1, relay_limited_seconds=1,
+              accounts=10, accounts_seconds=1, accounts_processes=(1, 2))
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -100,6 +105,9 @@ async def main(args: argparse.Namespace) -> int:
                                      limited_seconds=sizes.dispatch_limited_seconds,
                                      processes=sizes.dispatch_processes,
                                      takeover_seconds=sizes.dispatch_takeover_seconds)
+        if "accounts" in wanted:
+            await bench_accounts.run(env, channel, count=sizes.accounts, seconds=sizes.accounts_seconds,
+                                     processes=sizes.accounts_processes)
         if "relay" in wanted:
             await bench_relay.run(env, pool, channel, seconds=sizes.relay_seconds, rounds=sizes.relay_rounds,
                                   limited_seconds=sizes.relay_limited_seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -245,7 +246,12 @@ class Bridge:
         handler = DispatchHandler(self.settings, self.publisher, client, limiters_for(self.settings), self.metrics,
                                   self.ledger)
         self.connection.reconnect_callbacks.add(lambda *_args, **_kw: handler.subscribed())
-        for account, config in self.settings.accounts().items():
+        accounts = list(self.settings.accounts().items())
+        # Whichever dispatcher subscribes to an account's queue first sends for it: starting at a
+        # random account, processes started together share the accounts instead of the first
+        # one taking them all (the others stand by either way).
+        start = random.randrange(len(accounts)) if accounts else 0
+        for account, config in accounts[start:] + accounts[:start]:
             # A small prefetch: what is prefetched but unsent is all a dying dispatcher hands over.
             await self._consume(names.dispatch_stage(account), dispatch_stage_decoder, handler,
                                 prefetch=2 * config.sms_per_second, policy=self.settings.retry.dispatch,

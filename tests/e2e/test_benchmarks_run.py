@@ -23,6 +23,9 @@ EXPECTED = {
        for jitter in ("", ", jitter 0-50 ms") for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s")]
     + [f"5/s, 2 dispatchers, jitter 0-50 ms, takeover: {figure}"
        for figure in ("sent/s vs limit", "429 answers", "max attempts in 1 s", "duplicate sends", "longest pause")],
+    "accounts": [f"… accounts, {n} dispatcher{'s' if n > 1 else ''}: {figure}" for n in (1, 2)
+                 for figure in ("aggregate sent/s", "slowest account sent/s", "429 answers",
+                                "max attempts in 1 s, any account", "accepted of", "accounts per process")],
     "relay": ["sends accepted/s", "CPU per send", "non-202 answers", "5/s, 3 PBX clients: sent/s vs limit",
               "5/s, 3 PBX clients: 429 answers", "5/s, 3 PBX clients: accepted of"],
     "scaling": ["inbound stage, 1 process", "inbound stage, 2 processes", "inbound stage, 4 processes"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
@@ -14,8 +15,9 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.broker import topology
-from smsbridge.events import OutboundRequest
+from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
+from smsbridge.ledger import Ledger
 from smsbridge.pbx_client import publish_request, status_queue, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support import processes
@@ -73,6 +75,21 @@ async def test_same_webhook_five_times_to_two_receivers_reaches_the_pbx_once(
             assert await processes.stop(proc) == 0
 
 
+async def five_in_flight(url: str, schema: str | None) -> None:
+    """The ledger as a dispatcher that died with five requests on their way left it: the next one
+    holds every slot of the account for a window and the grace after it takes over."""
+    ledger = Ledger.open(url, schema_name=schema)
+    try:
+        await ledger.upgrade()
+        for n in range(5):
+            row, mine = await ledger.claim_send(DispatchRequest(
+                tenant="acme", config_id="main", client_message_id=f"earlier-{n}", from_extension="101",
+                from_="+12065550100", to=f"+1206555{n:04d}", body="earlier"), gap=timedelta(0))
+            assert mine and row.dispatch_state == "sending"
+    finally:
+        await ledger.close()
+
+
 async def _dispatcher(tmp_path: Path, name: str, config: Path) -> asyncio.subprocess.Process:
     log = tmp_path / f"{name}.log"
     proc = await processes.start(config, log, "outbound", "dispatcher")
@@ -113,10 +130,13 @@ async def test_killed_before_the_post_sends_once(
     url, schema = ledger
     config = processes.write_config(tmp_path / "d.toml", amqp_url=amqp_url, prefix=prefix, port=free_port(),
                                     ledger_url=url, ledger_schema=schema, api_base=flowroute.url)
+    await five_in_flight(url, schema)  # so the first dispatcher holds the message 1.26 s for a slot
     first = await _dispatcher(tmp_path, "first", config)
     await publish_request(channel, prefix, OutboundRequest(
         tenant="acme", client_message_id="crash-2", from_extension="101", to="+12065550199", body="once only"))
-    await asyncio.sleep(0.4)  # it holds the message, waiting out its first rate window (1.04 s)
+    await eventually(lambda: logged((tmp_path / "first.log").read_text(),
+                                    event="sending for the account: counting the attempts before us", in_flight=5),
+                     what="the first dispatcher holding the message")
     first.kill()
     await first.wait()
     assert flowroute.requests == []

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from smsbridge.flowroute.limiter import AccountLimiter
+from smsbridge.flowroute.limiter import AccountLimiter, PastAttempt
 
 
 class FakeClock:
@@ -86,13 +86,84 @@ async def test_pause_after_429_holds_everybody() -> None:
     assert clock.now - started >= 2.0 and waited >= 2.0
 
 
-async def test_after_a_takeover_the_first_send_waits_a_full_window_and_the_grace() -> None:
+async def test_a_takeover_with_every_slot_maybe_in_flight_waits_a_full_window_and_the_grace() -> None:
     clock = FakeClock()
     limiter = AccountLimiter(5, 1, margin_s=0.0, clock=clock, sleep=clock.sleep)
-    limiter.assume_busy(grace_s=0.25)
+    limiter.resume([PastAttempt(None)] * 5, grace_s=0.25)
     started = clock.now
     async with limiter.attempt(is_mms=False):
         assert clock.now - started >= 1.25
+
+
+async def test_a_takeover_after_answered_attempts_goes_on_at_their_pace() -> None:
+    # The old dispatcher's five attempts ended 0.2, 0.4 ... 1.0 s ago: the oldest frees its slot
+    # a window (and the skew) after its end, not a full window after the takeover as before.
+    clock = FakeClock()
+    limiter = AccountLimiter(5, 1, margin_s=0.0, clock=clock, sleep=clock.sleep)
+    limiter.resume([PastAttempt(0.2 * n) for n in range(1, 6)], skew_s=0.05)
+    started = clock.now
+    async with limiter.attempt(is_mms=False):
+        assert clock.now - started == pytest.approx(0.05)
+
+
+async def test_a_takeover_holds_only_the_slot_of_the_attempt_in_flight() -> None:
+    clock = FakeClock()
+    limiter = AccountLimiter(5, 1, margin_s=0.0, clock=clock, sleep=clock.sleep)
+    limiter.resume([PastAttempt(None), *(PastAttempt(0.3 + 0.2 * n) for n in range(4))], grace_s=0.25, skew_s=0.0)
+    started, starts = clock.now, []
+    for _ in range(2):
+        async with limiter.attempt(is_mms=False):
+            starts.append(clock.now - started)
+    # the attempt that ended 0.9 s ago frees a slot 0.1 s in, the next (0.7 s ago) at 0.3 s
+    assert starts == [pytest.approx(0.1), pytest.approx(0.3)]
+
+
+async def test_an_mms_in_flight_at_a_takeover_holds_the_mms_budget() -> None:
+    clock = FakeClock()
+    limiter = AccountLimiter(5, 1, margin_s=0.0, clock=clock, sleep=clock.sleep)
+    limiter.resume([PastAttempt(None, is_mms=True)], grace_s=0.25)
+    started = clock.now
+    async with limiter.attempt(is_mms=False):
+        assert clock.now == started  # SMS budget: four slots left
+    async with limiter.attempt(is_mms=True):
+        assert clock.now - started >= 1.25
+
+
+@pytest.mark.parametrize("seed", range(30))
+async def test_a_takeover_from_what_the_ledger_shows_never_puts_six_in_a_second(seed: int) -> None:
+    # A dispatcher sends at the limit (requests reach Flowroute 0-50 ms late, answers take up to
+    # 20 ms) and is killed at a random moment, maybe mid-request; the ledger shows each answered
+    # attempt written some milliseconds after its answer, and the one in flight as "sending".
+    # Its request still reaches Flowroute within the grace. The next dispatcher resumes from that.
+    clock, rng, arrivals = FakeClock(), random.Random(seed), []
+    old = AccountLimiter(5, 1, clock=clock, sleep=clock.sleep)
+    kill_at = clock.now + rng.uniform(2, 4)
+    recorded: list[float] = []
+    in_flight = False
+    while clock.now < kill_at:
+        await old.acquire(is_mms=False)
+        delay, answer = rng.uniform(0, 0.05), rng.uniform(0, 0.02)
+        if clock.now + delay + answer > kill_at:  # killed with this one on its way
+            arrivals.append(clock.now + delay + rng.uniform(0, 0.2))
+            in_flight = True
+            break
+        await clock.sleep(delay)
+        arrivals.append(clock.now)
+        await clock.sleep(answer)
+        old.release(is_mms=False)
+        recorded.append(clock.now + rng.uniform(0, 0.01))  # the ledger write after the answer
+    clock.now = max(clock.now, kill_at)
+    new = AccountLimiter(5, 1, clock=clock, sleep=clock.sleep)
+    # an answer not yet written at the kill leaves its message "sending": in flight, for all we know
+    ledger = [PastAttempt(clock.now - at if at <= clock.now else None) for at in recorded]
+    new.resume(ledger + ([PastAttempt(None)] if in_flight else []), skew_s=0.0)
+    resumed = clock.now
+    for _ in range(20):
+        await reaching_flowroute(new, clock, rng, arrivals, delay_s=0.05, answer_s=0.02)
+    assert max_in_window(arrivals) <= 5, seed
+    first_after = min(t for t in arrivals if t >= resumed)
+    unknown = in_flight or any(a.ended_ago_s is None for a in ledger)
+    assert first_after - resumed <= (1.3 if unknown else 0.3)  # not a full window and the grace as before
 
 
 async def reaching_flowroute(limiter: AccountLimiter, clock: FakeClock, rng: random.Random, arrivals: list[float],

@@ -178,7 +178,7 @@ class Publisher:
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
-        route.confirmed()
+        route.confirmed()  # any confirmed publish shows the route answers, not only the liveness probe's
 
     async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None) -> None:
         """A fresh message for a stage: attempt 0, first seen now."""

@@ -94,6 +94,7 @@ class FlowrouteSimulator:
         self.faults = Faults()
         self.messages: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []  # every authenticated send: body, auth user, status
+        self.list_reads: list[float] = []  # when the message list was read (time.monotonic())
         self.dlr_posts: list[tuple[str, int]] = []
         self.dlr_delay_s = dlr_delay_s
         self.webhook_resend_interval_s = webhook_resend_interval_s
@@ -324,6 +325,7 @@ class FlowrouteSimulator:
     async def _list(self, request: web.Request) -> web.Response:
         if self._authenticate(request) is None:
             return _error(401, "Unauthorized", "Authentication failed.")
+        self.list_reads.append(time.monotonic())
         try:
             query = list_query(request.query)
         except BadQuery as exc:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
-from smsbridge.ledger import media_ops, ops, order, relay_ops, schema
+from smsbridge.ledger import dispatch_ops, media_ops, ops, order, relay_ops, schema
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.relay_ops import RelaySend
@@ -196,13 +196,31 @@ class Ledger:
         await self._db.write(ops.mark_sending, message_id, now)
         return now
 
+    async def claim_send(self, request: DispatchRequest, *, gap: timedelta,
+                         after_lookup: bool = False) -> tuple[MessageRow, bool]:
+        """The dispatcher's one transaction before a POST (`dispatch_ops.claim_send`): the row,
+        and whether it is now marked "sending" by us. `gap`: how long after its last attempt ended
+        a message may be tried again."""
+        now = self._now()
+        return await self._db.write(dispatch_ops.claim_send, request, now, now - gap, after_lookup)
+
+    async def recent_sends(self, config_ids: list[str], ended_within: timedelta,
+                           sending_within: timedelta) -> list[dispatch_ops.RecentSend]:
+        """For a takeover: these configurations' attempts that may still count (`dispatch_ops`)."""
+        now = self._now()
+        return await self._db.read(dispatch_ops.recent_sends, config_ids, now - ended_within, now - sending_within)
+
+    async def touch_sending(self, message_id: int) -> None:
+        """A lookup of a message still "sending" is about to start (`dispatch_ops.touch`)."""
+        await self._db.write(dispatch_ops.touch, message_id, self._now())
+
     async def mark_queued(self, message_id: int, reason: str) -> None:
         """Flowroute certainly did not take it (e.g. a 5xx): not "maybe sent" any more."""
         await self._db.write(ops.mark_queued, message_id, reason, self._now())
 
     async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> bool:
         """False (nothing written) when another message already has `mdr_id`."""
-        return await self._db.write(ops.record_accepted, message_id, mdr_id, segments, self._now())
+        return await self._db.write(dispatch_ops.accept, message_id, mdr_id, segments, self._now())
 
     async def record_failed(self, message_id: int, code: str, reason: str) -> None:
         await self._db.write(ops.record_failed, message_id, code, reason, self._now())

@@ -13,14 +13,22 @@ Exactly once, with the ledger:
   there; when the list cannot decide, it is parked as `send_in_doubt` for a person.
 - Requests with the same text to the same number are handled one after the other
   (`conversation_of`), so a lookup never races a send it could mistake for its own.
+
+Taking an account over (the first message after a (re)subscription), the limiter is primed with
+the attempts the ledger shows for the account (`AccountLimiter.resume` says why they are all
+there); a message's next attempt waits until its previous one ended `resend_gap` ago, so that
+they are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from prometheus_client import Counter, Gauge
 
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
@@ -28,8 +36,8 @@ from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import DeliveryState, DispatchRequest, StatusEvent
 from smsbridge.flowroute.client import FlowrouteClient
-from smsbridge.flowroute.limiter import AccountLimiter
-from smsbridge.flowroute.outcome import Accepted, Fail, RateLimited, Retry
+from smsbridge.flowroute.limiter import CLOCK_SKEW_S, AccountLimiter, PastAttempt
+from smsbridge.flowroute.outcome import Accepted, Fail, Outcome, RateLimited, Retry
 from smsbridge.flowroute.sent_lookup import AlreadySent, InDoubt, decide
 from smsbridge.ledger import Ledger, MessageRow
 from smsbridge.metrics import Metrics
@@ -37,6 +45,7 @@ from smsbridge.workers.status import publish_status, publish_status_after_send
 
 log = structlog.get_logger("smsbridge.dispatcher")
 LOOKUP_SLACK = timedelta(seconds=60)  # clocks differ; Flowroute stamps the MDR when it takes it
+LOOKUP_PAGES = 10  # the most pages of Flowroute's message list one lookup reads
 
 
 def limiters_for(settings: Settings) -> dict[str, AccountLimiter]:
@@ -66,13 +75,28 @@ class DispatchHandler:
         self._ledger = ledger
         self._prefix = settings.broker.prefix
         self._warm: set[str] = set()
+        self._active_gauges: dict[str, Gauge] = {}
+        self._wait_counters: dict[str, Counter] = {}
+        # Messages of one account arrive side by side: one of them reads the ledger, once.
+        self._resuming = {account: asyncio.Lock() for account in limiters}
 
     def subscribed(self) -> None:
-        """Called after every (re)subscription: the next send per account waits a window and the
-        takeover grace (`AccountLimiter.assume_busy`)."""
+        """Called after every (re)subscription: the first message per account reads the attempts
+        before us from the ledger (`_resume`)."""
         self._warm.clear()
         for account in self._limiters:
             self._metrics.dispatcher_active.labels(account).set(0)
+
+    def _active(self, account: str) -> Gauge:
+        """The metric children, looked up once per account (`labels` costs tens of µs a call)."""
+        if account not in self._active_gauges:
+            self._active_gauges[account] = self._metrics.dispatcher_active.labels(account)
+        return self._active_gauges[account]
+
+    def _waits(self, account: str) -> Counter:
+        if account not in self._wait_counters:
+            self._wait_counters[account] = self._metrics.limiter_wait.labels(account)
+        return self._wait_counters[account]
 
     def _config(self, request: DispatchRequest) -> SmsConfig:
         config = self._settings.sms_config(request.config_id)
@@ -80,35 +104,107 @@ class DispatchHandler:
             raise PermanentError(f"unknown SMS configuration '{request.config_id}'", code="unknown_config")
         return config
 
-    def _limiter(self, config: SmsConfig) -> AccountLimiter:
-        limiter = self._limiters[config.account_name]
-        if config.account_name not in self._warm:
-            limiter.assume_busy()
-            self._warm.add(config.account_name)
+    async def _limiter(self, config: SmsConfig) -> AccountLimiter:
+        account = config.account_name
+        limiter = self._limiters[account]
+        if account not in self._warm:
+            async with self._resuming[account]:
+                if account not in self._warm:  # counting them twice would fill every slot
+                    await self._resume(account, limiter)
+                    self._warm.add(account)
         return limiter
+
+    async def _resume(self, account: str, limiter: AccountLimiter) -> None:
+        """We may be taking the account over: count the attempts the ledger shows that may still
+        count (answered within a window, or still "sending" within the longest an attempt runs)."""
+        window = timedelta(seconds=limiter.sms.window_s + CLOCK_SKEW_S)
+        longest = timedelta(seconds=self._settings.flowroute.timeout_s * (LOOKUP_PAGES + 1)) + window
+        config_ids = [c.id for c in self._settings.sms_configs if c.account_name == account]
+        sends = await self._ledger.recent_sends(config_ids, window, longest)
+        now = datetime.now(UTC)
+        limiter.resume([PastAttempt(None if s.sending else (now - s.at).total_seconds(), s.is_mms) for s in sends])
+        log.info("sending for the account: counting the attempts before us", account=account,
+                 answered=sum(not s.sending for s in sends), in_flight=sum(s.sending for s in sends))
+
+    def _resend_gap(self, limiter: AccountLimiter) -> float:
+        """How long after a message's attempt ended its next one may start: a window and the clock
+        skew, so that the write that starts it never hides an end a takeover must still count."""
+        return limiter.sms.window_s + CLOCK_SKEW_S
+
+    async def _wait_gap(self, limiter: AccountLimiter, ended: float | None) -> None:
+        if ended is not None:
+            await asyncio.sleep(max(0.0, ended + self._resend_gap(limiter) - time.monotonic()))
 
     async def handle(self, request: DispatchRequest, context: MessageContext) -> None:
         structlog.contextvars.bind_contextvars(client_message_id=request.client_message_id, tenant=request.tenant)
         config = self._config(request)
-        self._metrics.dispatcher_active.labels(config.account_name).set(1)
-        row = await self._ledger.request_row(request)
-        if row.dispatch_state == "done":
-            log.info("repeated request: answering with the current status", outcome="duplicate", state=row.state)
-            await publish_status(self._publisher, self._prefix, current_status(row))
-            return
-        limiter = self._limiter(config)
-        if row.dispatch_state == "sending" and await self._already_sent(config, limiter, request, row):
-            return
-        await self._settle(request, row, await self._send(config, limiter, request, row))
+        self._active(config.account_name).set(1)
+        limiter = await self._limiter(config)
+        previous: float | None = None  # when this message's previous attempt ended
+        after_lookup = False
+        rate_limited = 0
+        while True:
+            await self._wait_gap(limiter, previous)
+            row, outcome = await self._attempt(config, limiter, request, after_lookup)
+            if outcome is None:  # not ours to send now
+                if row.dispatch_state == "done":
+                    log.info("repeated request: answering with the current status", outcome="duplicate",
+                             state=row.state)
+                    await publish_status(self._publisher, self._prefix, current_status(row))
+                    return
+                if row.dispatch_state == "sending":
+                    previous = await self._already_sent(config, limiter, request, row)
+                    if previous is None:
+                        return
+                    after_lookup = True
+                else:  # requeued after an answer a moment ago
+                    previous = previous_end(row)
+                continue
+            previous, after_lookup = time.monotonic(), False
+            if not isinstance(outcome, RateLimited):
+                await self._settle(request, row, outcome)
+                return
+            rate_limited += 1
+            log.warning("Flowroute rate limit (429): pausing the account", account=config.account_name,
+                        pause_s=round(outcome.retry_after, 3))
+            limiter.pause(outcome.retry_after)
+            if rate_limited >= self._settings.outbound.max_rate_limited_waits:
+                await self._ledger.mark_queued(row.id, "Flowroute kept answering 429")  # certainly not taken
+                raise RetryableError("Flowroute kept answering 429", retry_after=outcome.retry_after)
+
+    async def _attempt(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
+                       after_lookup: bool) -> tuple[MessageRow, Outcome | None]:
+        """With a slot in hand, claim the request in the ledger ("sending", committed before the
+        POST: a crash after it means "maybe sent") and send it; no outcome when it is not ours to
+        send now (its row says why). The slot is held until the answer is in: Flowroute counts the
+        attempt somewhere in between; a slot not used for a send is given back uncounted."""
+        waited = await limiter.acquire(is_mms=request.is_mms)
+        sent = False
+        try:
+            self._waits(config.account_name).inc(waited)
+            row, mine = await self._ledger.claim_send(request, gap=timedelta(seconds=self._resend_gap(limiter)),
+                                                      after_lookup=after_lookup)
+            if not mine:
+                return row, None
+            sent = True
+            return row, await self._client.send(config, request)
+        finally:
+            if sent:
+                limiter.release(is_mms=request.is_mms)
+            else:
+                limiter.abandon(is_mms=request.is_mms)
 
     async def _already_sent(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
-                            row: MessageRow) -> bool:
-        """After a crash or a lost answer: did Flowroute take it? Then record it, never resend."""
+                            row: MessageRow) -> float | None:
+        """After a crash or a lost answer: did Flowroute take it? Then record it, never resend
+        (None). Not taken: when the lookup ended (a `time.monotonic()`), to space the send after it."""
         started = row.send_started_at or row.updated_at
         alike = await self._ledger.alike_in_doubt(row, timedelta(seconds=self._settings.retry.dispatch.max_age_s))
         async with limiter.attempt(is_mms=False):  # the list shares the endpoint's budget
+            await self._ledger.touch_sending(row.id)  # a takeover now sees this attempt in flight
             lookup = await self._client.find_sent(config, request, since=min([started, *alike]) - LOOKUP_SLACK,
-                                                  until=datetime.now(UTC) + LOOKUP_SLACK)
+                                                  until=datetime.now(UTC) + LOOKUP_SLACK, max_pages=LOOKUP_PAGES)
+        ended = time.monotonic()
         held = await self._ledger.held_mdrs([sent.mdr_id for sent in lookup.found])
         decision = decide(lookup, held, started, alike)
         log.warning("message was maybe sent before: looked it up", decision=type(decision).__name__,
@@ -117,27 +213,8 @@ class DispatchHandler:
             raise PermanentError(f"cannot tell whether Flowroute took it: {decision.reason}", code="send_in_doubt")
         if isinstance(decision, AlreadySent):
             await self._accepted(request, row, Accepted(decision.mdr_id, None))
-            return True
-        return False
-
-    async def _send(self, config: SmsConfig, limiter: AccountLimiter, request: DispatchRequest,
-                    row: MessageRow) -> Accepted | Retry | Fail:
-        """Send through the limiter; on 429 pause the account and go round again (bounded). The
-        slot is held until the answer is in: Flowroute counts the attempt somewhere in between."""
-        pause = 1.0
-        for _ in range(self._settings.outbound.max_rate_limited_waits):
-            async with limiter.attempt(is_mms=request.is_mms) as waited:
-                self._metrics.limiter_wait.labels(config.account_name).inc(waited)
-                await self._ledger.mark_sending(row.id)
-                outcome = await self._client.send(config, request)
-            if not isinstance(outcome, RateLimited):
-                return outcome
-            pause = outcome.retry_after
-            log.warning("Flowroute rate limit (429): pausing the account", account=config.account_name,
-                        pause_s=round(pause, 3), waited_s=round(waited, 3))
-            limiter.pause(pause)
-        await self._ledger.mark_queued(row.id, "Flowroute kept answering 429")  # a 429 is certainly not taken
-        raise RetryableError("Flowroute kept answering 429", retry_after=pause)
+            return None
+        return ended
 
     async def _settle(self, request: DispatchRequest, row: MessageRow, outcome: Accepted | Retry | Fail) -> None:
         if isinstance(outcome, Retry):
@@ -167,6 +244,15 @@ class DispatchHandler:
                              client_message_id=request.client_message_id, reason_code=code, reason=reason,
                              segments=request.segments)
         await publish_status(self._publisher, self._prefix, status)
+
+
+def previous_end(row: MessageRow) -> float | None:
+    """When the message's last attempt (requeued after its answer) ended at the latest, on the
+    `time.monotonic()` clock (a millisecond later: the claim compares wall clock times); None if
+    it never had one."""
+    if row.send_started_at is None or row.dispatch_state != "queued":
+        return None
+    return time.monotonic() - (datetime.now(UTC) - row.updated_at).total_seconds() + 0.001
 
 
 def current_status(row: MessageRow) -> StatusEvent:

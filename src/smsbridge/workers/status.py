@@ -14,13 +14,15 @@ from smsbridge.events import StatusEvent, encoder
 log = structlog.get_logger("smsbridge.status")
 
 
-async def publish_status(publisher: Publisher, prefix: str, status: StatusEvent) -> None:
-    """Confirmed publish; raises `BrokerUnavailable`. Unbound keys land in `<prefix>.unrouted`."""
+async def publish_status(publisher: Publisher, prefix: str, status: StatusEvent, *, logged: bool = True) -> None:
+    """Confirmed publish; raises `BrokerUnavailable`. Unbound keys land in `<prefix>.unrouted`.
+    `logged=False` when the caller's own line already says it (one line per message outcome)."""
     key = names.status_routing_key(status.tenant, status.state)
     await publisher.publish(names.status_exchange(prefix), key, encoder.encode(status),
                             message_id=status.event_id, mandatory=False)
-    log.info("status published", state=status.state, client_message_id=status.client_message_id,
-             mdr_id=status.mdr_id, reason_code=status.reason_code)
+    if logged:
+        log.info("status published", state=status.state, client_message_id=status.client_message_id,
+                 mdr_id=status.mdr_id, reason_code=status.reason_code)
 
 
 async def publish_status_after_send(publisher: Publisher, prefix: str, status: StatusEvent,
@@ -29,7 +31,7 @@ async def publish_status_after_send(publisher: Publisher, prefix: str, status: S
     resend (which would text the customer twice). Try a few times, then log and carry on."""
     for attempt in range(tries):
         try:
-            await publish_status(publisher, prefix, status)
+            await publish_status(publisher, prefix, status, logged=False)  # "Flowroute accepted" says it
             return
         except BrokerUnavailable as exc:
             log.warning("status publish failed", attempt=attempt + 1, error=str(exc))
