@@ -27,14 +27,19 @@ async def publish_status(publisher: Publisher, prefix: str, status: StatusEvent,
 
 async def publish_status_after_send(publisher: Publisher, prefix: str, status: StatusEvent,
                                     tries: int = 3) -> None:
-    """For a status that follows a send Flowroute accepted: never let a broker hiccup cause a
-    resend (which would text the customer twice). Try a few times, then log and carry on."""
+    """For a status that follows a send Flowroute accepted (the ledger already says so): try a few
+    times; then raise `BrokerUnavailable`, so the request goes back to its queue (after a pause)
+    instead of being acked with its status lost. When it returns, the ledger shows it done and the
+    dispatcher publishes the status then; Flowroute never gets the text again."""
     for attempt in range(tries):
         try:
             await publish_status(publisher, prefix, status, logged=False)  # "Flowroute accepted" says it
             return
         except BrokerUnavailable as exc:
             log.warning("status publish failed", attempt=attempt + 1, error=str(exc))
-            await asyncio.sleep(0.5 * (attempt + 1))
-    log.error("status lost: Flowroute accepted the message but the status could not be published",
-              client_message_id=status.client_message_id, mdr_id=status.mdr_id, state=status.state)
+            if attempt + 1 < tries:
+                await asyncio.sleep(0.5 * (attempt + 1))
+    log.warning("status not published yet: the request goes back to its queue and its status is published "
+                "when it returns (Flowroute has the text: it is not sent again)",
+                mdr_id=status.mdr_id, state=status.state)
+    raise BrokerUnavailable(f"the {status.state} status could not be published")
