@@ -1,4 +1,4 @@
-"""The SQLite fast path for the ledger's hot statements (`ledger/prepared.py`) reads and writes
+"""The fast path for the ledger's hot statements (`ledger/prepared.py`) reads and writes
 exactly what `Connection.execute` does, and fails the way it does."""
 
 from __future__ import annotations

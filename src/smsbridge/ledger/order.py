@@ -86,9 +86,12 @@ def _key(mdr_id: str, extension: str) -> dict[str, Any]:
     return {"key_mdr_id": mdr_id, "key_extension": extension}
 
 
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(_p("conversation", type_=sa.Text))))
+
+
 def _lock(c: sa.Connection, conversation: str) -> None:
     if c.dialect.name == "postgresql":  # held until commit; SQLite's BEGIN IMMEDIATE already excludes
-        c.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(conversation))))
+        run(c, _LOCK, {"conversation": conversation}).first()
 
 
 def _promote(c: sa.Connection, conversation: str, now: datetime,
