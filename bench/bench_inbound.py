@@ -94,7 +94,8 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, ra
             for label, rate, duration, total in loads:
                 ref_result, ref_rate = await _offer(pool, sink, urls["reference"], rate, duration, total)
                 ref_latencies = list(sink.latencies)
-                for ledger in ("sqlite", "postgresql"):
+                # PostgreSQL skips 1000/s: its backlog there took 70 s to drain, beyond the time budget
+                for ledger in ("sqlite", "postgresql") if rate != 1000 else ("sqlite",):
                     result, achieved = await _offer(pool, sink, urls[ledger], rate, duration, total)
                     _report(ledger, label, rate, result, achieved, list(sink.latencies), ref_result, ref_rate,
                             ref_latencies, sink.count)
