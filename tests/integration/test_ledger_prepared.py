@@ -44,6 +44,7 @@ def test_a_row_written_on_the_fast_path_reads_back_the_same_both_ways(connection
     back = execute(connection, order._ROW, order._key("mdr2-a", "101")).one()
     assert back.updated_at == connection.execute(order._ROW, order._key("mdr2-a", "101")).one().updated_at
     assert ops.utc(back.updated_at) == NOW
+    assert back._mapping == dict(connection.execute(order._ROW, order._key("mdr2-a", "101")).one()._mapping)
 
 
 def test_literal_values_and_returning_work_as_through_sqlalchemy(connection: sa.Connection) -> None:

@@ -45,7 +45,7 @@ class _Plan:
         self.binds: tuple[Processor, ...] = tuple(
             compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names)
         columns = list(getattr(statement, "exported_columns", ()))
-        self.row: Any = namedtuple("Row", [column.key for column in columns], rename=True) if columns else None  # noqa: PYI024
+        self.row: Any = _row_class([column.key for column in columns]) if columns else None
         self.results: tuple[Processor, ...] = tuple(
             column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
         self.any_result = any(p is not None for p in self.results)
@@ -61,6 +61,12 @@ class _Plan:
         if self.any_result:
             raw = tuple(p(v) if p is not None else v for p, v in zip(self.results, raw, strict=True))
         return self.row._make(raw) if self.row is not None else raw
+
+
+def _row_class(names: list[str]) -> Any:
+    """A tuple with attributes by column name and `_mapping`, as much of SQLAlchemy's `Row` as is used."""
+    base = namedtuple("Row", names, rename=True)  # type: ignore[misc]  # noqa: PYI024
+    return type("Row", (base,), {"__slots__": (), "_mapping": property(lambda row: row._asdict())})
 
 
 class Result:
