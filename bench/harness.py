@@ -6,7 +6,8 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +15,13 @@ from typing import Any
 
 import aio_pika
 import msgspec
+import sqlalchemy as sa
 from aiohttp import web
+from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support.ports import free_port
 
 from smsbridge.broker import names
+from smsbridge.ledger.store import engine_url
 from smsbridge.testing.config import bridge_document, merge, secrets_env, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,12 +80,15 @@ class Env:
         return f"sqlite:///{self.workdir / 'ledger.db'}"
 
     def config(self, name: str, *, port: int = 0, api_base: str = "http://127.0.0.1:9", pbx_url: str =
-               "http://127.0.0.1:9/none", sms_rate: int = 5, prefetch: int = 64) -> Path:
-        doc = bridge_document(amqp_url=self.amqp, prefix=self.prefix, ledger_url=self.ledger_url,
-                              port=port or free_port(), secrets="BENCH", api_base=api_base, pbx_url=pbx_url,
-                              account="bench")
+               "http://127.0.0.1:9/none", sms_rate: int = 5, prefetch: int = 64,
+               ledger: tuple[str, str] | None = None) -> Path:
+        """`ledger`: (PostgreSQL URL, schema) instead of this environment's SQLite file."""
+        doc = bridge_document(amqp_url=self.amqp, prefix=self.prefix, ledger_url=ledger[0] if ledger else
+                              self.ledger_url, port=port or free_port(), secrets="BENCH", api_base=api_base,
+                              pbx_url=pbx_url, account="bench")
         (main,) = doc["sms_configs"]
         return write(self.workdir / f"{name}.toml", merge(doc, {
+            "ledger": {"schema": ledger[1]} if ledger else {},
             "broker": {"prefetch": prefetch},
             "logging": {"format": None, "level": "info"},  # production default: log lines are part of the cost
             "flowroute": {"request_dlrs": False, "timeout_s": None},
@@ -171,6 +178,25 @@ class PbxSink:
     async def stop(self) -> None:
         if self._runner:
             await self._runner.cleanup()
+
+
+@asynccontextmanager
+async def pg_schema(url: str) -> AsyncIterator[str]:
+    """A throwaway schema in the PostgreSQL at `url` (a benchmark's own ledger), dropped afterwards."""
+    name = f"bench_{os.urandom(5).hex()}"
+    admin = create_async_engine(engine_url(url))
+    try:
+        async with admin.begin() as connection:
+            await connection.execute(sa.schema.CreateSchema(name))
+    except (OSError, sa.exc.DBAPIError) as exc:
+        await admin.dispose()
+        raise RuntimeError(f"PostgreSQL is not reachable at {url} (--pg): {exc!r}"[:300]) from None
+    try:
+        yield name
+    finally:
+        async with admin.begin() as connection:
+            await connection.execute(sa.schema.DropSchema(name, cascade=True))
+        await admin.dispose()
 
 
 async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:

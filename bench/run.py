@@ -99,7 +99,7 @@ async def main(args: argparse.Namespace) -> int:
             await bench_receiver.run(env, pool, channel, seconds=sizes.receiver_seconds, rounds=sizes.receiver_rounds)
         if "inbound" in wanted:
             await bench_inbound.run(env, pool, channel, rates=sizes.inbound_rates, seconds=sizes.inbound_seconds,
-                                    max_messages=sizes.inbound_max_messages)
+                                    max_messages=sizes.inbound_max_messages, pg_url=args.pg)
         if "dispatch" in wanted:
             await bench_dispatch.run(env, channel, messages=sizes.dispatch_messages,
                                      limited_seconds=sizes.dispatch_limited_seconds,
@@ -144,6 +144,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny loads: check that everything runs")
     parser.add_argument("--amqp", default=os.environ.get("SMSBRIDGE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1/"))
+    parser.add_argument("--pg", default=os.environ.get("SMSBRIDGE_TEST_PG_URL",
+                                                      "postgresql://postgres@127.0.0.1:5432/postgres"),
+                        help="the PostgreSQL the inbound benchmark's second ledger lives in (a schema of its own)")
     parser.add_argument("--only", action="append", choices=BENCHES, help="run only these (repeatable)")
     parser.add_argument("--memory-messages", type=int, help="messages per role for the memory benchmark")
     parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results"),

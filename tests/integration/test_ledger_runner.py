@@ -1,5 +1,5 @@
-"""The SQLite runner's group commit: operations queued together share one transaction, and each
-caller still gets its own result or its own error."""
+"""The runners' group commit (SQLite and PostgreSQL): operations queued together share one
+transaction, and each caller still gets its own result or its own error."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from smsbridge.ledger.runner import SqliteRunner
+from smsbridge.ledger.runner import AsyncRunner, SqliteRunner
+from smsbridge.ledger.store import engine_url
+from tests.support.ledger import PG_URL, pg_schema
 
 ROWS = sa.table("rows", sa.column("k"), sa.column("v"))
 
@@ -140,3 +143,54 @@ async def test_a_stopped_thread_fails_every_waiting_and_later_call_instead_of_ha
     assert not runner.usable
     with pytest.raises(RuntimeError, match="ledger thread stopped"):
         await asyncio.wait_for(runner.read(count), 10)
+
+
+# ----- PostgreSQL: the same group commit, on the async engine -------------------------------------
+@pytest.fixture
+async def pg_runner() -> AsyncIterator[AsyncRunner]:
+    async with pg_schema() as schema:
+        engine = create_async_engine(engine_url(PG_URL), connect_args={"server_settings": {"search_path": schema}})
+        opened = AsyncRunner(engine, batch=8)
+        await opened.write(create)
+        try:
+            yield opened
+        finally:
+            await opened.close()
+
+
+async def test_postgresql_calls_made_together_share_transactions_of_at_most_batch(pg_runner: AsyncRunner) -> None:
+    before = pg_runner.transactions
+    calls = [asyncio.ensure_future(pg_runner.write(put, k)) for k in range(20)]
+    assert await asyncio.gather(*calls) == [k * 2 for k in range(20)]
+    assert pg_runner.transactions - before == 3  # 20 operations asked for at once: groups of 8, 8 and 4
+    assert await pg_runner.read(count) == 20
+
+
+async def test_postgresql_an_operation_that_raises_fails_alone(pg_runner: AsyncRunner) -> None:
+    calls = [asyncio.ensure_future(pg_runner.write(fail if k == 3 else put, k)) for k in range(6)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(results[3], ValueError) and "operation 3 refuses" in str(results[3])
+    assert [r for k, r in enumerate(results) if k != 3] == [0, 2, 4, 8, 10]
+    assert [await pg_runner.read(get, k) for k in range(6)] == ["v0", "v1", "v2", None, "v4", "v5"]
+
+
+async def test_postgresql_an_operation_sees_the_writes_asked_for_before_it(pg_runner: AsyncRunner) -> None:
+    write = asyncio.ensure_future(pg_runner.write(put, 7))
+    read = asyncio.ensure_future(pg_runner.read(get, 7))
+    assert (await write, await read) == (14, "v7")
+    assert pg_runner.transactions == 2  # the CREATE, then both in one
+
+
+async def test_postgresql_an_outage_fails_the_rest_of_a_group_without_trying_each(pg_runner: AsyncRunner) -> None:
+    tried: list[int] = []
+
+    def unreachable(_c: sa.Connection, k: int) -> None:
+        tried.append(k)
+        raise sa.exc.OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    before = pg_runner.transactions
+    calls = [asyncio.ensure_future(pg_runner.write(unreachable, k)) for k in range(5)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(r, sa.exc.OperationalError) for r in results)
+    assert tried == [0, 0]  # the group, then the first alone: the other four were not tried again
+    assert pg_runner.transactions - before == 2

@@ -4,6 +4,8 @@ A runner (`ledger/runner.py`) calls one of these inside one transaction, so a tr
 one trip to the database thread (SQLite) or one greenlet switch per statement (PostgreSQL), not
 one per statement and per begin and commit. Statements are built once, here, and executed with
 parameters: SQLAlchemy then finds their compiled form without building a new expression per call.
+The inbound path's statements run through `prepared.execute` (`run`), which on SQLite skips
+SQLAlchemy's per-execution machinery; the rest through `Connection.execute`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbridge.events import DispatchRequest, InboundMessage
+from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.schema import deliveries, dlrs_seen, messages, status_history
 
 # Later states never give way to earlier ones (DLRs can arrive out of order).
@@ -128,11 +131,11 @@ def _scoped(scope: Scope, mdr_id: str, direction: str) -> dict[str, str]:
 
 
 def inbound_seen(c: sa.Connection, scope: Scope, mdr_id: str) -> bool:
-    return c.execute(_SCOPED_ID, _scoped(scope, mdr_id, "inbound")).first() is not None
+    return run(c, _SCOPED_ID, _scoped(scope, mdr_id, "inbound")).first() is not None
 
 
 def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bool:
-    message_id = c.execute(_NEW_MESSAGE[c.dialect.name], {
+    message_id = run(c, _NEW_MESSAGE[c.dialect.name], {
         "direction": "inbound", "tenant": event.tenant, "config_id": event.config_id, "mdr_id": event.mdr_id,
         "from_number": event.from_, "to_number": event.to, "body": event.body, "is_mms": event.is_mms,
         "state": "received", "created_at": now, "updated_at": now,
@@ -144,17 +147,17 @@ def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bo
 
 
 def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime, lease: datetime) -> Claim:
-    inserted = c.execute(_NEW_CLAIM[c.dialect.name], {"mdr_id": mdr_id, "extension": extension,
+    inserted = run(c, _NEW_CLAIM[c.dialect.name], {"mdr_id": mdr_id, "extension": extension,
                                                       "state": "delivering", "lease_until": lease, "updated_at": now})
     if inserted.rowcount == 1:
         return Claim.NEW
     key = {"key_mdr_id": mdr_id, "key_extension": extension}
-    row = c.execute(_CLAIM, key).one()
+    row = run(c, _CLAIM, key).one()
     if row.state in DONE_DELIVERY_STATES:
         return Claim.DONE
     if utc(row.lease_until) > now:  # type: ignore[operator]
         return Claim.BUSY
-    taken = c.execute(_TAKE_OVER, {**key, "old_lease": row.lease_until, "lease": lease, "now": now})
+    taken = run(c, _TAKE_OVER, {**key, "old_lease": row.lease_until, "lease": lease, "now": now})
     return Claim.NEW if taken.rowcount == 1 else Claim.BUSY
 
 
@@ -172,14 +175,14 @@ def last_did(c: sa.Connection, tenant: str, number: str, extension: str) -> str 
 
 
 def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> None:
-    c.execute(_DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
-    message_id = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+    run(c, _DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
+    message_id = run(c, _ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
     if message_id is not None:
         advance(c, message_id, "delivered", now, reason=f"delivered to extension {extension}")
 
 
 def release_delivery(c: sa.Connection, mdr_id: str, extension: str) -> None:
-    c.execute(_RELEASE, {"key_mdr_id": mdr_id, "key_extension": extension})
+    run(c, _RELEASE, {"key_mdr_id": mdr_id, "key_extension": extension})
 
 
 # ----- outbound -----------------------------------------------------------------------------------
@@ -288,7 +291,7 @@ def record_dlr(c: sa.Connection, scope: Scope, mdr_id: str, state: str, reason_c
 # ----- state --------------------------------------------------------------------------------------
 def _history(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
              reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
-    c.execute(_ADD_HISTORY, {"message_id": message_id, "state": state, "reason_code": reason_code,
+    run(c, _ADD_HISTORY, {"message_id": message_id, "state": state, "reason_code": reason_code,
                              "reason": reason, "dlr_level": level, "dlr_code": code, "at": now})
 
 
@@ -302,7 +305,7 @@ def advance(c: sa.Connection, message_id: int, state: str, now: datetime, reason
             reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
     """Add to the history; move the current state only forward (one guarded UPDATE, no read)."""
     _history(c, message_id, state, now, reason_code, reason, level, code)
-    c.execute(_move_state(tuple(movable_from(state))), {"message_id": message_id, "new_state": state,
+    run(c, _move_state(tuple(movable_from(state))), {"message_id": message_id, "new_state": state,
                                                         "new_reason_code": reason_code, "new_reason": reason,
                                                         "now": now})
 

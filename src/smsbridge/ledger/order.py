@@ -37,6 +37,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from smsbridge.ledger import ops
+from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.schema import delivery_order as order
 
 _p = sa.bindparam
@@ -85,9 +86,12 @@ def _key(mdr_id: str, extension: str) -> dict[str, Any]:
     return {"key_mdr_id": mdr_id, "key_extension": extension}
 
 
+_LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(_p("conversation", type_=sa.Text))))
+
+
 def _lock(c: sa.Connection, conversation: str) -> None:
     if c.dialect.name == "postgresql":  # held until commit; SQLite's BEGIN IMMEDIATE already excludes
-        c.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(conversation))))
+        run(c, _LOCK, {"conversation": conversation}).first()
 
 
 def _promote(c: sa.Connection, conversation: str, now: datetime,
@@ -95,10 +99,10 @@ def _promote(c: sa.Connection, conversation: str, now: datetime,
     """Make the conversation's head `live` if it was waiting, and return it to publish. One of
     `own` (texts this call enqueues) is returned even when already live: a redone inbound step
     may have committed before its publish was confirmed."""
-    head = c.execute(_HEAD, {"conversation": conversation}).first()
+    head = run(c, _HEAD, {"conversation": conversation}).first()
     if head is None or (head.state != "waiting" and (head.mdr_id, head.extension) not in own):
         return []
-    c.execute(_SET_STATE, {**_key(head.mdr_id, head.extension), "new_state": "live", "now": now})
+    run(c, _SET_STATE, {**_key(head.mdr_id, head.extension), "new_state": "live", "now": now})
     return [bytes(head.body)]
 
 
@@ -107,7 +111,7 @@ def enqueue(c: sa.Connection, entries: Iterable[Entry], now: datetime) -> list[b
     entries = list(entries)
     for entry in entries:
         _lock(c, entry.conversation)
-        c.execute(_NEW[c.dialect.name], {
+        run(c, _NEW[c.dialect.name], {
             "mdr_id": entry.mdr_id, "extension": entry.extension, "conversation": entry.conversation,
             "received_at": entry.received_at, "state": "waiting", "body": entry.body, "updated_at": now})
     own = frozenset((e.mdr_id, e.extension) for e in entries)
@@ -119,15 +123,15 @@ def claim(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
           lease: datetime) -> tuple[Turn, list[bytes]]:
     """Its turn? Then the delivery claim too (`ops.claim_delivery`). Also returns texts that
     became due (publish them): none, unless the claim finds the text already delivered."""
-    row = c.execute(_ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, _key(mdr_id, extension)).first()
     if row is not None and row.state != "done":
         _lock(c, row.conversation)
-        head = c.execute(_HEAD, {"conversation": row.conversation}).first()
+        head = run(c, _HEAD, {"conversation": row.conversation}).first()
         if head is not None and (head.mdr_id, head.extension) != (mdr_id, extension):
-            c.execute(_SET_STATE, {**_key(mdr_id, extension), "new_state": "waiting", "now": now})
+            run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "waiting", "now": now})
             return Turn.WAIT, []
         # Touched on every attempt: a head retrying while the PBX is down is not "stale".
-        c.execute(_SET_STATE, {**_key(mdr_id, extension), "new_state": "live", "now": now})
+        run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "live", "now": now})
     result = _TURN_OF[ops.claim_delivery(c, mdr_id, extension, now, lease)]
     due = settle(c, mdr_id, extension, now) if result is Turn.DONE else []
     return result, due
@@ -135,11 +139,11 @@ def claim(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
 
 def settle(c: sa.Connection, mdr_id: str, extension: str, now: datetime) -> list[bytes]:
     """The text is done with (delivered, dead-lettered or released): return its successor if due."""
-    row = c.execute(_ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, _key(mdr_id, extension)).first()
     if row is None or row.state == "done":
         return []
     _lock(c, row.conversation)
-    c.execute(_SET_STATE, {**_key(mdr_id, extension), "new_state": "done", "now": now})
+    run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "done", "now": now})
     return _promote(c, row.conversation, now)
 
 
@@ -155,7 +159,7 @@ def stale_heads(c: sa.Connection, cutoff: datetime, limit: int = 100) -> list[tu
 
 def release(c: sa.Connection, mdr_id: str, extension: str, cutoff: datetime, now: datetime) -> list[bytes]:
     """Stop holding the conversation for a stale head (already republished by the caller)."""
-    row = c.execute(_ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, _key(mdr_id, extension)).first()
     if row is None or row.state == "done" or ops.utc(row.updated_at) >= cutoff:  # type: ignore[operator]
         return []  # it moved meanwhile
     return settle(c, mdr_id, extension, now)

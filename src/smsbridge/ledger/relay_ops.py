@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbridge.ledger.ops import utc
+from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.schema import relay_sends
 
 
@@ -49,29 +50,29 @@ def _row(mapping: sa.RowMapping) -> RelaySend:
 def claim(c: sa.Connection, send: RelaySend, window_start: datetime, stale_before: datetime) -> RelaySend | None:
     """Record `send`; None when recorded. When its idempotency key is taken by a row of this
     window, that row (unless it is a `pending` one abandoned before `stale_before`)."""
-    if c.execute(_INSERT[c.dialect.name], msgspec.structs.asdict(send)).rowcount == 1:
+    if run(c, _INSERT[c.dialect.name], msgspec.structs.asdict(send)).rowcount == 1:
         return None
-    found = c.execute(_BY_KEY, {"tenant": send.tenant, "key": send.idempotency_key}).first()
+    found = run(c, _BY_KEY, {"tenant": send.tenant, "key": send.idempotency_key}).first()
     if found is not None:
         existing = _row(found._mapping)
         abandoned = existing.state == "pending" and existing.created_at < stale_before
         if existing.created_at >= window_start and not abandoned:
             return existing
-        c.execute(_DELETE, {"id": existing.bridge_id})
-    c.execute(_INSERT[c.dialect.name], msgspec.structs.asdict(send))
+        run(c, _DELETE, {"id": existing.bridge_id})
+    run(c, _INSERT[c.dialect.name], msgspec.structs.asdict(send))
     return None
 
 
 def queued(c: sa.Connection, bridge_id: str) -> None:
-    c.execute(_QUEUED, {"id": bridge_id})
+    run(c, _QUEUED, {"id": bridge_id})
 
 
 def forget(c: sa.Connection, bridge_id: str) -> None:
-    c.execute(_DELETE, {"id": bridge_id})
+    run(c, _DELETE, {"id": bridge_id})
 
 
 def find(c: sa.Connection, tenant: str, bridge_id: str) -> RelaySend | None:
-    found = c.execute(_BY_ID, {"tenant": tenant, "id": bridge_id}).first()
+    found = run(c, _BY_ID, {"tenant": tenant, "id": bridge_id}).first()
     return _row(found._mapping) if found is not None else None
 
 

@@ -9,8 +9,8 @@ runs it inside a transaction and hands back its result once that transaction has
   (group commit, see `SqliteRunner`). Writes begin with `BEGIN IMMEDIATE`: the write lock is
   taken (or waited for, up to busy_timeout) at the start, so a transaction that reads and then
   writes cannot fail half-way because another process wrote in between.
-- PostgreSQL: asyncpg through SQLAlchemy's async engine; each operation is its own transaction
-  and runs under `run_sync`.
+- PostgreSQL: asyncpg through SQLAlchemy's async engine, under `run_sync`; the operations asked
+  for while a transaction runs share the next one (group commit, see `AsyncRunner`).
 
 Operations sharing a transaction run one after another, in the order they were asked for, as
 they would in transactions of their own; none of them sees its result before the COMMIT.
@@ -195,23 +195,91 @@ def _deliver(results: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
 
 
 class AsyncRunner:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """PostgreSQL through SQLAlchemy's async engine (asyncpg), with group commit as `SqliteRunner`:
+    the operations asked for while a transaction runs wait, and then run together in the next one
+    (up to `batch`), one transaction in flight per process. Each operation alone was a BEGIN, a
+    COMMIT (with its WAL flush), a pool check-out (with its ping) and their round trips: measured
+    at 54 texts/s for the inbound path's ledger calls, against 1,300-1,500 on SQLite (64 callers).
+
+    One transaction at a time also means the conversation locks (`order._lock`) a group takes are
+    never waited for by another group of the same process. A group that fails is run again one
+    operation per transaction, so that one operation's error is its own; once one of those meets
+    an outage (the database unreachable), the rest of the group gets the same error untried."""
+
+    def __init__(self, engine: AsyncEngine, *, batch: int = 64) -> None:
         self._engine = engine
+        self._batch = batch
+        self._pending: list[_Job] = []
+        self._worker: asyncio.Task[None] | None = None
+        self.transactions = 0
 
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(op, *args, **kwargs)
+        return await self._submit(True, op, args, kwargs)
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        async with self._engine.connect() as connection:
-            return await connection.run_sync(op, *args, **kwargs)
+        return await self._submit(False, op, args, kwargs)
+
+    def _submit(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Job(write, op, args, kwargs, loop, future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            group, self._pending = self._pending[:self._batch], self._pending[self._batch:]
+            try:
+                outcomes = await self._run(group)
+            except BaseException as exc:  # cancelled (the loop is closing): nobody is left to answer
+                outcomes = [(None, exc) for _ in group]
+                _deliver([(job.future, outcome) for job, outcome in zip(group, outcomes, strict=True)])
+                raise
+            _deliver([(job.future, outcome) for job, outcome in zip(group, outcomes, strict=True)])
+
+    async def _run(self, group: list[_Job]) -> list[_Outcome]:
+        try:
+            return [(value, None) for value in await self._transaction(group)]
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            if len(group) == 1:
+                return [(None, exc)]
+        outcomes: list[_Outcome] = []
+        for job in group:
+            if outcomes and outcomes[-1][1] is not None and is_outage(outcomes[-1][1]):
+                outcomes.append(outcomes[-1])
+            else:
+                outcomes += await self._run([job])
+        return outcomes
+
+    async def _transaction(self, group: list[_Job]) -> list[Any]:
+        self.transactions += 1
+        async with self._engine.begin() as connection:
+            return await connection.run_sync(_run_all, group)
 
     async def close(self) -> None:
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
         await self._engine.dispose()
 
     @property
     def usable(self) -> bool:
         return True  # the pool replaces a broken connection (pre-ping); errors are per operation
+
+
+def _run_all(connection: sa.Connection, group: list[_Job]) -> list[Any]:
+    return [job.op(connection, *job.args, **job.kwargs) for job in group]
+
+
+# What an unreachable or failing database raises (not a bug, not a constraint): the driver's
+# operational and interface errors, a connection refused before any driver call, a timeout.
+OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
+
+
+def is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, OUTAGE):
+        return True
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:

@@ -20,15 +20,13 @@ from smsbridge.ledger import dispatch_ops, media_ops, ops, order, relay_ops, sch
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.relay_ops import RelaySend
-from smsbridge.ledger.runner import AsyncRunner, Op, P, Runner, SqliteRunner, T
+from smsbridge.ledger.runner import OUTAGE, AsyncRunner, Op, P, Runner, SqliteRunner, T, is_outage
 from smsbridge.ledger.schema import messages
 
 log = structlog.get_logger("smsbridge.ledger")
-# What an unreachable or failing database raises (not a bug, not a constraint): the driver's
-# operational and interface errors, a connection refused before any driver call, a timeout.
-OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
-__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "engine_url", "open_from_settings"]
+__all__ = ["OUTAGE", "Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "engine_url",
+           "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -36,12 +34,6 @@ def engine_url(url: str) -> str:
     if url.startswith(("postgresql:", "postgres:")):
         return "postgresql+asyncpg:" + url.split(":", 1)[1]
     return url
-
-
-def _outage(exc: BaseException) -> bool:
-    if isinstance(exc, OUTAGE):
-        return True
-    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
 
 
 class OutageGuard:
@@ -62,7 +54,7 @@ class OutageGuard:
         try:
             result = await call
         except Exception as exc:
-            if not _outage(exc):
+            if not is_outage(exc):
                 raise
             if not self.down:
                 log.error("ledger unavailable: messages are retried until it is back", error=repr(exc)[:300])
