@@ -182,6 +182,18 @@ async def test_a_reused_nonce_counts_up_so_a_counting_proxy_sees_no_replay(tmp_p
     assert len(phone.received) == 8
 
 
+async def test_a_nonce_counted_out_is_not_reused(kamailio: Kamailio, phone: Phone) -> None:
+    hop, sender = sender_to(kamailio)
+    try:
+        await sender.send(OUT)
+        assert sender._nonce is not None
+        sender._nonce.uses = uac.MAX_NONCE_COUNT  # nc would need a ninth hex digit
+        again = await sender.send(OUT)
+    finally:
+        await hop.close()
+    assert (again.answer.status, again.challenged) == (200, True)
+
+
 async def test_credentials_refused_twice_drop_the_nonce(kamailio: Kamailio, phone: Phone) -> None:
     hop, sender = sender_to(kamailio, password="wrong")
     try:

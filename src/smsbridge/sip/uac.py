@@ -14,6 +14,7 @@ from smsbridge.sip.transport import NextHop, Proto
 UDP_LIMIT = 1300  # RFC 3261 §18.1.1: a larger request with an unknown path MTU goes by TCP
 ID_HEADER = "X-Smsbridge-Id"
 CONTENT_TYPE = "text/plain;charset=UTF-8"
+MAX_NONCE_COUNT = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class MessageSender:
         call_id, tag = secrets.token_hex(12), new_tag()
         proto = await self._proto(out, call_id, tag)
         cached = self._nonce
+        if cached is not None and cached.uses >= MAX_NONCE_COUNT:
+            cached = self._nonce = None  # counted out (8 hex digits): a fresh challenge
         auth = None if cached is None else self._authorization(cached, out)
         answer = await self._attempt(out, proto, call_id, tag, cseq=1, auth=auth)
         if answer.status not in (401, 407) or self._credentials is None:
