@@ -33,12 +33,13 @@ import bench_memory
 import bench_receiver
 import bench_relay
 import bench_scaling
+import bench_sip
 from harness import Env
 from pool import Pool
 from report import HEADER, ROWS
 from smsbridge.broker import topology
 
-BENCHES = ("receiver", "inbound", "dispatch", "accounts", "relay", "scaling", "memory")
+BENCHES = ("receiver", "inbound", "dispatch", "accounts", "relay", "sip", "scaling", "memory")
 BUDGET_S = 600  # the full suite's time budget on two cores
 
 
@@ -64,6 +65,9 @@ class Sizes:
     relay_seconds: float = 4
     relay_rounds: int = 2
     relay_limited_seconds: float = 30
+    sip_seconds: float = 2
+    sip_rounds: int = 2
+    sip_concurrency: int = 8
 
 
 FULL = Sizes(receiver_seconds=4, receiver_rounds=3, inbound_rates=(100, 500, 1000), inbound_seconds=3,
@@ -76,7 +80,8 @@ QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 
               dispatch_processes=(1, 2, 3), dispatch_takeover_seconds=2, scaling_messages=600,
               scaling_processes=(1, 2, 4),
               memory_messages=300, relay_seconds=0.5, relay_rounds=1, relay_limited_seconds=1,
-              accounts=10, accounts_seconds=1, accounts_processes=(1, 2))
+              accounts=10, accounts_seconds=1, accounts_processes=(1, 2), sip_seconds=0.3, sip_rounds=1,
+              sip_concurrency=2)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -111,6 +116,9 @@ async def main(args: argparse.Namespace) -> int:
         if "relay" in wanted:
             await bench_relay.run(env, pool, channel, seconds=sizes.relay_seconds, rounds=sizes.relay_rounds,
                                   limited_seconds=sizes.relay_limited_seconds)
+        if "sip" in wanted:
+            await bench_sip.run(args.amqp, seconds=sizes.sip_seconds, rounds=sizes.sip_rounds,
+                                concurrency=sizes.sip_concurrency)
         if "scaling" in wanted:
             await bench_scaling.run(env, channel, messages=sizes.scaling_messages, counts=sizes.scaling_processes)
         if "memory" in wanted:

@@ -61,7 +61,7 @@ from smsbridge.media.upload import add_upload_route
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.amqp import AmqpAdapter
 from smsbridge.pbx.base import DeliveryAdapter
-from smsbridge.pbx.email import EmailAdapter
+from smsbridge.pbx.email import EmailAdapter, fetch_networks
 from smsbridge.pbx.flowroute import FlowrouteAdapter
 from smsbridge.pbx.http import HttpAdapter
 from smsbridge.pbx.sip import SipAdapter
@@ -317,7 +317,7 @@ class Bridge:
         if isinstance(target, SipTarget):
             return SipAdapter(target)
         if isinstance(target, EmailTarget):
-            return EmailAdapter(target, self._http_session())
+            return EmailAdapter(target, fetch_networks(self.settings))
         return AmqpAdapter(target, self.publisher)
 
     async def _start_health(self) -> None:

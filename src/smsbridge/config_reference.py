@@ -101,7 +101,9 @@ MEANING: dict[str, str] = {
     "media.fetch_base_delay_s": "The first retry's delay; each later one doubles, with jitter.",
     "media.fetch_allowed_networks": "Networks (CIDR) media may be downloaded from besides public addresses; "
                                     "loopback, private and link-local ones are refused unless listed here "
-                                    "(`[\"127.0.0.0/8\"]` for the sandbox).",
+                                    "(`[\"127.0.0.0/8\"]` for the sandbox). The `email` target fetches the "
+                                    "pictures it attaches under the same rule, and from the bridge's own media host "
+                                    "when `public_url` names it by address.",
     "media.outbound_max_bytes": "Outbound MMS whose media and text exceed this are refused before any attempt "
                                 "(Flowroute: 750 kB).",
     "media.outbound_types": "Content types an outbound MMS may carry; others are refused before any attempt.",

@@ -31,6 +31,8 @@ EXPECTED = {
                                 "max attempts in 1 s, any account", "accepted of", "accounts per process")],
     "relay": ["sends accepted/s", "CPU per send", "non-202 answers", "5/s, 3 PBX clients: sent/s vs limit",
               "5/s, 3 PBX clients: 429 answers", "5/s, 3 PBX clients: accepted of"],
+    "sip": ["… at once: sip target deliveries/s", "proxy out of shared memory", "… at once: intake MESSAGE",
+            "failed operations"],
     "scaling": ["inbound stage, 1 process", "inbound stage, 2 processes", "inbound stage, 4 processes"],
     "memory": [f"{role}: RSS after" for role in EXPECTED_ROLES],
 }
@@ -58,7 +60,8 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
             assert str(found[0]["figure"]) in done.stdout  # printed in the table, not only in the JSON
     # a reference beside the real figure wherever the issue asks for a ratio
     ratios = [("receiver", "webhooks/s"), ("receiver", "p99 latency"), ("dispatch", "limits off: sent/s"),
-              ("relay", "sends accepted/s"),
+              ("relay", "sends accepted/s"), ("sip", "… at once: sip target deliveries/s"),
+              ("sip", "… at once: intake MESSAGE"),
               ("inbound", "max (…): delivered/s"), ("inbound-pg", "max (…): delivered/s"),
               *(("memory", f"{role}: RSS after") for role in EXPECTED_ROLES)]
     for bench, figure in ratios:

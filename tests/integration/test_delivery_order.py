@@ -79,8 +79,7 @@ async def test_pbx_down_then_back_every_text_arrives_in_order_per_conversation_a
         base = settings(prefix=prefix, pbx_url=pbx.url, ledger=LedgerSettings(url=url, schema=schema))
         config = msgspec.structs.replace(base, retry=msgspec.structs.replace(base.retry, delivery=PATIENT))
         front = await start_roles(config, ("receiver", "inbound"))
-        for _ in range(2):
-            await start_roles(config, ("delivery",))
+        workers = [await start_roles(config, ("delivery",)) for _ in range(2)]
         pbx.down_with = 503
         hook = f"{front.receiver_url}/webhooks/flowroute/main/{TOKEN}"
         await asyncio.gather(*(post_in_order(http, hook, sender, per_conversation, 0.2)
@@ -89,6 +88,8 @@ async def test_pbx_down_then_back_every_text_arrives_in_order_per_conversation_a
         assert not pbx.received
         pbx.down_with = None
         received = await pbx.wait_for(2 * conversations * per_conversation, timeout=120)
+        for bridge in (*workers, front):  # before the ledger's schema goes (the fixture's stop is then a no-op)
+            await bridge.stop()
     late = out_of_order(received)
     print(f"{len(received)} deliveries after {len(pbx.attempts) - len(received)} refused attempts, "
           f"{late} out of order")

@@ -7,14 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from smsbridge.config import EmailTarget
+from smsbridge.config import EmailTarget, MediaSettings, Settings
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
-from smsbridge.pbx.email import EmailAdapter
+from smsbridge.pbx.email import EmailAdapter, fetch_networks
 from smsbridge.secret import Secret
 from tests.support.smtp import PASSWORD, USER, MailServer
 
@@ -30,11 +29,20 @@ def smtp(tmp_path: Path) -> Iterator[MailServer]:
     server.stop()
 
 
+HITS: list[str] = []
+
+
 @pytest.fixture
 async def media_url() -> AsyncIterator[str]:
     """Where the pictures are: Flowroute's media URLs in production, a loopback server here."""
-    async def small(_: web.Request) -> web.Response:
+    HITS.clear()
+
+    async def small(request: web.Request) -> web.Response:
+        HITS.append(request.path)
         return web.Response(body=PICTURE, content_type="image/png")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
 
     async def big(_: web.Request) -> web.Response:
         return web.Response(body=BIG, content_type="image/jpeg")
@@ -42,6 +50,7 @@ async def media_url() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/small.png", small)
     app.router.add_get("/big.jpg", big)
+    app.router.add_get("/elsewhere", elsewhere)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -67,9 +76,15 @@ def delivery(**overrides: Any) -> InboundDelivery:
     return InboundDelivery(**fields)
 
 
-async def send(email_target: EmailTarget, item: InboundDelivery) -> None:
-    async with aiohttp.ClientSession() as session:
-        await EmailAdapter(email_target, session).deliver(item)
+LOOPBACK_PICTURES = ["127.0.0.1/32"]  # the test's picture server, allowed as `[media] fetch_allowed_networks`
+
+
+async def send(email_target: EmailTarget, item: InboundDelivery, allowed: list[str] | None = None) -> None:
+    adapter = EmailAdapter(email_target, LOOPBACK_PICTURES if allowed is None else allowed)
+    try:
+        await adapter.deliver(item)
+    finally:
+        await adapter.close()
 
 
 async def test_one_mail_with_headers_text_and_html(smtp: MailServer) -> None:
@@ -134,3 +149,56 @@ async def test_an_extension_without_an_address_is_permanent(smtp: MailServer) ->
 async def test_an_unreachable_server_is_retried(smtp: MailServer) -> None:
     with pytest.raises(RetryableError):
         await send(target(smtp, port=9), delivery())
+
+
+async def test_a_picture_on_a_refused_address_is_never_fetched_and_linked(smtp: MailServer, media_url: str) -> None:
+    """Loopback not allowed (no fetch_allowed_networks): the picture server is never asked, by
+    address or by a name that resolves to it, and hostile URLs are linked, never followed."""
+    port = media_url.rsplit(":", 1)[1]
+    urls = [f"{media_url}/small.png", f"http://localhost:{port}/small.png", "http://169.254.169.254/latest/meta-data",
+            "file:///etc/passwd"]
+    media = tuple(Media(url=url, mime_type="image/png", file_name=f"p{i}.png") for i, url in enumerate(urls))
+    await send(target(smtp), delivery(is_mms=True, media=media), allowed=[])
+    (mail,) = smtp.handler.mails
+    assert HITS == []
+    assert [p for p in mail.walk() if p.get_filename()] == []
+    text = next(p for p in mail.walk() if p.get_content_type() == "text/plain").get_payload(decode=True).decode()
+    assert all(url in text for url in urls)
+
+
+async def test_a_redirect_to_a_refused_address_is_not_followed(smtp: MailServer, media_url: str) -> None:
+    """The allowed server (127.0.0.1) redirects to the same pictures on 127.0.0.2, not allowed."""
+    app = web.Application()
+
+    async def small(request: web.Request) -> web.Response:
+        HITS.append(f"other{request.path}")
+        return web.Response(body=PICTURE, content_type="image/png")
+
+    app.router.add_get("/small.png", small)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.2", 0)
+    await site.start()
+    other_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        media = (Media(url=f"{media_url}/elsewhere?to=http://127.0.0.2:{other_port}/small.png",
+                       mime_type="image/png", file_name="moved.png"),
+                 Media(url=f"{media_url}/elsewhere?to=/small.png", mime_type="image/png", file_name="here.png"))
+        await send(target(smtp), delivery(is_mms=True, media=media))
+    finally:
+        await runner.cleanup()
+    (mail,) = smtp.handler.mails
+    assert HITS == ["/small.png"]  # the redirect within the allowed host was followed, the other one not
+    assert [p.get_filename() for p in mail.walk() if p.get_filename()] == ["here.png"]
+
+
+@pytest.mark.parametrize(("public_url", "extra"), [
+    ("http://10.1.2.3:8080", ["10.1.2.3/32"]),
+    ("http://[fd00::5]:8080/", ["fd00::5/128"]),
+    ("https://sms.example.com", []),
+    ("", ["127.0.0.1/32"]),  # falls back to [receiver] public_url, http://127.0.0.1:8080 by default
+])
+def test_pictures_may_come_from_the_allowed_networks_and_the_bridges_own_media_host(public_url: str,
+                                                                                      extra: list[str]) -> None:
+    settings = Settings(media=MediaSettings(public_url=public_url, fetch_allowed_networks=["192.168.7.0/24"]))
+    assert fetch_networks(settings) == ["192.168.7.0/24", *extra]

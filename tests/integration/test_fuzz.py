@@ -70,8 +70,9 @@ async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Asy
 
 
 @pytest.fixture
-async def fuzzed_bridge(start_bridge: Any, pbx: FakePbx, prefix: str, logged: Path, ledger_settings: LedgerSettings,
+async def fuzzed_bridge(ledger_settings: LedgerSettings, start_bridge: Any, pbx: FakePbx, prefix: str, logged: Path,
                         ) -> AsyncIterator[tuple[Bridge, Disconnects]]:
+    # ledger_settings first: set up before start_bridge, so its schema is dropped after the bridge stopped
     simulator = FlowrouteSimulator({"AK-test": "SK-test"}, sms_per_second=None, mms_per_second=None)
     await simulator.start()
     base = settings(prefix=prefix, pbx_url=pbx.url, ledger=ledger_settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.sip import SipAdapter
 from smsbridge.secret import Secret
-from smsbridge.sip.message import SipMessage
+from smsbridge.sip import digest, uac
 from smsbridge.sip.transport import NextHop
 from smsbridge.sip.uac import Credentials, MessageSender, Outgoing
 from tests.support.kamailio import DOMAIN, Kamailio
@@ -140,21 +141,67 @@ async def test_the_digest_challenge_is_answered(kamailio: Kamailio, phone: Phone
     assert phone.texts() == [b"challenged first"]
 
 
-async def test_the_last_challenge_is_reused_and_a_stale_one_answered_again(kamailio: Kamailio, phone: Phone) -> None:
+def sender_to(kamailio: Kamailio, password: str = USERS["bridge"]) -> tuple[NextHop, MessageSender]:
     hop = NextHop("127.0.0.1", kamailio.port)
-    sender = MessageSender(hop, transport="udp", timeout_s=10, credentials=Credentials("bridge", USERS["bridge"]))
-    out = Outgoing(to_user="1001", from_user="+12065550199", domain=DOMAIN, body="again", message_id="m:1001:1/1")
+    return hop, MessageSender(hop, transport="udp", timeout_s=10, credentials=Credentials("bridge", password))
+
+
+OUT = Outgoing(to_user="1001", from_user="+12065550199", domain=DOMAIN, body="again", message_id="m:1001:1/1")
+
+
+async def test_the_last_nonce_is_reused_and_a_refused_one_answered_again(kamailio: Kamailio, phone: Phone) -> None:
+    hop, sender = sender_to(kamailio)
     try:
-        first = await sender.send(out)
-        second = await sender.send(out)  # credentials sent at once: no challenge this time
-        stale = SipMessage("SIP/2.0 407 Proxy Authentication Required",
-                           [("Proxy-Authenticate", f'Digest realm="{DOMAIN}", nonce="not-one-of-kamailios"')])
-        sender._last_challenge = stale
-        third = await sender.send(out)
+        first = await sender.send(OUT)
+        second = await sender.send(OUT)  # credentials sent at once: no challenge this time
+        sender._nonce = uac._Nonce("Proxy-Authorization", digest.Challenge(DOMAIN, "not-one-of-kamailios"))
+        third = await sender.send(OUT)  # refused, the new challenge answered
+        fourth = await sender.send(OUT)  # with the new nonce
     finally:
         await hop.close()
-    assert [r.challenged for r in (first, second)] == [True, False]
-    assert (third.answer.status, len(phone.received)) == (200, 3)
+    assert [r.challenged for r in (first, second, third, fourth)] == [True, False, True, False]
+    assert [r.answer.status for r in (first, second, third, fourth)] == [200] * 4
+    assert len(phone.received) == 4
+
+
+async def test_a_reused_nonce_counts_up_so_a_counting_proxy_sees_no_replay(tmp_path: Path) -> None:
+    """Kamailio with qop=auth and nonce_count refuses a nonce count it has seen: texts after the
+    first go through with no new challenge only if each carries nc one higher."""
+    kamailio = await start_kamailio(tmp_path, nonce_count=True)
+    phone = await phone_on(kamailio)
+    hop, sender = sender_to(kamailio)
+    try:
+        results = [await sender.send(OUT) for _ in range(4)]
+        concurrent = await asyncio.gather(*(sender.send(OUT) for _ in range(4)))
+    finally:
+        await hop.close()
+        await phone.stop()
+        await kamailio.stop()
+    assert [r.challenged for r in results] == [True, False, False, False]
+    assert all(r.answer.status == 200 for r in [*results, *concurrent])
+    assert len(phone.received) == 8
+
+
+async def test_a_nonce_counted_out_is_not_reused(kamailio: Kamailio, phone: Phone) -> None:
+    hop, sender = sender_to(kamailio)
+    try:
+        await sender.send(OUT)
+        assert sender._nonce is not None
+        sender._nonce.uses = uac.MAX_NONCE_COUNT  # nc would need a ninth hex digit
+        again = await sender.send(OUT)
+    finally:
+        await hop.close()
+    assert (again.answer.status, again.challenged) == (200, True)
+
+
+async def test_credentials_refused_twice_drop_the_nonce(kamailio: Kamailio, phone: Phone) -> None:
+    hop, sender = sender_to(kamailio, password="wrong")
+    try:
+        refused = await sender.send(OUT)
+    finally:
+        await hop.close()
+    assert (refused.answer.status, refused.challenged, sender._nonce) == (407, True, None)
+    assert phone.received == []
 
 
 async def test_a_wrong_password_is_a_permanent_auth_failure(kamailio: Kamailio, phone: Phone) -> None:

@@ -38,6 +38,13 @@ class Kamailio:
     store_offline: bool = True
     intake_port: int = 9
     udp_mtu: int = 1300
+    # Shared memory (MB). Every relayed MESSAGE leaves its transaction in shared memory for tm's
+    # wt_timer (5 s) after the final answer; 32 MB held about 2,000 of them, so a sender doing
+    # 2,000 texts/s ran Kamailio out of memory and its requests were dropped unanswered ("out of
+    # mem" in the log) until the timer freed some: a UDP sender saw only retransmission waits.
+    shm_mb: int = 128
+    # Kamailio's nonce_count with qop=auth: a nonce may be reused, each time with a higher nc.
+    nonce_count: bool = False
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
 
     @property
@@ -53,7 +60,9 @@ class Kamailio:
                    else 't_reply("480", "Temporarily Unavailable");')
         failure = ('if (t_check_status("408|480|503")) { if (m_store("$avp(orig_ruri)")) '
                    '{ t_reply("202", "Accepted (stored)"); } }' if self.store_offline else "")
-        return CONFIG.format(port=self.port, mtu=self.udp_mtu, mpath=module_dir, loads=loads,
+        auth_params = ('modparam("auth", "nonce_count", 1)' if self.nonce_count else "")
+        return CONFIG.format(auth_params=auth_params, qop="1" if self.nonce_count else "0", port=self.port,
+                             mtu=self.udp_mtu, mpath=module_dir, loads=loads,
                              db=self.directory / "db", users=users, offline=offline,
                              intake=self.intake_port, domain=DOMAIN, failure=failure)
 
@@ -70,7 +79,7 @@ class Kamailio:
         cfg.write_text(self.config())
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                binary, "-f", str(cfg), "-P", str(self.directory / "kamailio.pid"), "-DD", "-E", "-m", "32",
+                binary, "-f", str(cfg), "-P", str(self.directory / "kamailio.pid"), "-DD", "-E", "-m", str(self.shm_mb),
                 "-M", "8", "-w", str(self.directory), stdout=out, stderr=out, start_new_session=True)
         await self._wait_ready()
 
@@ -138,6 +147,7 @@ modparam("msilo", "from_address", "sip:registrar@{domain}")
 modparam("msilo", "add_date", 0)
 modparam("msilo", "outbound_proxy", "sip:127.0.0.1:{port}")
 modparam("tm", "fr_timer", 4000)
+{auth_params}
 
 event_route[htable:mod-init] {{
 {users}
@@ -146,6 +156,9 @@ event_route[htable:mod-init] {{
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if (!sanity_check("17895", "7")) {{ exit; }}
+    # a retransmission of a request being handled or answered: its transaction answers it
+    if (t_precheck_trans()) {{ t_check_trans(); exit; }}
+    t_check_trans();
     if (is_method("REGISTER")) {{
         if (!pv_www_authenticate("{domain}", "$sht(users=>$au)", "0")) {{ www_challenge("{domain}", "0"); exit; }}
         if (!save("location")) {{ sl_reply_error(); exit; }}
@@ -154,7 +167,10 @@ request_route {{
     }}
     if (!is_method("MESSAGE")) {{ sl_send_reply("405", "Method Not Allowed"); exit; }}
     if (!($si == "127.0.0.1" && $sp == {port})) {{
-        if (!pv_proxy_authenticate("{domain}", "$sht(users=>$au)", "0")) {{ proxy_challenge("{domain}", "0"); exit; }}
+        if (!pv_proxy_authenticate("{domain}", "$sht(users=>$au)", "0")) {{
+            proxy_challenge("{domain}", "{qop}");
+            exit;
+        }}
         consume_credentials();
     }}
     if ($au != "bridge" && $rU =~ "^\\+?[0-9]{{10,15}}(\\+[0-9]{{10,15}})?$") {{

@@ -75,3 +75,15 @@ def test_a_challenge_we_cannot_answer_is_refused() -> None:
 ])
 def test_what_each_answer_means(status: int, answer: Answer) -> None:
     assert classify(status) is answer
+
+
+def test_a_reused_nonce_carries_its_count_in_hex_and_the_count_is_in_the_response() -> None:
+    challenge = digest.parse_challenge('Digest realm="r", nonce="n1", qop="auth"')
+    second = digest.authorization(challenge, method="MESSAGE", uri="sip:1001@r", username="u", password="p",
+                                  cnonce="c", nc=2)
+    assert "nc=00000002" in second
+    assert second != digest.authorization(challenge, method="MESSAGE", uri="sip:1001@r", username="u",
+                                          password="p", cnonce="c", nc=1).replace("nc=00000001", "nc=00000002")
+    assert digest.verify(second, method="MESSAGE", password="p", realm="r", nonce="n1")
+    with pytest.raises(ValueError, match="nonce count"):
+        digest.authorization(challenge, method="MESSAGE", uri="sip:1001@r", username="u", password="p", nc=0)

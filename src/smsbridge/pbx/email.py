@@ -4,19 +4,49 @@ the tenant's previous target gave up, or as a copy of every text.
 STARTTLS or implicit TLS, with credentials from secret references and an optional private CA.
 SMTP 4xx answers, timeouts and refused connections are retried; 5xx answers are permanent and
 dead-lettered with the SMTP code. Logs carry neither the text nor the addresses.
+
+Pictures are fetched through a guarded session of the adapter's own (`smsbridge.destinations`):
+a media URL comes from a webhook, so it could name 127.0.0.1, the cloud's metadata address or a
+private service. Only public addresses are fetched, plus `[media] fetch_allowed_networks` and the
+bridge's own media host when `[media] public_url` names it by address (`fetch_networks`);
+redirects are followed one hop at a time, each hop checked. A picture refused is never fetched:
+the mail links it instead, like one beyond the size cap.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import ssl
+from collections.abc import Iterable
 
 import aiohttp
 import aiosmtplib
+import structlog
+import yarl
 
-from smsbridge.config import EmailTarget
+from smsbridge.config import EmailTarget, Settings
+from smsbridge.destinations import DestinationRefused, check_literal, guarded_session, networks
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.email_message import Attachment, build
+
+log = structlog.get_logger("smsbridge.email")
+MAX_REDIRECTS = 3
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def fetch_networks(settings: Settings) -> list[str]:
+    """Where pictures may be fetched from besides public addresses: `[media]
+    fetch_allowed_networks`, and the bridge's own media host when its public URL names an address
+    (a name is resolved and checked like any other)."""
+    allowed = list(settings.media.fetch_allowed_networks)
+    host = (yarl.URL(settings.media_base_url()).host or "").strip("[]")
+    try:
+        allowed.append(str(ipaddress.ip_network(host)))
+    except ValueError:
+        pass
+    return allowed
 
 
 def classify_smtp(code: int, message: str) -> None:
@@ -29,9 +59,11 @@ def classify_smtp(code: int, message: str) -> None:
 class EmailAdapter:
     kind = "email"
 
-    def __init__(self, target: EmailTarget, session: aiohttp.ClientSession) -> None:
+    def __init__(self, target: EmailTarget, allowed_networks: Iterable[str]) -> None:
         self._target = target
-        self._session = session
+        self._allowed_entries = list(allowed_networks)
+        self._allowed = networks(self._allowed_entries)
+        self._session: aiohttp.ClientSession | None = None
         self._tls = ssl.create_default_context(cafile=target.ca_file or None)
 
     def recipient(self, extension: str) -> str:
@@ -75,13 +107,40 @@ class EmailAdapter:
 
     async def _fetch(self, url: str, limit: int) -> bytes | None:
         try:
-            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=self._target.timeout_s)) as got:
-                if got.status != 200:
-                    return None
-                data = await got.content.read(limit + 1)
-        except (aiohttp.ClientError, TimeoutError):
+            async with asyncio.timeout(self._target.timeout_s):
+                response = await self._open(url)
+                async with response:
+                    if response.status != 200:
+                        return None
+                    data = await response.content.read(limit + 1)
+        except DestinationRefused as exc:
+            log.warning("picture linked, not attached: its address is not allowed", reason=str(exc))
+            return None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, DestinationRefused):  # a name that resolves only to refused addresses
+                log.warning("picture linked, not attached: its address is not allowed", reason=str(exc.os_error))
+            return None
+        except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
         return data if len(data) <= limit else None
 
+    async def _open(self, url: str) -> aiohttp.ClientResponse:
+        """The answer at `url`, redirects followed one hop at a time so that each hop is checked
+        (aiohttp does not resolve address literals, so the guarded resolver alone would miss them)."""
+        if self._session is None:
+            self._session = guarded_session(self._allowed_entries)
+        for _hop in range(MAX_REDIRECTS + 1):
+            if not url.startswith(("http://", "https://")):
+                raise ValueError("not an http(s) URL")
+            check_literal(yarl.URL(url).host, self._allowed)
+            response = await self._session.get(url, allow_redirects=False)
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or not location:
+                return response
+            response.release()
+            url = str(response.url.join(yarl.URL(location)))
+        raise ValueError(f"more than {MAX_REDIRECTS} redirects")
+
     async def close(self) -> None:
-        return None
+        if self._session is not None:
+            await self._session.close()

@@ -45,16 +45,21 @@ def _h(algorithm: str, text: str) -> str:
 
 
 def authorization(challenge: Challenge, *, method: str, uri: str, username: str, password: str,
-                  cnonce: str | None = None) -> str:
-    """The `Authorization` / `Proxy-Authorization` value answering `challenge` (nonce count 1)."""
+                  cnonce: str | None = None, nc: int = 1) -> str:
+    """The `Authorization` / `Proxy-Authorization` value answering `challenge`. With qop, `nc` is
+    the number of requests sent with this nonce so far, this one included (RFC 7616 §3.4): a
+    nonce reused with a count already seen is a replay to a server that counts."""
+    if not 1 <= nc <= 0xFFFFFFFF:
+        raise ValueError(f"nonce count {nc} is out of range")
     alg = challenge.algorithm
     ha1 = _h(alg, f"{username}:{challenge.realm}:{password}")
     ha2 = _h(alg, f"{method}:{uri}")
     fields = [f'username="{username}"', f'realm="{challenge.realm}"', f'nonce="{challenge.nonce}"', f'uri="{uri}"']
     if "auth" in challenge.qop:
         cnonce = cnonce or secrets.token_hex(8)
-        response = _h(alg, f"{ha1}:{challenge.nonce}:00000001:{cnonce}:auth:{ha2}")
-        fields += ["qop=auth", "nc=00000001", f'cnonce="{cnonce}"']
+        count = f"{nc:08x}"
+        response = _h(alg, f"{ha1}:{challenge.nonce}:{count}:{cnonce}:auth:{ha2}")
+        fields += ["qop=auth", f"nc={count}", f'cnonce="{cnonce}"']
     else:
         response = _h(alg, f"{ha1}:{challenge.nonce}:{ha2}")
     fields += [f'response="{response}"', f"algorithm={alg}"]

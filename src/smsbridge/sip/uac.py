@@ -14,6 +14,7 @@ from smsbridge.sip.transport import NextHop, Proto
 UDP_LIMIT = 1300  # RFC 3261 §18.1.1: a larger request with an unknown path MTU goes by TCP
 ID_HEADER = "X-Smsbridge-Id"
 CONTENT_TYPE = "text/plain;charset=UTF-8"
+MAX_NONCE_COUNT = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,21 @@ class Result:
     challenged: bool  # the final answer followed a digest challenge (a second one means bad credentials)
 
 
+@dataclass
+class _Nonce:
+    """A challenge answered once and reused for the next texts, with the count of requests sent
+    with its nonce so far (qop's `nc`, RFC 7616 §3.4: each use counts, so a proxy that counts,
+    e.g. Kamailio with `nonce_count`, never sees a replay)."""
+
+    header: str  # "Authorization" or "Proxy-Authorization"
+    challenge: digest.Challenge
+    uses: int = 0
+
+    def next_use(self) -> int:
+        self.uses += 1  # taken before the request goes out: concurrent texts get distinct counts
+        return self.uses
+
+
 class MessageSender:
     def __init__(self, hop: NextHop, *, transport: Literal["udp", "tcp", "auto"], timeout_s: float,
                  credentials: Credentials | None) -> None:
@@ -45,23 +61,30 @@ class MessageSender:
         self._transport = transport
         self._timeout = timeout_s
         self._credentials = credentials
-        self._last_challenge: SipMessage | None = None
+        self._nonce: _Nonce | None = None
 
     async def send(self, out: Outgoing) -> Result:
-        """The final answer. The last challenge answered is reused (its nonce stays valid for a
-        while at most proxies), which saves a round trip per text; a challenge to that, e.g. a
-        stale nonce, is answered once more, and a challenge after that means bad credentials."""
+        """The final answer. The nonce of the last challenge answered is reused with a nonce count
+        one higher each time (proxies keep a nonce valid for a while; this saves a round trip per
+        text). A challenge to a reused nonce (stale, counted out, bound to another Call-ID) drops
+        it and the new challenge is answered once; a challenge to that means bad credentials."""
         call_id, tag = secrets.token_hex(12), new_tag()
         proto = await self._proto(out, call_id, tag)
-        cached = self._authorization(self._last_challenge, out)
-        answer = await self._attempt(out, proto, call_id, tag, cseq=1, auth=cached)
+        cached = self._nonce
+        if cached is not None and cached.uses >= MAX_NONCE_COUNT:
+            cached = self._nonce = None  # counted out (8 hex digits): a fresh challenge
+        auth = None if cached is None else self._authorization(cached, out)
+        answer = await self._attempt(out, proto, call_id, tag, cseq=1, auth=auth)
         if answer.status not in (401, 407) or self._credentials is None:
             return Result(answer, proto, challenged=False)
-        self._last_challenge = answer
-        auth = self._authorization(answer, out)
-        if auth is None:
+        fresh = self._challenge(answer)
+        if fresh is None:
             return Result(answer, proto, challenged=False)
-        return Result(await self._attempt(out, proto, call_id, tag, cseq=2, auth=auth), proto, challenged=True)
+        self._nonce = fresh
+        answer = await self._attempt(out, proto, call_id, tag, cseq=2, auth=self._authorization(fresh, out))
+        if answer.status in (401, 407) and self._nonce is fresh:
+            self._nonce = None  # refused twice: start from a fresh challenge next time
+        return Result(answer, proto, challenged=True)
 
     async def _proto(self, out: Outgoing, call_id: str, tag: str) -> Proto:
         if self._transport != "auto":
@@ -69,21 +92,22 @@ class MessageSender:
         size = len(self._build(out, "udp", ("0.0.0.0", 0), new_branch(), call_id, tag, 2, None).encode())
         return "tcp" if size + 200 > UDP_LIMIT else "udp"  # 200: room for an Authorization header
 
-    def _authorization(self, answer: SipMessage | None, out: Outgoing) -> tuple[str, str] | None:
-        if answer is None or self._credentials is None:
-            return None
-        name = "WWW-Authenticate" if answer.status == 401 else "Proxy-Authenticate"
-        value = answer.header(name)
+    @staticmethod
+    def _challenge(answer: SipMessage) -> _Nonce | None:
+        value = answer.header("WWW-Authenticate" if answer.status == 401 else "Proxy-Authenticate")
         if value is None:
             return None
         try:
             challenge = digest.parse_challenge(value)
         except digest.UnsupportedChallenge:
             return None
-        header = "Authorization" if answer.status == 401 else "Proxy-Authorization"
-        return header, digest.authorization(challenge, method="MESSAGE", uri=_uri(out.to_user, out.domain),
-                                            username=self._credentials.username,
-                                            password=self._credentials.password)
+        return _Nonce("Authorization" if answer.status == 401 else "Proxy-Authorization", challenge)
+
+    def _authorization(self, nonce: _Nonce, out: Outgoing) -> tuple[str, str]:
+        assert self._credentials is not None
+        return nonce.header, digest.authorization(nonce.challenge, method="MESSAGE", uri=_uri(out.to_user, out.domain),
+                                                  username=self._credentials.username,
+                                                  password=self._credentials.password, nc=nonce.next_use())
 
     async def _attempt(self, out: Outgoing, proto: Proto, call_id: str, tag: str, *, cseq: int,
                        auth: tuple[str, str] | None) -> SipMessage:
