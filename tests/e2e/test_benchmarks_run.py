@@ -62,6 +62,7 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
     ratios = [("receiver", "webhooks/s"), ("receiver", "p99 latency"), ("dispatch", "limits off: sent/s"),
               ("relay", "sends accepted/s"), ("sip", "… at once: sip target deliveries/s"),
               ("sip", "… at once: intake MESSAGE"),
+              ("sip", "intake requests/s beside the receiver's webhooks/s"),
               ("inbound", "max (…): delivered/s"), ("inbound-pg", "max (…): delivered/s"),
               *(("memory", f"{role}: RSS after") for role in EXPECTED_ROLES)]
     for bench, figure in ratios:
