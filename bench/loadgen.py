@@ -73,7 +73,7 @@ async def _run(url: str, duration: float, rate: float | None, connections: int, 
                     latencies.append(time.perf_counter() - t0)
                 else:
                     errors += 1
-        except aiohttp.ClientError:
+        except (aiohttp.ClientError, TimeoutError):  # a request past the session's timeout is an error too
             errors += 1
 
     async with aiohttp.ClientSession(connector=connector) as session:
