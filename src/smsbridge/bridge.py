@@ -68,7 +68,7 @@ from smsbridge.pbx.sip import SipAdapter
 from smsbridge.queue_depths import QueueDepthPoller
 from smsbridge.receiver import make_app, make_health_app
 from smsbridge.sip.server import SipIntake
-from smsbridge.targets import adapter_key
+from smsbridge.targets import adapter_key, delivery_lease_s
 from smsbridge.workers import relay_dlr
 from smsbridge.workers.delivery import DeliveryHandler
 from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limiters_for
@@ -178,7 +178,7 @@ class Bridge:
             inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics, media)
             await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
         if "delivery" in self.roles:
-            turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), self._delivery_lease_s()
+            turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), delivery_lease_s(self.settings)
             handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=lease_s, turns=turns,
                                       fallback=Fallback(self.settings, self.publisher))
             sweeper = OrderSweeper(ledger, turns, stale_after(self.settings.retry.delivery.max_delay_s, lease_s))
@@ -268,13 +268,6 @@ class Bridge:
             return None
         return OutboundMedia(self.settings, MediaFetcher(self._media_session(), self.media_store, self.settings.media),
                              ledger)
-
-    def _delivery_lease_s(self) -> float:
-        """Longer than any one delivery attempt can take, so a live claim is never stolen."""
-        timeouts = [t.timeout_s for t in self.settings.pbx_targets if isinstance(t, HttpTarget | FlowrouteTarget)]
-        # a SIP part may be challenged once: two transactions, each up to its timeout
-        timeouts += [2 * t.timeout_s for t in self.settings.pbx_targets if isinstance(t, SipTarget)]
-        return 2 * max(timeouts + [self.settings.broker.publish_timeout_s]) + 10
 
     def _http_session(self) -> aiohttp.ClientSession:
         if self._http is None:

@@ -8,7 +8,7 @@ text at once, whatever happens to the others.
 
 from __future__ import annotations
 
-from smsbridge.config import EmailTarget, PbxTarget, Settings
+from smsbridge.config import EmailTarget, FlowrouteTarget, HttpTarget, PbxTarget, Settings, SipTarget
 
 
 def is_copy(target: PbxTarget) -> bool:
@@ -35,3 +35,27 @@ def after(settings: Settings, tenant: str, current: int) -> int | None:
 
 def adapter_key(tenant: str, index: int) -> str:
     return tenant if index == 0 else f"{tenant}#{index}"
+
+
+# How many of a target's `timeout_s` one delivery attempt can take at the most.
+SIP_ATTEMPT_TIMEOUTS = 2  # a part may be challenged once: two transactions
+EMAIL_SMTP_TIMEOUTS = 2  # the SMTP conversation (aiosmtplib's own timeout is per command)
+EMAIL_ATTEMPT_TIMEOUTS = 1 + EMAIL_SMTP_TIMEOUTS  # the pictures, all within one timeout, then SMTP
+
+
+def attempt_bound_s(target: PbxTarget) -> float:
+    """The longest one delivery attempt to `target` can take (AMQP: bounded by the publish timeout)."""
+    if isinstance(target, HttpTarget | FlowrouteTarget):
+        return target.timeout_s
+    if isinstance(target, SipTarget):
+        return SIP_ATTEMPT_TIMEOUTS * target.timeout_s
+    if isinstance(target, EmailTarget):
+        return EMAIL_ATTEMPT_TIMEOUTS * target.timeout_s
+    return 0.0
+
+
+def delivery_lease_s(settings: Settings) -> float:
+    """How long a delivery claim lasts: twice the longest attempt any target (or a publish) can
+    take, plus 10 s, so that a live claim is never taken over by another worker."""
+    longest = max([attempt_bound_s(t) for t in settings.pbx_targets] + [settings.broker.publish_timeout_s])
+    return 2 * longest + 10

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import msgspec
 import pytest
 import structlog
@@ -18,9 +20,13 @@ from smsbridge.errors import LedgerUnavailable, RetryableError
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
+from smsbridge.ledger.media_ops import MediaRecord
+from smsbridge.media import links
+from smsbridge.media.store import LocalStore
 from smsbridge.pbx_client import publish_request, status_queue, watch
 from tests.conftest import StartBridge
 from tests.support.ledger import PG_URL, pg_schema
+from tests.support.media import LINK_KEY, start_receiver
 from tests.support.settings import ACCOUNT, settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 
@@ -95,3 +101,31 @@ async def test_a_request_during_an_outage_is_retried_without_crashing_then_sent_
     retried = [e for e in logs if e["event"] == "message will be retried"]
     assert all(e["reason"].startswith("ledger unavailable") for e in retried), retried
     assert [e["event"] for e in logs].count("ledger unavailable: messages are retried until it is back") >= 1
+
+
+async def test_a_media_link_while_the_ledger_is_down_is_503_then_serves(
+    proxied_pg: tuple[TcpProxy, LedgerSettings], tmp_path: Path,
+) -> None:
+    """The `/media` route must not answer 500 when it cannot look an attachment up: 503, retry."""
+    proxy, location = proxied_pg
+    ledger = Ledger.open(location.url, schema_name=location.schema)
+    store = LocalStore(tmp_path / "media")
+    runner, base_url = await start_receiver(store, ledger)
+    try:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"\x89PNG a picture"
+        stored = await store.put(chunks(), max_bytes=1000)
+        media_id = await ledger.record_media(MediaRecord(
+            direction="upload", tenant="acme", message_ref="upload:acme:x", position=0, state="stored",
+            blob_key=stored.key, mime_type="image/png", file_name="a.png", size=stored.size))
+        url = links.link(base_url, LINK_KEY, links.claims_for(media_id, stored.key, "acme", 3600))
+        async with aiohttp.ClientSession() as http:
+            await proxy.cut()
+            async with http.get(url) as response:
+                assert response.status == 503 and (await response.json())["error"] == "unavailable"
+            await proxy.restore()
+            async with http.get(url) as response:
+                assert response.status == 200 and await response.read() == b"\x89PNG a picture"
+    finally:
+        await runner.cleanup()
+        await ledger.close()

@@ -8,7 +8,7 @@ import msgspec
 
 from smsbridge.config import EmailTarget, HttpTarget, PbxTarget, Settings, SipTarget
 from smsbridge.events import InboundMessage
-from smsbridge.targets import adapter_key, after, copies, first
+from smsbridge.targets import adapter_key, after, copies, delivery_lease_s, first
 from smsbridge.workers.inbound import deliveries_for
 
 SIP = SipTarget(tenant="acme", host="127.0.0.1", domain="pbx.test")
@@ -44,3 +44,17 @@ def test_a_text_goes_to_the_first_target_and_to_each_copy_per_extension() -> Non
     found = deliveries_for(message, ("101", "102"), first=1, copies=(0,))
     assert [(d.target, d.extension) for d in found] == [(1, "101"), (1, "102"), (0, "101"), (0, "102")]
     assert [d.claim_key for d in found] == ["101#1", "102#1", "101", "102"]
+
+
+def test_the_delivery_lease_outlasts_the_longest_attempt_of_any_target_email_included() -> None:
+    """A claim whose lease ran out while its attempt still runs lets a second worker deliver the
+    same text again: the lease is twice the longest attempt (plus 10 s). An email attempt is its
+    pictures (one timeout for all) and the SMTP conversation (two), so 3 × its `timeout_s`."""
+    http = msgspec.structs.replace(HTTP, timeout_s=10.0)
+    sip = msgspec.structs.replace(SIP, timeout_s=5.0)
+    mail = msgspec.structs.replace(MAIL, timeout_s=30.0)
+    publish = Settings().broker.publish_timeout_s
+    assert delivery_lease_s(settings(http)) == 2 * max(10.0, publish) + 10
+    assert delivery_lease_s(settings(http, sip)) == 2 * max(10.0, 2 * 5.0, publish) + 10
+    assert delivery_lease_s(settings(http, sip, mail)) == 2 * 90.0 + 10
+    assert delivery_lease_s(settings(mail)) == 2 * 90.0 + 10  # email alone: was 2 × publish timeout + 10

@@ -22,6 +22,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.ledger import Ledger
 from smsbridge.ledger.media_ops import MediaRow
 from smsbridge.media import links
@@ -84,7 +85,10 @@ async def serve_media(request: web.Request) -> web.StreamResponse:
         return _error(403, "forbidden", "this link is not valid")
     except links.ExpiredToken:
         return _error(410, "expired", "this link has expired")
-    row = await serving.ledger.media(claims.media_id)
+    try:
+        row = await serving.ledger.media(claims.media_id)
+    except LedgerUnavailable:
+        return _error(503, "unavailable", "the bridge cannot look this attachment up now; retry shortly")
     if row is None or row.state != "stored" or row.blob_key != claims.key or row.tenant != claims.tenant:
         return _error(404, "not_found", "this attachment is no longer kept")
     blob = await serving.store.open(claims.key)

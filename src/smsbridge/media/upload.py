@@ -16,6 +16,7 @@ import structlog
 from aiohttp import web
 
 from smsbridge.config import Settings
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.ledger.media_ops import MediaRecord
 from smsbridge.media import links
 from smsbridge.media.serve import MEDIA_SERVING, safe_file_name
@@ -61,9 +62,12 @@ async def upload(request: web.Request) -> web.Response:
     except TimeoutError:
         return _error(408, "timeout", f"the file did not arrive within {deadline:g} s")
     name = safe_file_name(request.query.get("file_name"))
-    media_id = await serving.ledger.record_media(MediaRecord(
-        direction="upload", tenant=tenant, message_ref=f"upload:{tenant}:{stored.key}", position=0, state="stored",
-        blob_key=stored.key, mime_type=mime_type, file_name=name, size=stored.size))
+    try:
+        media_id = await serving.ledger.record_media(MediaRecord(
+            direction="upload", tenant=tenant, message_ref=f"upload:{tenant}:{stored.key}", position=0,
+            state="stored", blob_key=stored.key, mime_type=mime_type, file_name=name, size=stored.size))
+    except LedgerUnavailable:  # the blob stays, unreferenced, until the pruner's next pass
+        return _error(503, "unavailable", "the bridge cannot record the file now; retry shortly")
     claims = links.claims_for(media_id, stored.key, tenant, settings.media.link_lifetime_s(tenant))
     url = links.link(settings.media_base_url(), serving.key, claims)
     log.info("media uploaded", tenant=tenant, size=stored.size, media_id=media_id)

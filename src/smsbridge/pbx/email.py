@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import ssl
 from collections.abc import Iterable
 
@@ -30,6 +31,7 @@ from smsbridge.destinations import DestinationRefused, check_literal, guarded_se
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.email_message import Attachment, build
+from smsbridge.targets import EMAIL_SMTP_TIMEOUTS
 
 log = structlog.get_logger("smsbridge.email")
 MAX_REDIRECTS = 3
@@ -50,10 +52,17 @@ def fetch_networks(settings: Settings) -> list[str]:
 
 
 def classify_smtp(code: int, message: str) -> None:
-    """Raise the right error for an SMTP refusal."""
+    """Raise the right error for an SMTP refusal. Only the code and the enhanced status (e.g.
+    5.1.1) are kept: the server's text often quotes the recipient's address."""
+    status = _enhanced_status(message)
     if 400 <= code < 500:
-        raise RetryableError(f"mail server answered {code}: {message[:200]}")
-    raise PermanentError(f"mail server refused the mail with {code}: {message[:200]}", code=f"smtp_{code}")
+        raise RetryableError(f"mail server answered {code}{status}")
+    raise PermanentError(f"mail server refused the mail with {code}{status}", code=f"smtp_{code}")
+
+
+def _enhanced_status(message: str) -> str:
+    match = re.match(r"\s*([245]\.\d{1,3}\.\d{1,3})\b", message)
+    return f" ({match.group(1)})" if match else ""
 
 
 class EmailAdapter:
@@ -78,10 +87,12 @@ class EmailAdapter:
         mail = build(delivery, sender=self._target.sender, recipient=recipient, attachments=attachments, links=links)
         t = self._target
         try:
-            await aiosmtplib.send(
-                mail, hostname=t.host, port=t.port, use_tls=t.security == "tls", start_tls=t.security == "starttls",
-                username=t.username or None, password=t.password.reveal() if t.password else None,
-                tls_context=self._tls if t.security != "none" else None, timeout=t.timeout_s)
+            async with asyncio.timeout(EMAIL_SMTP_TIMEOUTS * t.timeout_s):  # aiosmtplib's timeout is per command
+                await aiosmtplib.send(
+                    mail, hostname=t.host, port=t.port, use_tls=t.security == "tls",
+                    start_tls=t.security == "starttls", username=t.username or None,
+                    password=t.password.reveal() if t.password else None,
+                    tls_context=self._tls if t.security != "none" else None, timeout=t.timeout_s)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             classify_smtp(first.code, first.message)
@@ -92,12 +103,15 @@ class EmailAdapter:
 
     async def _media(self, media: tuple[Media, ...]) -> tuple[list[Attachment], list[Media]]:
         """Attach pictures while they fit the cap (in the order sent), link the rest; a picture
-        that cannot be fetched is linked too: the mail must not wait for it."""
+        that cannot be fetched, or not within `timeout_s` for all of them, is linked too: the mail
+        must not wait for it."""
         attachments: list[Attachment] = []
         links: list[Media] = []
         room = self._target.attach_max_bytes
+        deadline = asyncio.get_running_loop().time() + self._target.timeout_s  # for all pictures together
         for item in media:
-            data = None if item.size is not None and item.size > room else await self._fetch(item.url, room)
+            fits = item.size is None or item.size <= room
+            data = await self._fetch(item.url, room, deadline) if fits else None
             if data is None:
                 links.append(item)
             else:
@@ -105,9 +119,9 @@ class EmailAdapter:
                 room -= len(data)
         return attachments, links
 
-    async def _fetch(self, url: str, limit: int) -> bytes | None:
+    async def _fetch(self, url: str, limit: int, deadline: float) -> bytes | None:
         try:
-            async with asyncio.timeout(self._target.timeout_s):
+            async with asyncio.timeout_at(deadline):
                 response = await self._open(url)
                 async with response:
                     if response.status != 200:
