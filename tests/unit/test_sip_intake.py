@@ -15,8 +15,10 @@ import pytest
 from smsbridge.config import OutboundRule, Settings, SipIntakeSettings, SipPeer, SmsConfig
 from smsbridge.events import OutboundRequest
 from smsbridge.secret import Secret
+from smsbridge.sip import server
 from smsbridge.sip.server import SipIntake
 from smsbridge.testing.broker import InMemoryPublisher
+from tests.support.wait import eventually
 
 DID = "+12065550100"
 OTHER_DID = "+12065550101"
@@ -176,10 +178,9 @@ async def test_an_unknown_peer_is_403() -> None:
     assert status(answer) == 403 and publisher.published == []
 
 
-def digest_header(challenge: bytes, password: str) -> str:
+def digest_header(challenge: bytes, password: str, uri: str = "sip:+12065550199@127.0.0.1") -> str:
     realm = re.search(rb'realm="([^"]+)"', challenge).group(1).decode()  # type: ignore[union-attr]
     nonce = re.search(rb'nonce="([^"]+)"', challenge).group(1).decode()  # type: ignore[union-attr]
-    uri = "sip:+12065550199@127.0.0.1"
     ha1 = hashlib.md5(f"kam:{realm}:{password}".encode()).hexdigest()
     ha2 = hashlib.md5(f"MESSAGE:{uri}".encode()).hexdigest()
     response = hashlib.md5(f"{ha1}:{nonce}:{ha2}".encode()).hexdigest()
@@ -199,6 +200,22 @@ async def test_a_digest_peer_is_challenged_then_checked(password: str, expected:
         await intake.stop()
     assert status(answer) == expected
     assert len(publisher.published) == (1 if expected == 202 else 0)
+
+
+async def test_credentials_seen_on_one_text_cannot_send_to_another_number() -> None:
+    """A captured Proxy-Authorization (same nonce, still fresh) replayed with another Request-URI:
+    the credentials name the URI they were made for, so the replay is refused."""
+    peer = SipPeer(tenant="acme", username="kam", password=Secret("kampw"))
+    intake, publisher = await start(settings(peer))
+    try:
+        (challenge,) = await udp(intake.port, message())
+        seen = digest_header(challenge, "kampw")
+        (first,) = await udp(intake.port, message(cseq=2, extra=seen))
+        (replayed,) = await udp(intake.port, message(call_id="c2", cseq=2, ruri_user="+12065550142", extra=seen))
+    finally:
+        await intake.stop()
+    assert (status(first), status(replayed)) == (202, 403)
+    assert [r.to for r in requests(publisher)] == ["+12065550199"]
 
 
 async def test_tcp_carries_a_text_too(running: Started) -> None:
@@ -277,6 +294,20 @@ async def test_each_tenant_publishes_under_its_own_key() -> None:
     assert keys == [("outbound.acme", "acme", "101"), ("outbound.globex", "globex", "201")]
 
 
+async def test_another_peer_reusing_a_transactions_ids_gets_its_own_answer_not_the_cached_one() -> None:
+    """Call-ID, CSeq and From tag are the sender's choice: the same triple from another peer is
+    another transaction (before, globex got acme's cached 202 and its text was dropped)."""
+    intake, publisher = await start(two_tenant_settings())
+    try:
+        acme = await udp_from(intake.port, "127.0.0.1", message(call_id="same", ext="101"))
+        globex = await udp_from(intake.port, "127.0.0.2", message(call_id="same", ext="201"))
+    finally:
+        await intake.stop()
+    assert (status(acme), status(globex)) == (202, 202)
+    assert [(r.tenant, r.from_extension) for r in requests(publisher)] == [("acme", "101"), ("globex", "201")]
+    assert intake.retransmissions == 0
+
+
 @pytest.mark.parametrize("data", [
     message().replace(b"Max-Forwards: 70\r\n", b"Max-Forwards 70\r\n"),  # a header line without a colon
     message().replace(b"Content-Length: 6", b"Content-Length: 600"),  # a datagram shorter than it says
@@ -329,3 +360,34 @@ async def test_a_did_last_used_that_the_rule_does_not_allow_gives_way_to_the_def
     assert (status(guessed), status(explicit)) == (202, 403)
     (req,) = requests(publisher)
     assert req.from_did is None  # the outbound stage picks the rule's DID
+
+
+class StuckBroker(InMemoryPublisher):
+    """A broker that takes publishes but confirms none until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def publish(self, exchange: str, routing_key: str, body: bytes, **kwargs: Any) -> None:
+        await self.release.wait()
+        await super().publish(exchange, routing_key, body, **kwargs)
+
+
+async def test_a_flood_beyond_the_in_flight_cap_gets_503_at_once_and_the_texts_in_flight_finish(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "MAX_IN_FLIGHT", 2)
+    publisher = StuckBroker()
+    intake = SipIntake(settings(), publisher, FakeLedger())  # type: ignore[arg-type]
+    await intake.start()
+    try:
+        waiting = [asyncio.create_task(udp_from(intake.port, "127.0.0.1", message(call_id=f"f{n}")))
+                   for n in range(2)]
+        await eventually(lambda: intake.in_flight == 2, what="two texts waiting for the broker")
+        third = await udp_from(intake.port, "127.0.0.1", message(call_id="f2"))
+        assert status(third) == 503 and b"Retry-After: 1" in third
+        publisher.release.set()
+        assert [status(a) for a in await asyncio.gather(*waiting)] == [202, 202]
+    finally:
+        await intake.stop()
+    assert len(requests(publisher)) == 2  # the refused third was not published

@@ -53,10 +53,13 @@ def test_digest_matches_the_rfc_2617_example() -> None:
     header = digest.authorization(challenge, method="GET", uri="/dir/index.html", username="Mufasa",
                                   password="Circle Of Life", cnonce="0a4f113b")
     assert 'response="6629fae49393a05397450978507c4ef1"' in header
-    assert digest.verify(header, method="GET", password="Circle Of Life", realm="testrealm@host.com",
-                         nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093")
-    assert not digest.verify(header, method="GET", password="wrong", realm="testrealm@host.com",
-                             nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093")
+    assert digest.verify(header, method="GET", uri="/dir/index.html", password="Circle Of Life",
+                         realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093")
+    assert not digest.verify(header, method="GET", uri="/dir/index.html", password="wrong",
+                             realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093")
+    # the same credentials on a request for another URI: a replay, refused (RFC 3261 §22.4)
+    assert not digest.verify(header, method="GET", uri="/dir/other.html", password="Circle Of Life",
+                             realm="testrealm@host.com", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093")
 
 
 def test_a_challenge_we_cannot_answer_is_refused() -> None:
@@ -84,6 +87,6 @@ def test_a_reused_nonce_carries_its_count_in_hex_and_the_count_is_in_the_respons
     assert "nc=00000002" in second
     assert second != digest.authorization(challenge, method="MESSAGE", uri="sip:1001@r", username="u",
                                           password="p", cnonce="c", nc=1).replace("nc=00000001", "nc=00000002")
-    assert digest.verify(second, method="MESSAGE", password="p", realm="r", nonce="n1")
+    assert digest.verify(second, method="MESSAGE", uri="sip:1001@r", password="p", realm="r", nonce="n1")
     with pytest.raises(ValueError, match="nonce count"):
         digest.authorization(challenge, method="MESSAGE", uri="sip:1001@r", username="u", password="p", nc=0)

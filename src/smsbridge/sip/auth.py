@@ -45,8 +45,8 @@ class PeerAuth:
         nonce = re.search(r'nonce\s*=\s*"([^"]*)"', header)
         if nonce is None or not self._fresh(nonce.group(1)) or peer.password is None:
             return False
-        return digest.verify(header, method=message.method, password=peer.password.reveal(),
-                             realm=self._settings.realm, nonce=nonce.group(1))
+        return digest.verify(header, method=message.method, uri=message.request_uri,
+                             password=peer.password.reveal(), realm=self._settings.realm, nonce=nonce.group(1))
 
     def _challenge(self) -> Refusal:
         value = f'Digest realm="{self._settings.realm}", nonce="{self._nonce()}", algorithm=MD5'

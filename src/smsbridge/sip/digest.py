@@ -68,11 +68,15 @@ def authorization(challenge: Challenge, *, method: str, uri: str, username: str,
     return "Digest " + ", ".join(fields)
 
 
-def verify(header: str, *, method: str, password: str, realm: str, nonce: str) -> bool:
-    """Check an `Authorization` header a peer sent (the SIP intake's side of the same maths)."""
+def verify(header: str, *, method: str, uri: str, password: str, realm: str, nonce: str) -> bool:
+    """Check an `Authorization` header a peer sent (the SIP intake's side of the same maths). The
+    credentials' `uri` must be the request's own Request-URI (RFC 3261 §22.4), so credentials seen
+    on one request cannot be replayed to text another number."""
     scheme, _, rest = header.strip().partition(" ")
     params = {k.lower(): v.strip('"') for k, v in _PARAM.findall(rest)}
     if scheme.lower() != "digest" or params.get("nonce") != nonce or params.get("realm") != realm:
+        return False
+    if params.get("uri", "").strip() != uri.strip():
         return False
     alg = params.get("algorithm", "MD5")
     if alg.lower() not in HASHES:

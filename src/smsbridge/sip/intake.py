@@ -36,10 +36,12 @@ class Addressed:
     did: str | None
 
 
-def transaction_key(message: SipMessage) -> str:
-    """Call-ID + CSeq (+ the From tag): the same for every retransmission, new for a new text."""
+def transaction_key(message: SipMessage, source: str) -> str:
+    """Call-ID + CSeq + the From tag + the sender's address: the same for every retransmission,
+    new for a new text. The address keeps another peer (or a phone that reuses a Call-ID) from
+    being answered with this transaction's cached answer, its own text dropped."""
     from_tag = param(message.header("From") or "", "tag") or ""
-    raw = f"{message.header('Call-ID')}\n{message.header('CSeq')}\n{from_tag}"
+    raw = f"{source}\n{message.header('Call-ID')}\n{message.header('CSeq')}\n{from_tag}"
     return hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 

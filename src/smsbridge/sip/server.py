@@ -29,6 +29,8 @@ from smsbridge.sip.message import BodyTooLarge, SipMessage, SipParseError, Strea
 from smsbridge.sip.responses import response
 
 log = structlog.get_logger("smsbridge.sip_intake")
+MAX_IN_FLIGHT = 1000  # texts being decided at once; beyond it a request gets 503 with Retry-After
+TCP_IDLE_S = 300.0  # a TCP connection silent this long is closed (phones and PBXs send keep-alives)
 _Reply = Callable[[bytes], object]
 ANSWER_TTL_S = 300.0  # far beyond Timer F (32 s): any retransmission finds its answer
 MAX_ANSWERS = 50_000
@@ -65,6 +67,11 @@ class SipIntake:
         self._tcp: asyncio.Server | None = None
         self.port = 0
         self.retransmissions = 0  # answered from the cache, not sent on again
+
+    @property
+    def in_flight(self) -> int:
+        """Texts being decided now (waiting for the ledger or the broker's confirm)."""
+        return len(self._in_flight)
 
     async def start(self) -> None:
         cfg = self._settings.sip_intake
@@ -113,7 +120,7 @@ class SipIntake:
             readable = salvage(data)
             if readable is not None:  # a request we can answer: say what is wrong instead of timing out
                 why = intake.Refusal(400, f"Bad Request ({str(exc).split(':')[0]})")  # never the line itself
-                reply(self._refuse(readable, intake.transaction_key(readable), why))
+                reply(self._refuse(readable, intake.transaction_key(readable, source), why))
             return  # not SIP: nothing to answer
         answer = await self.answer(message, source)
         if answer is not None:
@@ -123,7 +130,7 @@ class SipIntake:
         """The bytes to send back, or None (a response, or a retransmission still being handled)."""
         if message.is_response:
             return None
-        key = intake.transaction_key(message)
+        key = intake.transaction_key(message, source)
         cached = self._answers.get(key)
         if cached is not None:
             self.retransmissions += 1
@@ -131,6 +138,9 @@ class SipIntake:
             return cached
         if key in self._in_flight:
             return None  # the first copy's answer will go out; UDP senders retransmit
+        if len(self._in_flight) >= MAX_IN_FLIGHT:  # a flood: refuse at once rather than pile up work
+            log.warning("sip text refused: too many in flight", outcome="refused", in_flight=len(self._in_flight))
+            return response(message, 503, "Service Unavailable", key, (("Retry-After", "1"),))
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
@@ -198,13 +208,17 @@ class SipIntake:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         framer, source = StreamFramer(), str(writer.get_extra_info("peername")[0])
         try:
-            while data := await reader.read(65536):
+            while True:
+                async with asyncio.timeout(TCP_IDLE_S):  # a connection that sends nothing is closed
+                    data = await reader.read(65536)
+                if not data:
+                    break
                 for message in framer.feed(data):
                     self.spawn(message.encode(), source, writer.write)
         except BodyTooLarge as exc:  # the rest of the stream cannot be framed: answer, then close
             refusal = intake.Refusal(413, "Request Entity Too Large")
-            writer.write(self._refuse(exc.head, intake.transaction_key(exc.head), refusal))
-        except (SipParseError, ConnectionError):
+            writer.write(self._refuse(exc.head, intake.transaction_key(exc.head, source), refusal))
+        except (SipParseError, ConnectionError, TimeoutError):
             pass
         finally:
             writer.close()
