@@ -36,7 +36,13 @@ TARGETS = {"503": 0, "other": 0, "lost": 0, "dup@PBX": 0, "dup, new key": 0, "ou
 # Where a process dies (or loses the ledger) between the PBX's answer and recording it, the text
 # goes to the PBX again, with the same idempotency key (README, Guarantees): allowed there only.
 DUPLICATES_ALLOWED = {"roles", "postgres"}
+P99_TARGET_MS = 1000.0  # webhook answers, every scenario (issue 23: p99 < 1 s while a node dies)
 PBX_DOWN_S = 20.0  # the issue asks 60 s; 20 s keeps `make faults` under 15 minutes on 2 cores
+
+
+def _p99_ok(p99: object) -> bool:
+    """Under the target; a scenario where no webhook was answered has no p99 and misses it."""
+    return isinstance(p99, int | float) and p99 < P99_TARGET_MS
 
 
 class Bridge:
@@ -231,7 +237,7 @@ def table(rows: list[tuple[str, str, dict[str, object]]]) -> str:
     columns = ["200", "503", "other", "p99 ms", "lost", "dup@PBX", "dup, new key", "out of order", "sent twice",
                "never sent", "429", "e2e s", "recover s"]
     lines = ["| scenario | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    targets = {**TARGETS, "p99 ms": "< 1000", "dup@PBX": "0 (†)"}
+    targets = {**TARGETS, "p99 ms": f"< {P99_TARGET_MS:.0f}", "dup@PBX": "0 (†)"}
     lines.append("| target | " + " | ".join(str(targets.get(c, "")) for c in columns) + " |")
     for name, _, row in rows:
         lines.append(f"| {name} | " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |")
@@ -265,7 +271,8 @@ async def main(only: list[str], seconds: float) -> int:
     print(f"\nmake faults: {time.monotonic() - started:.0f} s, logs in {root}\n")
     print(table(run.rows))
     failed = [name for name, _, row in run.rows
-              if any(row[k] != v for k, v in TARGETS.items() if not (k == "dup@PBX" and name in DUPLICATES_ALLOWED))]
+              if any(row[k] != v for k, v in TARGETS.items() if not (k == "dup@PBX" and name in DUPLICATES_ALLOWED))
+              or not _p99_ok(row["p99 ms"])]
     if failed:
         print(f"\ntargets missed in: {', '.join(failed)}")
     return 1 if failed else 0

@@ -101,7 +101,7 @@ _PLANS: dict[tuple[int, str, frozenset[str]], tuple[sa.Executable, _Plan]] = {}
 
 
 def execute(c: sa.Connection, statement: sa.Executable, params: Mapping[str, Any]) -> Any:
-    """`c.execute(statement, params)`; on SQLite, straight on the driver's cursor. `statement`
+    """`c.execute(statement, params)`; on the dialects in `FAST`, straight on the driver's cursor. `statement`
     must live as long as the process (a module-level constant): its plan is kept by identity."""
     dialect = c.dialect
     if dialect.name not in FAST:

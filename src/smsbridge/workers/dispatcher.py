@@ -10,7 +10,9 @@ Exactly once, with the ledger:
   still waiting for the limiter when the process dies was certainly not sent;
 - a message found "sending" (the process died, or the answer never came) is first looked up in
   Flowroute's message list (`flowroute/sent_lookup.py` decides) and only sent if it is not
-  there; when the list cannot decide, it is parked as `send_in_doubt` for a person.
+  there; when the list cannot decide, it is dead-lettered as `send_in_doubt` for a person, never
+  sent again, and the PBX gets `failed` with reason code `send_in_doubt` (it may have gone out:
+  docs/operations.md says what to do).
 - Requests with the same text to the same number are handled one after the other
   (`conversation_of`), so a lookup never races a send it could mistake for its own.
 

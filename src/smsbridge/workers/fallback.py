@@ -20,7 +20,7 @@ class Fallback:
 
     async def __call__(self, delivery: InboundDelivery, reason: str, code: str) -> None:
         """Publish the text again for the next target; raise `BrokerUnavailable` if not stored
-        (the consumer then requeues the given-up message and comes back here)."""
+        (the consumer then sends the given-up message round the delay queue and comes back here)."""
         following = after(self._settings, delivery.tenant, delivery.target)
         if following is None:
             return
