@@ -43,6 +43,8 @@ class Kamailio:
     # 2,000 texts/s ran Kamailio out of memory and its requests were dropped unanswered ("out of
     # mem" in the log) until the timer freed some: a UDP sender saw only retransmission waits.
     shm_mb: int = 128
+    # tm's wt_timer (ms): how long a completed transaction stays to absorb late retransmissions.
+    wait_ms: int = 5000
     # Kamailio's nonce_count with qop=auth: a nonce may be reused, each time with a higher nc.
     nonce_count: bool = False
     process: asyncio.subprocess.Process | None = field(default=None, repr=False)
@@ -64,7 +66,7 @@ class Kamailio:
         return CONFIG.format(auth_params=auth_params, qop="1" if self.nonce_count else "0", port=self.port,
                              mtu=self.udp_mtu, mpath=module_dir, loads=loads,
                              db=self.directory / "db", users=users, offline=offline,
-                             intake=self.intake_port, domain=DOMAIN, failure=failure)
+                             intake=self.intake_port, domain=DOMAIN, failure=failure, wait_ms=self.wait_ms)
 
     async def start(self) -> None:
         binary = shutil.which("kamailio") or next(
@@ -147,6 +149,7 @@ modparam("msilo", "from_address", "sip:registrar@{domain}")
 modparam("msilo", "add_date", 0)
 modparam("msilo", "outbound_proxy", "sip:127.0.0.1:{port}")
 modparam("tm", "fr_timer", 4000)
+modparam("tm", "wt_timer", {wait_ms})
 {auth_params}
 
 event_route[htable:mod-init] {{
