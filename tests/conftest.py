@@ -14,14 +14,16 @@ import aio_pika
 import aiohttp
 import msgspec
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
 from smsbridge.bridge import ROLES, Bridge
 from smsbridge.broker import topology
-from smsbridge.config import Settings
+from smsbridge.config import LedgerSettings, Settings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
+from smsbridge.pbx_client import status_queue
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support.broker import expire_leftover_queues
+from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.settings import ACCOUNT, DID_BILLING, DID_MAIN, unique_prefix
 
 UNIT = Path(__file__).resolve().parent / "unit"
@@ -127,3 +129,18 @@ async def start_bridge(channel: AbstractChannel) -> AsyncIterator[StartBridge]:
     yield start
     for bridge in reversed(started):
         await bridge.stop()
+
+
+@pytest.fixture
+async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
+    """The test tenant acme's status stream (the topology declared first: idempotent)."""
+    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
+    async with status_queue(channel, prefix, "acme") as queue:
+        yield queue
+
+
+@pytest.fixture(params=BACKENDS)
+async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerSettings]:
+    """A fresh ledger on each backend: a SQLite file, and a PostgreSQL schema dropped afterwards."""
+    async with ledger_location(request.param, tmp_path) as (url, schema):
+        yield LedgerSettings(url=url, schema=schema)

@@ -14,11 +14,10 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.broker import topology
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
-from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.support import processes
 from tests.support.fixtures import raw_payload
@@ -35,12 +34,6 @@ async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     async with ledger_location(request.param, tmp_path) as location:
         yield location
 
-
-@pytest.fixture
-async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
-    await topology.declare(channel, prefix, delivery_limit=20, accounts=["test"])
-    async with status_queue(channel, prefix, "acme") as queue:
-        yield queue
 
 
 async def test_same_webhook_five_times_to_two_receivers_reaches_the_pbx_once(

@@ -6,7 +6,6 @@ The earlier attempts are written straight to the ledger, as a dispatcher that di
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,29 +13,15 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.broker import topology
 from smsbridge.config import LedgerSettings
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.limiter import TAKEOVER_GRACE_S
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
-from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, watch
 from tests.conftest import StartBridge
-from tests.support.ledger import BACKENDS, ledger_location, open_ledger
-from tests.support.settings import ACCOUNT, DID_MAIN, settings, with_flowroute
-
-
-@pytest.fixture(params=BACKENDS)
-async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerSettings]:
-    async with ledger_location(request.param, tmp_path) as (url, schema):
-        yield LedgerSettings(url=url, schema=schema)
-
-
-@pytest.fixture
-async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
-    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
-    async with status_queue(channel, prefix, "acme") as queue:
-        yield queue
+from tests.support.ledger import BACKENDS, open_ledger
+from tests.support.settings import DID_MAIN, settings, with_flowroute
 
 
 def earlier(n: int, *, tenant: str = "acme", config_id: str = "main") -> DispatchRequest:

@@ -2,42 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
-import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.broker import topology
 from smsbridge.config import AdminSettings, LedgerSettings, Settings
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.payloads import dlr_payload
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
-from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, watch
 from smsbridge.secret import Secret
 from tests.conftest import StartBridge
-from tests.support.ledger import BACKENDS, ledger_location
-from tests.support.settings import ACCOUNT, settings, with_flowroute
+from tests.support.settings import settings, with_flowroute
 from tests.support.wait import eventually
 
 ADMIN = "admin-token-for-tests-0123456789"
 
 
-@pytest.fixture(params=BACKENDS)
-async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerSettings]:
-    async with ledger_location(request.param, tmp_path) as (url, schema):
-        yield LedgerSettings(url=url, schema=schema)
-
-
-@pytest.fixture
-async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
-    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
-    async with status_queue(channel, prefix, "acme") as queue:
-        yield queue
 
 
 def bridge_settings(prefix: str, simulator: FlowrouteSimulator, ledger: LedgerSettings) -> Settings:

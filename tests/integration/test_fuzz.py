@@ -34,7 +34,6 @@ from tests.integration.test_inbound_flow import hook_url
 from tests.support import hostile
 from tests.support.broker import depth
 from tests.support.fixtures import raw_payload
-from tests.support.ledger import BACKENDS, ledger_location
 from tests.support.log_audit import audit, read_lines
 from tests.support.settings import ACCOUNT, TOKEN, settings, sms_config, with_flowroute
 
@@ -61,12 +60,6 @@ async def logged(tmp_path: Path) -> AsyncIterator[Path]:
         yield path
     structlog.reset_defaults()
 
-
-@pytest.fixture(params=BACKENDS)
-async def ledger_settings(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[LedgerSettings]:
-    """Both ledgers: PostgreSQL refuses what SQLite takes, and the limits must hold for both."""
-    async with ledger_location(request.param, tmp_path) as (url, schema):
-        yield LedgerSettings(url=url, schema=schema)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.broker import topology
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable, RetryableError
 from smsbridge.events import DispatchRequest, OutboundRequest
@@ -23,11 +22,11 @@ from smsbridge.ledger import Ledger
 from smsbridge.ledger.media_ops import MediaRecord
 from smsbridge.media import links
 from smsbridge.media.store import LocalStore
-from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, watch
 from tests.conftest import StartBridge
 from tests.support.ledger import PG_URL, pg_schema
 from tests.support.media import LINK_KEY, start_receiver
-from tests.support.settings import ACCOUNT, settings, with_flowroute
+from tests.support.settings import settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 
 
@@ -69,12 +68,6 @@ async def test_every_call_during_an_outage_is_ledger_unavailable_and_works_after
     finally:
         await ledger.close()
 
-
-@pytest.fixture
-async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
-    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])
-    async with status_queue(channel, prefix, "acme") as queue:
-        yield queue
 
 
 async def test_a_request_during_an_outage_is_retried_without_crashing_then_sent_once(

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.broker import names, topology
+from smsbridge.broker import names
 from smsbridge.events import OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.pbx_client import publish_request, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url, post
 from tests.support.broker import header, take
 from tests.support.fixtures import raw_payload
-from tests.support.settings import ACCOUNT, TOKEN, settings, with_flowroute
+from tests.support.settings import TOKEN, settings, with_flowroute
 from tests.support.wait import eventually
 
 MOBILE = "+12065550199"
@@ -29,12 +27,6 @@ def request(client_id: str = "pbx-1", **fields: object) -> OutboundRequest:
     base.update(fields)
     return OutboundRequest(**base)  # type: ignore[arg-type]
 
-
-@pytest.fixture
-async def statuses(channel: AbstractChannel, prefix: str) -> AsyncIterator[AbstractQueue]:
-    await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])  # idempotent
-    async with status_queue(channel, prefix, "acme") as queue:
-        yield queue
 
 
 async def test_request_is_sent_once_accepted_then_delivered_with_the_client_id(
