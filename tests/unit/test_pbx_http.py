@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
@@ -12,6 +13,7 @@ from smsbridge.events import InboundDelivery, utcnow
 from smsbridge.pbx.http import HttpAdapter, classify_pbx_answer
 from smsbridge.sandbox.pbx import FakePbx
 from smsbridge.secret import Secret
+from tests.support.http_server import serving
 from tests.support.settings import free_port
 
 
@@ -64,3 +66,23 @@ async def test_timeouts_are_retryable(pbx: FakePbx, http: aiohttp.ClientSession)
     target = HttpTarget(tenant="acme", url=pbx.url, timeout_s=0.3)
     with pytest.raises(RetryableError, match="within 0.3 s"):
         await HttpAdapter(target, http).deliver(delivery())
+
+
+async def test_a_redirect_from_the_pbx_is_not_followed_and_is_permanent(http: aiohttp.ClientSession) -> None:
+    """A PBX (or whatever answers at its URL) that redirects could send the text, with the PBX's
+    credentials, anywhere: the 307 is a permanent refusal naming it; the other server sees nothing."""
+    hits: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append(request.headers.get("X-Api-Key", ""))
+        return web.Response()
+
+    async with serving("POST", "/steal", elsewhere) as other:
+        async def redirecting(_: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(f"{other}/steal")
+
+        async with serving("POST", "/sms", redirecting) as pbx_url:
+            target = HttpTarget(tenant="acme", url=f"{pbx_url}/sms", auth_header="X-Api-Key", auth_value=Secret("k"))
+            with pytest.raises(PermanentError) as info:
+                await HttpAdapter(target, http).deliver(delivery())
+    assert info.value.code == "pbx_307" and hits == []

@@ -101,7 +101,7 @@ class FlowrouteAdapter:
 
 
 async def post_json(session: aiohttp.ClientSession, url: str, doc: dict[str, Any],
-                    timeout: aiohttp.ClientTimeout, *, idempotency_key: str, allow_redirects: bool = True) -> None:
+                    timeout: aiohttp.ClientTimeout, *, idempotency_key: str) -> None:
     """POST a Flowroute-shaped document; return on 2xx, raise Retryable/PermanentError otherwise."""
     headers = {"Content-Type": CONTENT_TYPE, "Idempotency-Key": idempotency_key}
-    await post_to_pbx(session, url, msgspec.json.encode(doc), headers, timeout, allow_redirects=allow_redirects)
+    await post_to_pbx(session, url, msgspec.json.encode(doc), headers, timeout)

@@ -1,7 +1,8 @@
 """HTTP delivery: POST the delivery as JSON to the tenant's PBX URL.
 
 2xx delivered; 408, 429, 5xx, timeouts and refused connections are retried (a Retry-After in
-seconds is honoured); any other 4xx is permanent and dead-lettered with the PBX's answer.
+seconds is honoured); any other 4xx, and a redirect (never followed), is permanent and
+dead-lettered with the PBX's answer.
 Every request carries `Idempotency-Key: <flowroute id>:<extension>` so a PBX can drop repeats.
 """
 
@@ -30,12 +31,14 @@ def classify_pbx_answer(status: int, body: str, retry_after: str | None) -> None
 
 
 async def post_to_pbx(session: aiohttp.ClientSession, url: str, data: bytes, headers: dict[str, str],
-                      timeout: aiohttp.ClientTimeout, *, allow_redirects: bool = True) -> None:
+                      timeout: aiohttp.ClientTimeout) -> None:
     """POST to a PBX; return on 2xx, raise RetryableError or PermanentError as the module says.
-    A URL that a guarded session (`smsbridge.destinations`) refuses is a permanent error."""
+    A redirect is not followed (it could lead anywhere, with the PBX's credentials): a 3xx is a
+    permanent `pbx_3xx` naming the status. A URL that a guarded session
+    (`smsbridge.destinations`) refuses is a permanent error too."""
     try:
         async with session.post(url, data=data, headers=headers, timeout=timeout,
-                                allow_redirects=allow_redirects) as response:
+                                allow_redirects=False) as response:
             body = await response.text(errors="replace")
             classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
     except DestinationRefused as exc:

@@ -122,8 +122,7 @@ class RelayDlrHandler:
         # repeats by id, level and status, as it must for Flowroute's own resends).
         for url, named_by_client in receipt_urls(self._settings, send):
             session = self._callback_session(send.access_key, url) if named_by_client else self._session
-            await post_json(session, url, doc, self._timeout, idempotency_key=f"{send.bridge_id}:{status.state}",
-                            allow_redirects=not named_by_client)
+            await post_json(session, url, doc, self._timeout, idempotency_key=f"{send.bridge_id}:{status.state}")
         log.info("delivery receipt forwarded", outcome="forwarded")
 
     async def given_up(self, event: StatusEvent, reason: str, code: str) -> None:
