@@ -22,7 +22,7 @@ from smsbridge.pbx_client import publish_request, watch
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_inbound_flow import hook_url, post
-from tests.integration.test_outbound_flow import request, statuses  # noqa: F401 (a fixture)
+from tests.integration.test_outbound_flow import request
 from tests.support.broker import depth, scratch_queue, take
 from tests.support.fixtures import raw_payload
 from tests.support.settings import settings, with_flowroute
