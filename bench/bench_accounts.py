@@ -20,12 +20,11 @@ from tests.support.ports import free_port
 
 import harness
 from bench_dispatch import rate
-from harness import Env, preload, wait_until
+from harness import Env, preload, record_requests, wait_until
 from report import Row
 from smsbridge.broker import names, topology
 from smsbridge.events import DispatchRequest, encoder
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.ledger import Ledger
 from smsbridge.testing.config import Env as Secret
 from smsbridge.testing.config import bridge_document, merge, write
 from workloads import BODY
@@ -78,16 +77,6 @@ def requests(count: int, per_account: int) -> list[DispatchRequest]:
             for k in range(per_account) for n in range(count)]
 
 
-async def _record(env: Env, all_requests: list[DispatchRequest]) -> None:
-    ledger = Ledger.open(env.ledger_url)
-    try:
-        await ledger.upgrade()
-        for request in all_requests:
-            await ledger.record_request(request)
-    finally:
-        await ledger.close()
-
-
 async def _queue(env: Env, channel: aio_pika.abc.AbstractChannel, all_requests: list[DispatchRequest]) -> None:
     for n in {int(r.config_id[4:]) for r in all_requests}:
         queue = names.stage_queue(env.prefix, names.dispatch_stage(account(n)))
@@ -113,7 +102,7 @@ async def one_run(env: Env, channel: aio_pika.abc.AbstractChannel, *, count: int
     try:
         env.fresh_ledger()
         all_requests = requests(count, per_account)
-        await _record(env, all_requests)
+        await record_requests(env.ledger_url, all_requests)
         await _queue(env, channel, all_requests)
         path = config(env, simulator, count)
         await asyncio.gather(*(env.bridge(path, "dispatcher", name=f"accounts-{processes}-{i}")

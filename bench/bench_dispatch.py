@@ -23,13 +23,12 @@ import aio_pika
 import msgspec
 
 import workloads
-from harness import Env, cpu_s, preload, wait_until
+from harness import Env, cpu_s, preload, record_requests, wait_until
 from report import Row, row
 from smsbridge.broker import names, topology
 from smsbridge.events import DispatchRequest, encoder
 from smsbridge.flowroute.client import message_body
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.ledger import Ledger
 
 KEYS = {"AK-bench": "SK-bench", "AK-reference": "SK-reference"}
 LIMIT = 5
@@ -49,13 +48,7 @@ def accepted(simulator: FlowrouteSimulator, key: str) -> int:
 async def _record_requests(env: Env, count: int) -> list[DispatchRequest]:
     """As the outbound worker leaves them: recorded in the ledger (queued next, by `_queue`)."""
     requests = workloads.dispatch_requests(count)
-    ledger = Ledger.open(env.ledger_url)
-    try:
-        await ledger.upgrade()
-        for request in requests:
-            await ledger.record_request(request)
-    finally:
-        await ledger.close()
+    await record_requests(env.ledger_url, requests)
     return requests
 
 

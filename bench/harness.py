@@ -21,6 +21,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.support.ports import free_port
 
 from smsbridge.broker import names
+from smsbridge.events import DispatchRequest
+from smsbridge.ledger import Ledger
 from smsbridge.ledger.store import engine_url
 from smsbridge.testing.config import bridge_document, merge, secrets_env, write
 
@@ -197,6 +199,17 @@ async def pg_schema(url: str) -> AsyncIterator[str]:
         async with admin.begin() as connection:
             await connection.execute(sa.schema.DropSchema(name, cascade=True))
         await admin.dispose()
+
+
+async def record_requests(ledger_url: str, requests: Iterable[DispatchRequest]) -> None:
+    """Record dispatch requests in the ledger as the outbound worker leaves them (queued next)."""
+    ledger = Ledger.open(ledger_url)
+    try:
+        await ledger.upgrade()
+        for request in requests:
+            await ledger.record_request(request)
+    finally:
+        await ledger.close()
 
 
 async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:

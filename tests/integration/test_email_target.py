@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,18 +14,12 @@ from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.email import EmailAdapter, fetch_networks
 from smsbridge.secret import Secret
-from tests.support.smtp import PASSWORD, USER, MailServer
+from tests.support.smtp import PASSWORD, USER, MailServer, smtp
+
+__all__ = ["smtp"]  # the fixture
 
 PICTURE = b"\x89PNG fake picture " * 10
 BIG = b"B" * 5000
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[MailServer]:
-    server = MailServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 HITS: list[str] = []

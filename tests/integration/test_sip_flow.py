@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -33,7 +33,9 @@ from tests.support.ports import free_port
 from tests.support.settings import TOKEN, settings, with_flowroute
 from tests.support.smtp import PASSWORD as SMTP_PASSWORD
 from tests.support.smtp import USER as SMTP_USER
-from tests.support.smtp import MailServer
+from tests.support.smtp import MailServer, smtp
+
+__all__ = ["smtp"]  # the fixture
 from tests.support.wait import eventually
 
 
@@ -133,14 +135,6 @@ def with_email(base: Settings, kamailio: Kamailio, smtp: MailServer, mode: str, 
     quick = RetryPolicy(max_attempts=50, base_delay_s=0.2, max_delay_s=0.5, max_age_s=max_age_s)
     return msgspec.structs.replace(base, pbx_targets=[sip, mail],
                                    retry=msgspec.structs.replace(base.retry, delivery=quick))
-
-
-@pytest.fixture
-def smtp(tmp_path: Path) -> Iterator[MailServer]:
-    server = MailServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_past_the_maximum_age_an_offline_phones_text_goes_by_email(

@@ -7,6 +7,7 @@ import email
 import shutil
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
@@ -72,3 +73,12 @@ class MailServer:
     def stop(self) -> None:
         if self._controller is not None:
             self._controller.stop()
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[MailServer]:
+    """A real SMTP server (aiosmtpd, STARTTLS and AUTH) on loopback for one test."""
+    server = MailServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
