@@ -19,14 +19,24 @@ from collections.abc import Iterable
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 class DestinationRefused(OSError):
     """The URL's host is, or resolves only to, an address the bridge does not connect to for this use."""
+
+
+class NotHttp(ValueError):
+    """A URL, or a redirect's target, that is not http(s): never requested."""
+
+
+class TooManyRedirects(Exception):
+    """More redirects than the caller follows."""
 
 
 def networks(allowed: Iterable[str]) -> tuple[Network, ...]:
@@ -63,6 +73,39 @@ def check_literal(host: str | None, allowed: tuple[Network, ...]) -> None:
         return
     if not is_allowed(address, allowed):
         raise DestinationRefused(f"{address} is not an allowed address (private, loopback or reserved)")
+
+
+def check_url(url: str, allowed: tuple[Network, ...]) -> None:
+    """`check_literal` on the URL's host."""
+    check_literal(yarl.URL(url).host, allowed)
+
+
+def refusal(exc: BaseException) -> DestinationRefused | None:
+    """The refusal behind a failed request: `exc` itself, or the one `GuardedResolver` raised
+    inside a connection error (a name that resolves only to refused addresses); None otherwise."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    return exc if isinstance(exc, DestinationRefused) else None
+
+
+async def get_checked(session: aiohttp.ClientSession, url: str, allowed: tuple[Network, ...],
+                      max_redirects: int) -> aiohttp.ClientResponse:
+    """GET `url` through a `guarded_session`, following redirects one hop at a time so that each
+    hop's URL is checked before it is requested: http(s) (`NotHttp`), and its host, if an address
+    literal, allowed (`DestinationRefused`; a name is checked by the session's resolver as it
+    resolves). More than `max_redirects` raise `TooManyRedirects`. The caller releases the answer
+    (`async with`) and sets the deadline (it covers reading the body too)."""
+    for hop in range(max_redirects + 1):
+        if not url.startswith(("http://", "https://")):
+            raise NotHttp("redirected to a URL that is not http(s)" if hop else "not an http(s) URL")
+        check_url(url, allowed)
+        response = await session.get(url, allow_redirects=False)
+        location = response.headers.get("Location")
+        if response.status not in REDIRECT_STATUSES or not location:
+            return response
+        response.release()
+        url = str(response.url.join(yarl.URL(location)))
+    raise TooManyRedirects(f"more than {max_redirects} redirects")
 
 
 class GuardedResolver(AbstractResolver):

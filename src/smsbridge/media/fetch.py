@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 import aiohttp
-import yarl
 
 from smsbridge.backoff import compute_backoff
 from smsbridge.config import MediaSettings
-from smsbridge.destinations import DestinationRefused, check_literal, networks
+from smsbridge.destinations import DestinationRefused, NotHttp, TooManyRedirects, get_checked, networks, refusal
 from smsbridge.media.store import MediaStore, Stored, TooLarge
 
 CHUNK = 256 * 1024
@@ -84,35 +83,21 @@ class MediaFetcher:
                     allowed_types: Collection[str] | None) -> Fetched:
         try:
             async with asyncio.timeout(self._settings.fetch_timeout_s):
-                response = await self._open(url)
+                response = await get_checked(self._session, url, self._allowed, MAX_REDIRECTS)
                 async with response:
                     return await self._keep(response, announced, max_bytes, allowed_types)
-        except DestinationRefused as exc:
-            raise FetchRefused(str(exc), "destination_refused") from None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, DestinationRefused):  # a name that resolves only to refused addresses
-                raise FetchRefused(str(exc.os_error), "destination_refused") from None
-            raise FetchFailed(f"download failed: {exc.__class__.__name__}") from None
+        except NotHttp as exc:
+            raise FetchRefused(str(exc), "bad_url") from None
+        except TooManyRedirects as exc:
+            raise FetchFailed(str(exc)) from None
         except TooLarge as exc:
             raise FetchRefused(f"more than the {exc.limit} bytes allowed", "too_large") from None
         except TimeoutError:
             raise FetchFailed(f"no complete answer within {self._settings.fetch_timeout_s:g} s") from None
-        except aiohttp.ClientError as exc:
+        except (DestinationRefused, aiohttp.ClientError) as exc:
+            if (refused := refusal(exc)) is not None:
+                raise FetchRefused(str(refused), "destination_refused") from None
             raise FetchFailed(f"download failed: {exc.__class__.__name__}") from None
-
-    async def _open(self, url: str) -> aiohttp.ClientResponse:
-        """The answer at `url`, redirects followed one hop at a time so each hop's host is checked."""
-        for _hop in range(MAX_REDIRECTS + 1):
-            check_literal(yarl.URL(url).host, self._allowed)
-            response = await self._session.get(url, allow_redirects=False)
-            location = response.headers.get("Location")
-            if response.status not in (301, 302, 303, 307, 308) or not location:
-                return response
-            response.release()
-            url = str(response.url.join(yarl.URL(location)))
-            if not url.startswith(("http://", "https://")):
-                raise FetchRefused("redirected to a URL that is not http(s)", "bad_url")
-        raise FetchFailed(f"more than {MAX_REDIRECTS} redirects")
 
     async def _keep(self, response: aiohttp.ClientResponse, announced: str | None, max_bytes: int,
                     allowed_types: Collection[str] | None) -> Fetched:

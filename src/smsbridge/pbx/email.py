@@ -27,7 +27,7 @@ import structlog
 import yarl
 
 from smsbridge.config import EmailTarget, Settings
-from smsbridge.destinations import DestinationRefused, check_literal, guarded_session, networks
+from smsbridge.destinations import DestinationRefused, TooManyRedirects, get_checked, guarded_session, networks, refusal
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, Media
 from smsbridge.pbx.email_message import Attachment, build
@@ -35,7 +35,6 @@ from smsbridge.targets import EMAIL_SMTP_TIMEOUTS
 
 log = structlog.get_logger("smsbridge.email")
 MAX_REDIRECTS = 3
-REDIRECTS = (301, 302, 303, 307, 308)
 
 
 def fetch_networks(settings: Settings) -> list[str]:
@@ -120,40 +119,22 @@ class EmailAdapter:
         return attachments, links
 
     async def _fetch(self, url: str, limit: int, deadline: float) -> bytes | None:
+        if self._session is None:
+            self._session = guarded_session(self._allowed_entries)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._open(url)
+                response = await get_checked(self._session, url, self._allowed, MAX_REDIRECTS)
                 async with response:
                     if response.status != 200:
                         return None
                     data = await response.content.read(limit + 1)
-        except DestinationRefused as exc:
-            log.warning("picture linked, not attached: its address is not allowed", reason=str(exc))
+        except (DestinationRefused, aiohttp.ClientError) as exc:
+            if (refused := refusal(exc)) is not None:
+                log.warning("picture linked, not attached: its address is not allowed", reason=str(refused))
             return None
-        except aiohttp.ClientConnectorError as exc:
-            if isinstance(exc.os_error, DestinationRefused):  # a name that resolves only to refused addresses
-                log.warning("picture linked, not attached: its address is not allowed", reason=str(exc.os_error))
-            return None
-        except (aiohttp.ClientError, TimeoutError, ValueError):
+        except (TooManyRedirects, TimeoutError, ValueError):  # ValueError: `NotHttp`, or a URL yarl cannot parse
             return None
         return data if len(data) <= limit else None
-
-    async def _open(self, url: str) -> aiohttp.ClientResponse:
-        """The answer at `url`, redirects followed one hop at a time so that each hop is checked
-        (aiohttp does not resolve address literals, so the guarded resolver alone would miss them)."""
-        if self._session is None:
-            self._session = guarded_session(self._allowed_entries)
-        for _hop in range(MAX_REDIRECTS + 1):
-            if not url.startswith(("http://", "https://")):
-                raise ValueError("not an http(s) URL")
-            check_literal(yarl.URL(url).host, self._allowed)
-            response = await self._session.get(url, allow_redirects=False)
-            location = response.headers.get("Location")
-            if response.status not in REDIRECTS or not location:
-                return response
-            response.release()
-            url = str(response.url.join(yarl.URL(location)))
-        raise ValueError(f"more than {MAX_REDIRECTS} redirects")
 
     async def close(self) -> None:
         if self._session is not None:

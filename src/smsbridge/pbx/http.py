@@ -12,7 +12,7 @@ import aiohttp
 
 from smsbridge.backoff import retry_after_seconds
 from smsbridge.config import HttpTarget
-from smsbridge.destinations import DestinationRefused
+from smsbridge.destinations import DestinationRefused, refusal
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery, encoder
 
@@ -41,15 +41,11 @@ async def post_to_pbx(session: aiohttp.ClientSession, url: str, data: bytes, hea
                                 allow_redirects=False) as response:
             body = await response.text(errors="replace")
             classify_pbx_answer(response.status, body, response.headers.get("Retry-After"))
-    except DestinationRefused as exc:
-        raise PermanentError(f"not called: {exc}", code="destination_refused") from None
-    except aiohttp.ClientConnectorError as exc:
-        if isinstance(exc.os_error, DestinationRefused):
-            raise PermanentError(f"not called: {exc.os_error}", code="destination_refused") from None
-        raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
     except TimeoutError:
         raise RetryableError(f"PBX did not answer within {timeout.total:g} s") from None
-    except aiohttp.ClientError as exc:
+    except (DestinationRefused, aiohttp.ClientError) as exc:
+        if (refused := refusal(exc)) is not None:
+            raise PermanentError(f"not called: {refused}", code="destination_refused") from None
         raise RetryableError(f"PBX unreachable: {exc.__class__.__name__}: {exc}") from None
 
 

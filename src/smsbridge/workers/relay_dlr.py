@@ -14,14 +14,13 @@ from typing import Any
 import aiohttp
 import msgspec
 import structlog
-import yarl
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.topology import declare_stage, placement_of
 from smsbridge.config import FlowrouteTarget, Settings
-from smsbridge.destinations import DestinationRefused, check_literal, guarded_session, networks
+from smsbridge.destinations import DestinationRefused, check_url, guarded_session, networks
 from smsbridge.errors import PermanentError
 from smsbridge.events import StatusEvent
 from smsbridge.flowroute.payloads import timestamp
@@ -95,7 +94,7 @@ class RelayDlrHandler:
         client = self._settings.relay_client(access_key)
         allowed = client.dlr_callback_networks if client is not None else []
         try:
-            check_literal(yarl.URL(url).host, networks(allowed))
+            check_url(url, networks(allowed))
         except DestinationRefused as exc:
             raise PermanentError(f"dlr_callback not called: {exc}", code="destination_refused") from None
         session = self._callback_sessions.get(access_key)
