@@ -32,10 +32,8 @@ def earlier(n: int, *, tenant: str = "acme", config_id: str = "main") -> Dispatc
 async def leave_attempts(ledger: Ledger, count: int, *, answered: bool, tenant: str = "acme",
                          config_id: str = "main") -> None:
     for n in range(count):
-        await ledger.record_request(earlier(n, tenant=tenant, config_id=config_id))
-        row = await ledger.outbound(tenant, f"earlier-{n}")
-        assert row is not None
-        await ledger.mark_sending(row.id)
+        row, mine = await ledger.claim_send(earlier(n, tenant=tenant, config_id=config_id), gap=timedelta(0))
+        assert mine  # marked "sending"
         if answered:
             assert await ledger.record_accepted(row.id, f"mdr2-earlier-{tenant}-{n}", 1)
 
@@ -108,10 +106,8 @@ async def test_a_message_found_sending_is_sent_a_window_after_its_lookup(
         await ledger.upgrade()
         request = DispatchRequest(tenant="acme", config_id="main", client_message_id="in-doubt", from_extension="101",
                                   from_=DID_MAIN, to="+12065550199", body="hello")
-        await ledger.record_request(request)
-        row = await ledger.outbound("acme", "in-doubt")
-        assert row is not None
-        await ledger.mark_sending(row.id)  # then the dispatcher died: no POST
+        _, mine = await ledger.claim_send(request, gap=timedelta(0))
+        assert mine  # marked "sending"; then the dispatcher died: no POST
     finally:
         await ledger.close()
     await start_bridge(bridge_settings)

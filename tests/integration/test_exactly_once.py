@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -83,11 +84,8 @@ async def test_crash_recovery_never_takes_an_earlier_identical_text_for_the_one_
     (first,) = await watch(statuses, "pbx-ok-1", until=frozenset({"accepted"}), timeout=15)
     ledger = Ledger.open(ledger_settings.url, schema_name=ledger_settings.schema)
     try:
-        second = bridge_request(bridge.settings, "pbx-ok-2")
-        await ledger.record_request(second)
-        row = await ledger.outbound("acme", "pbx-ok-2")
-        assert row is not None
-        await ledger.mark_sending(row.id)  # then the process died: no POST
+        claimed = await ledger.claim_send(bridge_request(bridge.settings, "pbx-ok-2"), gap=timedelta(0))
+        assert claimed[1]  # marked "sending"; then the process died: no POST
     finally:
         await ledger.close()
     await publish_request(channel, prefix, request("pbx-ok-2"))

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from smsbridge.events import DispatchRequest, InboundMessage
-from smsbridge.ledger import Claim, Ledger, Scope
+from smsbridge.ledger import Claim, Ledger, MessageRow, Scope
 from smsbridge.ledger.schema import LATEST, MIGRATIONS
 from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 
@@ -42,6 +42,14 @@ def inbound(mdr_id: str = "mdr2-in-1", sender: str = "+12065550199") -> InboundM
 def dispatch(client_id: str = "c-1", to: str = "+12065550199") -> DispatchRequest:
     return DispatchRequest(tenant="acme", config_id="main", client_message_id=client_id, from_extension="101",
                            from_="+12065550100", to=to, body="Your table is ready")
+
+
+async def recorded(ledger: Ledger, request: DispatchRequest) -> MessageRow:
+    """The request's row as the outbound worker leaves it: recorded, "queued"."""
+    await ledger.record_request(request)
+    row = await ledger.outbound(request.tenant, request.client_message_id)
+    assert row is not None
+    return row
 
 
 async def test_migrations_are_idempotent(ledger: Ledger) -> None:
@@ -89,9 +97,10 @@ async def test_outbound_once_and_the_dispatch_states(ledger: Ledger) -> None:
     assert await ledger.record_request(dispatch()) is False
     row = await ledger.outbound("acme", "c-1")
     assert row is not None and (row.state, row.dispatch_state) == ("queued", "queued")
-    started = await ledger.mark_sending(row.id)
+    claimed, mine = await ledger.claim_send(dispatch(), gap=timedelta(0))  # the dispatcher, before the POST
     row = await ledger.outbound("acme", "c-1")
-    assert row is not None and row.dispatch_state == "sending" and row.send_started_at == started
+    assert mine and row is not None and row.dispatch_state == "sending"
+    assert row.send_started_at == claimed.send_started_at is not None
     await ledger.record_accepted(row.id, "mdr2-out-1", 1)
     row = await ledger.outbound("acme", "c-1")
     assert row is not None and (row.state, row.dispatch_state, row.mdr_id) == ("accepted", "done", "mdr2-out-1")
@@ -165,30 +174,8 @@ async def test_prune_forgets_old_rows_only(ledger: Ledger) -> None:
     assert await ledger.claim_dlr("old-key", "mdr2-old")  # forgotten too
 
 
-async def test_dispatcher_finds_or_records_its_request_and_leaves_its_state(ledger: Ledger) -> None:
-    row = await ledger.request_row(dispatch("c-9"))  # absent (pruned, say): recorded
-    assert (row.client_message_id, row.state, row.dispatch_state) == ("c-9", "queued", "queued")
-    started = await ledger.mark_sending(row.id)  # with a rate-limit slot in hand, before the POST
-    again = await ledger.request_row(dispatch("c-9"))  # "maybe sent", left as it is
-    assert again.id == row.id and again.dispatch_state == "sending" and again.send_started_at == started
-    assert await ledger.record_accepted(row.id, "mdr2-c-9", 1) is True
-    done = await ledger.request_row(dispatch("c-9"))
-    assert done.dispatch_state == "done" and done.mdr_id == "mdr2-c-9"
-    assert [h.state for h in await ledger.history(row.id)] == ["queued", "accepted"]
-
-
-async def test_finding_a_recorded_request_does_not_mark_it_sending(ledger: Ledger) -> None:
-    # A request waiting for the rate limiter when the process dies never reached Flowroute: it
-    # must not look "maybe sent" to the next dispatcher.
-    assert await ledger.record_request(dispatch("c-8")) is True
-    row = await ledger.request_row(dispatch("c-8"))
-    assert row.dispatch_state == "queued"
-    after = await ledger.outbound("acme", "c-8")
-    assert after is not None and after.dispatch_state == "queued"
-
-
 async def test_an_mdr_held_by_another_request_is_never_recorded_for_this_one(ledger: Ledger) -> None:
-    first, second = [await ledger.request_row(dispatch(c)) for c in ("c-a", "c-b")]
+    first, second = [await recorded(ledger, dispatch(c)) for c in ("c-a", "c-b")]
     assert await ledger.record_accepted(first.id, "mdr2-same", 1) is True
     assert await ledger.record_accepted(second.id, "mdr2-same", 1) is False  # was: IntegrityError
     assert await ledger.held_mdrs(["mdr2-same", "mdr2-other"]) == {"mdr2-same"}
@@ -199,10 +186,9 @@ async def test_an_mdr_held_by_another_request_is_never_recorded_for_this_one(led
 async def test_requests_alike_in_doubt(ledger: Ledger) -> None:
     clock = Clock()
     ledger._now = clock  # type: ignore[method-assign]
-    rows = [await ledger.request_row(dispatch(c)) for c in ("c-1", "c-2", "c-3")]
-    other = await ledger.request_row(msgspec.structs.replace(dispatch("c-4"), body="something else"))
-    for row in (*rows[1:], other):
-        await ledger.mark_sending(row.id)
+    rows = [await recorded(ledger, dispatch(c)) for c in ("c-1", "c-2", "c-3")]
+    for request in (dispatch("c-2"), dispatch("c-3"), msgspec.structs.replace(dispatch("c-4"), body="something else")):
+        assert (await ledger.claim_send(request, gap=timedelta(0)))[1]  # marked "sending"
     alike = await ledger.alike_in_doubt(rows[0], timedelta(hours=1))
     assert len(alike) == 2 and all(moment.tzinfo is not None for moment in alike)
     clock.now += timedelta(hours=2)  # no longer retried: not in doubt any more

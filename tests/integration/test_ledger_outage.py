@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -57,14 +58,16 @@ async def test_every_call_during_an_outage_is_ledger_unavailable_and_works_after
     proxy, location = proxied_pg
     ledger = Ledger.open(location.url, schema_name=location.schema)
     try:
-        assert (await ledger.request_row(request("o-1"))).dispatch_state == "queued"
+        assert await ledger.record_request(request("o-1"))
         await proxy.cut()
-        for _ in range(3):
+        for call in (ledger.claim_send(request("o-2"), gap=timedelta(0)), ledger.outbound("acme", "o-1"),
+                     ledger.claim_send(request("o-2"), gap=timedelta(0))):  # writes and reads alike
             with pytest.raises(LedgerUnavailable) as raised:  # was: OSError / asyncpg errors
-                await ledger.request_row(request("o-2"))
+                await call
             assert isinstance(raised.value, RetryableError)
         await proxy.restore()
-        assert (await ledger.request_row(request("o-2"))).client_message_id == "o-2"
+        row, mine = await ledger.claim_send(request("o-2"), gap=timedelta(0))
+        assert mine and row.client_message_id == "o-2"
     finally:
         await ledger.close()
 

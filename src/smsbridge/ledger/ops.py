@@ -112,8 +112,6 @@ _RELEASE = sa.delete(deliveries).where(_CLAIM_KEY & (deliveries.c.state == "deli
 _UPDATE_MESSAGE = sa.update(messages).where(messages.c.id == _p("message_id"))
 _SENDING = _UPDATE_MESSAGE.values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
 _REQUEUED = _UPDATE_MESSAGE.values(dispatch_state="queued", reason=_p("new_reason"), updated_at=_p("now"))
-_ACCEPTED = _UPDATE_MESSAGE.values(dispatch_state="done", mdr_id=_p("new_mdr_id"), segments=_p("new_segments"),
-                                   reason=None, updated_at=_p("now"))
 _DONE = _UPDATE_MESSAGE.values(dispatch_state="done", updated_at=_p("now"))
 _UNCLAIM_DLR = sa.delete(dlrs_seen).where(dlrs_seen.c.dedupe_key == _p("dedupe_key"))
 
@@ -205,18 +203,6 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
     return message_row(row._mapping) if row else None
 
 
-def request_row(c: sa.Connection, request: DispatchRequest, now: datetime) -> MessageRow:
-    """The request's row as it is, recorded now if it is not there (pruned, or written elsewhere).
-    Its dispatch state is left alone: "sending" is written only once a rate-limit slot is ours,
-    right before the POST, so that "sending" means "may have reached Flowroute"."""
-    row = outbound(c, request.tenant, request.client_message_id)
-    if row is None:
-        record_request(c, request, now)
-        row = outbound(c, request.tenant, request.client_message_id)
-        assert row is not None
-    return row
-
-
 def held_mdrs(c: sa.Connection, mdr_ids: list[str]) -> set[str]:
     """Those of `mdr_ids` that a message in the ledger already has."""
     if not mdr_ids:
@@ -242,19 +228,6 @@ def mark_sending(c: sa.Connection, message_id: int, now: datetime) -> None:
 
 def mark_queued(c: sa.Connection, message_id: int, reason: str, now: datetime) -> None:
     c.execute(_REQUEUED, {"message_id": message_id, "new_reason": reason, "now": now})
-
-
-def record_accepted(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None,
-                    now: datetime) -> bool:
-    """False, and nothing written, when another message already has this Flowroute id: it is
-    not this request's send (writing it would break the unique `mdr_id` on every retry)."""
-    if mdr_id is not None:
-        holder = c.execute(_ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
-        if holder is not None and holder != message_id:
-            return False
-    c.execute(_ACCEPTED, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
-    advance(c, message_id, "accepted", now)
-    return True
 
 
 def record_failed(c: sa.Connection, message_id: int, code: str, reason: str, now: datetime) -> None:

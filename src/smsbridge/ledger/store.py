@@ -165,13 +165,6 @@ class Ledger:
     async def outbound(self, tenant: str, client_message_id: str) -> MessageRow | None:
         return await self._db.read(ops.outbound, tenant, client_message_id)
 
-    async def request_row(self, request: DispatchRequest) -> MessageRow:
-        """The dispatcher's first step: the request's row (recorded now if absent: pruned, or
-        recorded by another ledger), its dispatch state unchanged. A read when it is there (it
-        almost always is: the outbound worker recorded it), so a send costs one write less."""
-        row = await self._db.read(ops.outbound, request.tenant, request.client_message_id)
-        return row if row is not None else await self._db.write(ops.request_row, request, self._now())
-
     async def held_mdrs(self, mdr_ids: list[str]) -> set[str]:
         """Those of `mdr_ids` that some message in the ledger already has."""
         return await self._db.read(ops.held_mdrs, mdr_ids)
@@ -180,13 +173,6 @@ class Ledger:
         """When other requests with the same text to the same number, still "sending" and touched
         within `within`, started."""
         return await self._db.read(ops.alike_in_doubt, row, self._now() - within)
-
-    async def mark_sending(self, message_id: int) -> datetime:
-        """Written with a rate-limit slot in hand, right before the POST, and committed before it:
-        a crash after it means "maybe sent". Again after a lookup found nothing: a new window."""
-        now = self._now()
-        await self._db.write(ops.mark_sending, message_id, now)
-        return now
 
     async def claim_send(self, request: DispatchRequest, *, gap: timedelta,
                          after_lookup: bool = False) -> tuple[MessageRow, bool]:
