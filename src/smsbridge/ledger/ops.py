@@ -78,7 +78,7 @@ def message_row(mapping: Any) -> MessageRow:
     return MessageRow(**data)
 
 
-def _insert_or_skip(table: sa.Table, *returning: sa.Column[Any]) -> dict[str, Any]:
+def insert_or_skip(table: sa.Table, *returning: sa.Column[Any]) -> dict[str, Any]:
     """INSERT … ON CONFLICT DO NOTHING, one per dialect (the clause is dialect-specific)."""
     built = {}
     for dialect, insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert)):
@@ -88,11 +88,11 @@ def _insert_or_skip(table: sa.Table, *returning: sa.Column[Any]) -> dict[str, An
 
 
 _p = sa.bindparam
-_NEW_MESSAGE = _insert_or_skip(messages, messages.c.id)
-_NEW_CLAIM = _insert_or_skip(deliveries)
-_NEW_DLR = _insert_or_skip(dlrs_seen)
+_NEW_MESSAGE = insert_or_skip(messages, messages.c.id)
+_NEW_CLAIM = insert_or_skip(deliveries)
+_NEW_DLR = insert_or_skip(dlrs_seen)
 _ADD_HISTORY = sa.insert(status_history)
-_ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))
+ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))  # the message holding a Flowroute id
 # What a webhook may look up: only its own configuration's (and so tenant's) messages, by
 # Flowroute id in one direction. Another tenant's id must find nothing, not its row.
 _WEBHOOK_SCOPE = ((messages.c.mdr_id == _p("mdr_id")) & (messages.c.tenant == _p("tenant"))
@@ -140,7 +140,7 @@ def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bo
     }).scalar()
     if message_id is None:
         return False
-    _history(c, message_id, "received", now)
+    add_history(c, message_id, "received", now)
     return True
 
 
@@ -174,7 +174,7 @@ def last_did(c: sa.Connection, tenant: str, number: str, extension: str) -> str 
 
 def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> None:
     run(c, _DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
-    message_id = run(c, _ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+    message_id = run(c, ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
     if message_id is not None:
         advance(c, message_id, "delivered", now, reason=f"delivered to extension {extension}")
 
@@ -194,7 +194,7 @@ def record_request(c: sa.Connection, request: DispatchRequest, now: datetime) ->
     }).scalar()
     if message_id is None:
         return False
-    _history(c, message_id, "queued", now)
+    add_history(c, message_id, "queued", now)
     return True
 
 
@@ -262,8 +262,9 @@ def record_dlr(c: sa.Connection, scope: Scope, mdr_id: str, state: str, reason_c
 
 
 # ----- state --------------------------------------------------------------------------------------
-def _history(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
-             reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
+def add_history(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
+                reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
+    """One line of the message's history (the current state is `advance`'s to move)."""
     run(c, _ADD_HISTORY, {"message_id": message_id, "state": state, "reason_code": reason_code,
                              "reason": reason, "dlr_level": level, "dlr_code": code, "at": now})
 
@@ -277,10 +278,15 @@ def movable_from(state: str) -> list[str]:
 def advance(c: sa.Connection, message_id: int, state: str, now: datetime, reason_code: str | None = None,
             reason: str | None = None, level: int | None = None, code: int | None = None) -> None:
     """Add to the history; move the current state only forward (one guarded UPDATE, no read)."""
-    _history(c, message_id, state, now, reason_code, reason, level, code)
+    add_history(c, message_id, state, now, reason_code, reason, level, code)
     run(c, _move_state(tuple(movable_from(state))), {"message_id": message_id, "new_state": state,
                                                         "new_reason_code": reason_code, "new_reason": reason,
                                                         "now": now})
+
+
+# The old private names, still imported by dispatch_ops.py and order.py (both changing on other
+# branches): drop these once those modules use the public names.
+_insert_or_skip, _ID_BY_MDR, _history = insert_or_skip, ID_BY_MDR, add_history
 
 
 @functools.cache
