@@ -41,8 +41,7 @@ def _line(row: MediaRow) -> str:
 def _link(settings: Settings, row: MediaRow) -> str | None:
     if row.state != "stored" or row.blob_key is None or settings.media.link_key is None:
         return None
-    claims = links.claims_for(row.id, row.blob_key, row.tenant, settings.media.link_lifetime_s(row.tenant))
-    return links.link(settings.media_base_url(), settings.media.link_key, claims)
+    return links.stored_link(settings, settings.media.link_key, row.id, row.blob_key, row.tenant)
 
 
 def _print(settings: Settings, rows: list[MediaRow], as_json: bool) -> None:

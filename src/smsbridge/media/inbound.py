@@ -34,8 +34,8 @@ def file_name_for(item: Media, position: int) -> str:
 class InboundMedia:
     def __init__(self, settings: Settings, fetcher: MediaFetcher, ledger: Ledger, metrics: Metrics) -> None:
         assert settings.media.link_key is not None  # checked with the configuration
+        self._config = settings
         self._settings = settings.media
-        self._base_url = settings.media_base_url()
         self._key = settings.media.link_key
         self._fetcher = fetcher
         self._ledger = ledger
@@ -90,8 +90,7 @@ class InboundMedia:
 
     def _linked(self, item: Media, row: MediaRow) -> Media:
         assert row.blob_key is not None
-        lifetime = self._settings.link_lifetime_s(row.tenant)
-        url = links.link(self._base_url, self._key, links.claims_for(row.id, row.blob_key, row.tenant, lifetime))
+        url = links.stored_link(self._config, self._key, row.id, row.blob_key, row.tenant)
         return Media(url=url, mime_type=row.mime_type, file_name=row.file_name, size=row.size,
                      media_id=item.media_id)
 

@@ -16,6 +16,7 @@ import time
 
 import msgspec
 
+from smsbridge.config import Settings
 from smsbridge.secret import Secret
 
 
@@ -75,3 +76,10 @@ def link(base_url: str, key: Secret, claims: LinkClaims) -> str:
 def claims_for(media_id: int, blob_key: str, tenant: str, lifetime_s: float, *, now: float | None = None) -> LinkClaims:
     issued = time.time() if now is None else now
     return LinkClaims(media_id=media_id, key=blob_key, tenant=tenant, expires=int(issued + lifetime_s))
+
+
+def stored_link(settings: Settings, key: Secret, media_id: int, blob_key: str, tenant: str) -> str:
+    """The link to a file `tenant` has stored, under the bridge's media URL, valid for the
+    tenant's link lifetime."""
+    claims = claims_for(media_id, blob_key, tenant, settings.media.link_lifetime_s(tenant))
+    return link(settings.media_base_url(), key, claims)

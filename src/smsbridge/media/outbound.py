@@ -23,8 +23,8 @@ log = structlog.get_logger("smsbridge.media")
 class OutboundMedia:
     def __init__(self, settings: Settings, fetcher: MediaFetcher, ledger: Ledger) -> None:
         assert settings.media.link_key is not None  # checked with the configuration
+        self._config = settings
         self._settings = settings.media
-        self._base_url = settings.media_base_url()
         self._key = settings.media.link_key
         self._fetcher = fetcher
         self._ledger = ledger
@@ -38,9 +38,7 @@ class OutboundMedia:
         for position, url in enumerate(dispatch.media_urls):
             row_id, key, size = await self._keep(dispatch, position, url, budget, limit)
             budget -= size
-            lifetime = self._settings.link_lifetime_s(dispatch.tenant)
-            urls.append(links.link(self._base_url, self._key,
-                                   links.claims_for(row_id, key, dispatch.tenant, lifetime)))
+            urls.append(links.stored_link(self._config, self._key, row_id, key, dispatch.tenant))
         return msgspec.structs.replace(dispatch, media_urls=tuple(urls))
 
     async def _keep(self, dispatch: DispatchRequest, position: int, url: str, budget: int,
@@ -67,7 +65,7 @@ class OutboundMedia:
 
     async def _own(self, url: str, tenant: str) -> Fetched | None:
         """One of this bridge's links (e.g. from `POST /v1/media`): already stored, not fetched again."""
-        prefix = f"{self._base_url}/media/"
+        prefix = f"{self._config.media_base_url()}/media/"
         if not url.startswith(prefix):
             return None
         try:

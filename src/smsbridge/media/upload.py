@@ -68,8 +68,7 @@ async def upload(request: web.Request) -> web.Response:
             state="stored", blob_key=stored.key, mime_type=mime_type, file_name=name, size=stored.size))
     except LedgerUnavailable:  # the blob stays, unreferenced, until the pruner's next pass
         return _error(503, "unavailable", "the bridge cannot record the file now; retry shortly")
-    claims = links.claims_for(media_id, stored.key, tenant, settings.media.link_lifetime_s(tenant))
-    url = links.link(settings.media_base_url(), serving.key, claims)
+    url = links.stored_link(settings, serving.key, media_id, stored.key, tenant)
     log.info("media uploaded", tenant=tenant, size=stored.size, media_id=media_id)
     return web.Response(body=msgspec.json.encode({"url": url, "size": stored.size, "sha256": stored.key,
                                                   "mime_type": mime_type}),
