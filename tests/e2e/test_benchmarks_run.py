@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.bench_modules import load
+
 ROOT = Path(__file__).resolve().parents[2]
 
 EXPECTED_ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher")
@@ -68,6 +70,11 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
     for bench, figure in ratios:
         (found,) = _matches(rows, bench, figure)
         assert found["reference"] is not None and found["ratio"] is not None, found
+    # README's sizing reads its per-process figures from this JSON: every one is there
+    for ledger in ("sqlite", "postgresql"):
+        figures = load("sizing").figures_from(report, ledger)
+        assert min(figures.receiver, figures.inbound_stage, figures.inbound_pipeline, figures.dispatcher) > 0
+        assert figures.accounts_shown >= 1
     # the tiny load still has to be correct: nothing lost, no 429 under the limiter, no double send
     for found in rows:
         if any(word in str(found["figure"]) for word in ("lost", "429", "duplicate")):
