@@ -27,6 +27,7 @@ from smsbridge.pbx_client import publish_request, watch
 from tests.conftest import StartBridge
 from tests.support.ledger import PG_URL, pg_schema
 from tests.support.media import LINK_KEY, start_receiver
+from tests.support.pg_starting import StartingPostgres
 from tests.support.settings import settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 
@@ -71,6 +72,19 @@ async def test_every_call_during_an_outage_is_ledger_unavailable_and_works_after
     finally:
         await ledger.close()
 
+
+
+async def test_a_postgresql_still_starting_up_is_an_outage_not_a_crash() -> None:
+    """Right after a restart PostgreSQL refuses connections with 57P03 for a moment (seen in
+    `make faults`: a `handler crashed` traceback per message, each sent round a delay queue)."""
+    async with StartingPostgres() as starting:
+        ledger = Ledger.open(f"postgresql://postgres@127.0.0.1:{starting.port}/postgres")
+        try:
+            with pytest.raises(LedgerUnavailable, match="ledger unavailable"):
+                await ledger.record_request(request("o-1"))
+        finally:
+            await ledger.close()
+    assert starting.refused >= 1
 
 
 async def test_a_request_during_an_outage_is_retried_without_crashing_then_sent_once(

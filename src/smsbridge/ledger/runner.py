@@ -276,10 +276,19 @@ def _run_all(connection: sa.Connection, group: list[_Job]) -> list[Any]:
 OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
 
+# SQLSTATEs of a server not there for us right now, which asyncpg reports as plain errors:
+# connection exceptions (class 08), and a server shutting down, crashed, or starting up (57P01-3:
+# "the database system is starting up" for a moment after every restart).
+OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
 def is_outage(exc: BaseException) -> bool:
     if isinstance(exc, OUTAGE):
         return True
-    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return exc.connection_invalidated or (isinstance(sqlstate, str) and sqlstate.startswith(OUTAGE_SQLSTATES))
 
 
 def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
