@@ -41,6 +41,7 @@ from smsbridge.config import (
 )
 from smsbridge.connection import connect, failover, rotated
 from smsbridge.destinations import guarded_session
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import (
     delivery_stage_decoder,
     dispatch_stage_decoder,
@@ -176,7 +177,10 @@ class Bridge:
         if "inbound" in self.roles:
             media = self._inbound_media(ledger)
             inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics, media)
-            await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation)
+            # Held in place while the ledger is away: a text sent round a delay queue would let the
+            # later texts of its conversation be recorded, and delivered, before it.
+            await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation,
+                                hold_on=(LedgerUnavailable,))
         if "delivery" in self.roles:
             turns, lease_s = Turns(self.publisher, self.settings.broker.prefix), delivery_lease_s(self.settings)
             handler = DeliveryHandler(self._build_adapters(), self.metrics, ledger, lease_s=lease_s, turns=turns,
@@ -222,7 +226,8 @@ class Bridge:
         return channel
 
     async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None,
-                       prefetch: int | None = None, policy: RetryPolicy | None = None) -> None:
+                       prefetch: int | None = None, policy: RetryPolicy | None = None,
+                       hold_on: tuple[type[Exception], ...] = ()) -> None:
         assert self.publisher is not None
         channel = await self._channel()
         await channel.set_qos(prefetch_count=prefetch or self.settings.broker.prefetch)
@@ -230,7 +235,7 @@ class Bridge:
         consumer: StageConsumer[Any] = StageConsumer(
             stage=stage, queue_name=names.stage_queue(self.settings.broker.prefix, stage),
             prefix=self.settings.broker.prefix, decoder=decoder, handler=handler, publisher=self.publisher,
-            policy=policy, metrics=self.metrics, order_key=order_key,
+            policy=policy, metrics=self.metrics, order_key=order_key, hold_on=hold_on,
         )
         await consumer.start(channel)
         self._consumers.append(consumer)

@@ -15,7 +15,7 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.config import LedgerSettings
+from smsbridge.config import InboundRule, LedgerSettings, RetryPolicy
 from smsbridge.errors import LedgerUnavailable, RetryableError
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -24,12 +24,15 @@ from smsbridge.ledger.media_ops import MediaRecord
 from smsbridge.media import links
 from smsbridge.media.store import LocalStore
 from smsbridge.pbx_client import publish_request, watch
+from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
+from tests.integration.test_delivery_order import out_of_order, text
 from tests.support.ledger import PG_URL, pg_schema
 from tests.support.media import LINK_KEY, start_receiver
 from tests.support.pg_starting import StartingPostgres
-from tests.support.settings import settings, with_flowroute
+from tests.support.settings import DID_MAIN, TOKEN, settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -111,6 +114,47 @@ async def test_a_request_during_an_outage_is_retried_without_crashing_then_sent_
     retried = [e for e in logs if e["event"] == "message will be retried"]
     assert all(e["reason"].startswith("ledger unavailable") for e in retried), retried
     assert [e["event"] for e in logs].count("ledger unavailable: messages are retried until it is back") >= 1
+
+
+async def test_texts_offered_while_the_ledger_is_away_reach_the_pbx_in_arrival_order(
+    proxied_pg: tuple[TcpProxy, LedgerSettings], start_bridge: StartBridge, pbx: FakePbx,
+    http: aiohttp.ClientSession, prefix: str,
+) -> None:
+    """Texts whose inbound step meets the outage must not lose their place to texts of their
+    conversation that come once the ledger is back (`make faults` postgres: 9-55 out of order).
+    The inbound retry wait is long here, so a text sent round a delay queue comes back after the
+    later texts were delivered: what the old inbound stage did."""
+    proxy, location = proxied_pg
+    base = settings(prefix=prefix, pbx_url=pbx.url, ledger=location,
+                    rules=[InboundRule(config="main", did=DID_MAIN, extensions=["101"])])
+    slow = RetryPolicy(max_attempts=5, base_delay_s=3.0, max_delay_s=3.0, max_age_s=60)
+    front = await start_bridge(msgspec.structs.replace(base, retry=msgspec.structs.replace(base.retry, inbound=slow)))
+    hook = f"{front.receiver_url}/webhooks/flowroute/main/{TOKEN}"
+
+    async def post(sender: int, seq: int) -> None:
+        async with http.post(hook, data=text(sender, seq), headers={"Content-Type": "application/json"}) as r:
+            assert r.status == 200  # the receiver does not need the ledger
+
+    with structlog.testing.capture_logs() as logs:
+        for sender in range(3):
+            await post(sender, 0)
+        # Recorded as delivered too (logged after the ledger write), so no repeat muddles the count.
+        await eventually(lambda: [e["event"] for e in logs].count("delivered to PBX") == 3, timeout=30,
+                         what="the first texts delivered")
+        await proxy.cut()
+        for sender in range(3):
+            await post(sender, 1)
+        deadline = asyncio.get_running_loop().time() + 30
+        while [e["event"] for e in logs].count("ledger unavailable: messages are retried until it is back") < 1:
+            assert asyncio.get_running_loop().time() < deadline, logs
+            await asyncio.sleep(0.05)
+        await proxy.restore()
+        for seq in (2, 3):
+            for sender in range(3):
+                await post(sender, seq)
+        await eventually(lambda: len({d["mdr_id"] for d in pbx.received}) == 12, timeout=60, what="every text")
+    first = list({d["mdr_id"]: d for d in reversed(pbx.received)}.values())[::-1]  # a repeat keeps its key
+    assert out_of_order(first) == 0, [d["body"] for d in pbx.received]
 
 
 async def test_a_media_link_while_the_ledger_is_down_is_503_then_serves(

@@ -11,8 +11,9 @@ import pytest
 from smsbridge.backoff import compute_backoff
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext, StageConsumer
+from smsbridge.broker.hold import Hold
 from smsbridge.config import RetryPolicy
-from smsbridge.errors import BrokerUnavailable, PermanentError, RetryableError
+from smsbridge.errors import BrokerUnavailable, LedgerUnavailable, PermanentError, RetryableError
 from smsbridge.metrics import Metrics
 from smsbridge.testing.broker import InMemoryPublisher, StubChannel, StubMessage, StubQueue
 
@@ -41,8 +42,9 @@ class Scripted:
         self.gave_up.append((event.n, reason, code))
 
 
-async def consumer(handler: Scripted, publisher: InMemoryPublisher,
-                   policy: RetryPolicy | None = None, paused: list[float] | None = None) -> StubQueue:
+async def consumer(handler: Scripted, publisher: InMemoryPublisher, policy: RetryPolicy | None = None,
+                   paused: list[float] | None = None, hold_max_s: float = 600.0,
+                   hold: Hold | None = None) -> StubQueue:
     channel = StubChannel()
 
     async def sleep(seconds: float) -> None:  # no real waiting: record the pause instead
@@ -51,7 +53,7 @@ async def consumer(handler: Scripted, publisher: InMemoryPublisher,
     stage = StageConsumer(stage="inbound", queue_name=QUEUE, prefix=PREFIX, decoder=msgspec.json.Decoder(Event),
                           handler=handler, publisher=publisher, metrics=Metrics(), rand=lambda: 1.0,
                           policy=policy or RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=10.0),
-                          sleep=sleep)
+                          sleep=sleep, hold_on=(LedgerUnavailable,), hold_max_s=hold_max_s, hold=hold)
     await stage.start(channel)  # type: ignore[arg-type]
     return channel.queues[QUEUE]
 
@@ -161,3 +163,32 @@ async def test_a_dead_letter_carries_no_foreign_header_and_a_bounded_reason() ->
     assert len(reason) < 400 and "12065550199" not in reason
     ((_, told, _),) = handler.gave_up
     assert len(told) < 400
+
+
+@dataclass
+class Flaky(Scripted):
+    """Raises `raises` the first `times` tries, then succeeds."""
+
+    times: int = 0
+
+    async def handle(self, event: Event, context: MessageContext) -> None:
+        self.seen.append((event.n, context))
+        if len(self.seen) <= self.times and self.raises is not None:
+            raise self.raises
+
+
+async def test_a_hold_on_error_is_retried_in_place_and_the_message_never_leaves() -> None:
+    """The inbound stage while the ledger is away: no delay queue, where a later text of the same
+    conversation would overtake this one; the same delivery is tried again after a growing pause."""
+    handler, publisher = Flaky(LedgerUnavailable("ledger unavailable: OSError"), times=3), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher, hold=Hold(probe_s=0.001))).deliver(message(4))
+    assert delivered.settled == "ack" and publisher.published == []
+    assert [(n, ctx.attempt) for n, ctx in handler.seen] == [(4, 1)] * 4
+
+
+async def test_a_hold_ends_after_hold_max_s_and_the_message_takes_the_retry_path() -> None:
+    handler, publisher = Scripted(LedgerUnavailable("ledger unavailable: OSError")), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher, hold_max_s=0.0)).deliver(message(4))
+    (retry,) = publisher.published
+    assert delivered.settled == "ack" and retry.exchange == names.delay_exchange(PREFIX)
+    assert retry.headers[names.H_ATTEMPT] == 1

@@ -13,6 +13,15 @@ may start. Giving up runs the hook first, then publishes the dead-letter copy: a
 of its own), and its next delivery only finishes giving up; it is never handled twice nor
 dead-lettered twice. Should the hook fail `max_attempts` times, the message is dead-lettered
 without it, its reason saying so.
+
+A stage may name errors to hold on (`hold_on`; the inbound stage: the ledger unavailable). Such
+a failure is not sent round the delay queue, where later messages of the same order key would
+overtake it: the message stays unacked and keeps its key's lock, and the handler is tried again
+in place (`broker/hold.py` says when). The messages behind it wait in arrival order,
+and once the prefetch is full the broker delivers no more, so the stage pauses as a whole. A
+hold ends after `hold_max_s`, well inside the broker's delivery acknowledgement timeout
+(`consumer_timeout`, 30 min by default on current RabbitMQ versions, which closes the channel
+of a consumer holding a message longer); the message then takes the ordinary retry path.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from smsbridge.backoff import compute_backoff
 from smsbridge.broker import names
+from smsbridge.broker.hold import HOLD_PAUSE_CAP_S, HOLD_PROBE_S, Hold
 from smsbridge.broker.ordering import KeyedLocks
 from smsbridge.broker.publisher import Publisher, now_ms
 from smsbridge.config import RetryPolicy
@@ -41,6 +51,7 @@ T_contra = TypeVar("T_contra", contravariant=True)
 log = structlog.get_logger("smsbridge.consumer")
 REQUEUE_PAUSE_BASE_S = 0.5
 REQUEUE_PAUSE_CAP_S = 10.0
+HOLD_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,9 @@ class StageConsumer(Generic[T]):
         rand: Callable[[], float] | None = None,
         order_key: Callable[[T], str | None] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        hold_on: tuple[type[Exception], ...] = (),
+        hold_max_s: float = HOLD_MAX_S,
+        hold: Hold | None = None,
     ) -> None:
         import random
 
@@ -138,6 +152,9 @@ class StageConsumer(Generic[T]):
         self._order_key = order_key
         self._locks = KeyedLocks()
         self._sleep = sleep
+        self._hold_on = hold_on
+        self._hold_max_s = hold_max_s
+        self._hold = hold or Hold()
 
     async def start(self, channel: AbstractChannel) -> None:
         self._queue = await channel.get_queue(self.queue_name, ensure=True)
@@ -205,7 +222,7 @@ class StageConsumer(Generic[T]):
                 await self._dead_letter(message, attempt, *giving_up, event)
                 return
             try:
-                await self._handler.handle(event, MessageContext(self._origin_key(message), attempt.number + 1))
+                await self._handle_holding(event, MessageContext(self._origin_key(message), attempt.number + 1))
             except PermanentError as exc:
                 await self._dead_letter(message, attempt, exc.reason, exc.code, event)
             except RetryableError as exc:
@@ -217,6 +234,27 @@ class StageConsumer(Generic[T]):
                 await self._retry(message, attempt, f"internal error: {exc!r}", None, event)
             else:
                 await self._settle(message.ack, "done", time.perf_counter() - started)
+
+    async def _handle_holding(self, event: T, context: MessageContext) -> None:
+        """The handler, tried again in place while it fails with a `hold_on` error, for up to
+        `hold_max_s`: the message keeps its place before the later ones of its order key."""
+        held_since, pauses = time.monotonic(), 0
+        while True:
+            try:
+                await self._handler.handle(event, context)
+            except self._hold_on as exc:
+                self._hold.held()
+                if time.monotonic() - held_since >= self._hold_max_s:
+                    raise  # the ordinary retry path now: the broker would take the message back anyway
+                if pauses == 0:
+                    self._metrics.held.labels(self.stage).inc()
+                    log.warning("message held in place until it can go on", outcome="held", reason=str(exc))
+                await self._hold.pause(compute_backoff(pauses, base=HOLD_PROBE_S, cap=HOLD_PAUSE_CAP_S,
+                                                       rand=self._rand))
+                pauses += 1
+            else:
+                self._hold.went_through()
+                return
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
                      requested: float | None, event: T) -> None:
