@@ -55,12 +55,33 @@ def network_problems(entries: Iterable[str], where: str) -> list[tuple[str, str]
     return problems
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packet ends up at (through a
+# translator or a tunnel): NAT64's well-known and local-use prefixes, and the deprecated
+# IPv4-compatible form (::a.b.c.d). 6to4 (2002::/16) carries its address in bits 16-48.
+_V4_IN_LAST_32 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::/96"))
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is one of the forms that embed one."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in _V4_IN_LAST_32):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def is_allowed(address: Address, allowed: tuple[Network, ...]) -> bool:
-    """Globally routable, or inside a network the configuration allows."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+    """Globally routable, or inside a network the configuration allows. An IPv6 address that
+    embeds an IPv4 one (mapped, NAT64, 6to4, IPv4-compatible) is judged by that one (Teredo,
+    2001::/32, is never global)."""
     if any(address.version == net.version and address in net for net in allowed):
         return True
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = embedded_ipv4(address)
+        if inner is not None:
+            return is_allowed(inner, allowed)
     return address.is_global and not address.is_multicast
 
 
@@ -98,13 +119,20 @@ async def get_checked(session: aiohttp.ClientSession, url: str, allowed: tuple[N
     for hop in range(max_redirects + 1):
         if not url.startswith(("http://", "https://")):
             raise NotHttp("redirected to a URL that is not http(s)" if hop else "not an http(s) URL")
-        check_url(url, allowed)
+        try:
+            check_url(url, allowed)
+        except ValueError as exc:  # yarl's answer to e.g. "http://[::1"
+            raise NotHttp("redirected to a URL that cannot be parsed" if hop else "a URL that cannot be parsed") \
+                from exc
         response = await session.get(url, allow_redirects=False)
         location = response.headers.get("Location")
         if response.status not in REDIRECT_STATUSES or not location:
             return response
         response.release()
-        url = str(response.url.join(yarl.URL(location)))
+        try:
+            url = str(response.url.join(yarl.URL(location)))
+        except ValueError as exc:
+            raise NotHttp("redirected to a URL that cannot be parsed") from exc
     raise TooManyRedirects(f"more than {max_redirects} redirects")
 
 

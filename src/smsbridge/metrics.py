@@ -52,7 +52,8 @@ class Metrics:
             "smsbridge_messages_total", "Messages finished by stage and outcome", ["stage", "outcome"], registry=r
         )
         self.retried = Counter("smsbridge_retries_total", "Messages scheduled for retry", ["stage"], registry=r)
-        self.held = Counter("smsbridge_held_total", "Messages held unacked and retried in place (ledger unavailable)",
+        self.held = Counter("smsbridge_held_total",
+                            "Messages held unacked and retried in place, once each (inbound: ledger unavailable)",
                             ["stage"], registry=r)
         self.dead_lettered = Counter(
             "smsbridge_dead_lettered_total", "Messages dead-lettered by stage and reason", ["stage", "reason"],

@@ -77,10 +77,15 @@ async def test_every_call_during_an_outage_is_ledger_unavailable_and_works_after
 
 
 
-async def test_a_postgresql_still_starting_up_is_an_outage_not_a_crash() -> None:
+@pytest.mark.parametrize(("sqlstate", "text"), [
+    ("57P03", "the database system is starting up"),
+    ("53300", "sorry, too many clients already"),
+])
+async def test_a_postgresql_still_starting_up_or_full_is_an_outage_not_a_crash(sqlstate: str, text: str) -> None:
     """Right after a restart PostgreSQL refuses connections with 57P03 for a moment (seen in
-    `make faults`: a `handler crashed` traceback per message, each sent round a delay queue)."""
-    async with StartingPostgres() as starting:
+    `make faults`: a `handler crashed` traceback per message, each sent round a delay queue), and
+    with 53300 while every pool reconnects at once."""
+    async with StartingPostgres(sqlstate, text) as starting:
         ledger = Ledger.open(f"postgresql://postgres@127.0.0.1:{starting.port}/postgres")
         try:
             with pytest.raises(LedgerUnavailable, match="ledger unavailable"):

@@ -1,6 +1,7 @@
 """A loopback server that answers every PostgreSQL connection as a server still starting up
 does (`pg_ctl start` after a crash, while it replays its WAL): an ErrorResponse with SQLSTATE
-57P03, then the connection closes. asyncpg reports it as `CannotConnectNowError`."""
+57P03, then the connection closes. asyncpg reports it as `CannotConnectNowError`. Another
+SQLSTATE can be given (53300: every connection slot taken)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def error_response(sqlstate: str, text: str) -> bytes:
 
 
 class StartingPostgres:
-    def __init__(self) -> None:
+    def __init__(self, sqlstate: str = "57P03", text: str = "the database system is starting up") -> None:
+        self._sqlstate, self._text = sqlstate, text
         self._server: asyncio.Server | None = None
         self.port = 0
         self.refused = 0
@@ -43,7 +45,7 @@ class StartingPostgres:
                 await reader.readexactly(length - 4)
             else:
                 await reader.readexactly(length - 8)
-            writer.write(error_response("57P03", "the database system is starting up"))
+            writer.write(error_response(self._sqlstate, self._text))
             await writer.drain()
             self.refused += 1
         writer.close()

@@ -3,6 +3,9 @@ or requeued, with which headers. The same behaviours against RabbitMQ: tests/int
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -16,6 +19,7 @@ from smsbridge.config import RetryPolicy
 from smsbridge.errors import BrokerUnavailable, LedgerUnavailable, PermanentError, RetryableError
 from smsbridge.metrics import Metrics
 from smsbridge.testing.broker import InMemoryPublisher, StubChannel, StubMessage, StubQueue
+from tests.support.wait import eventually
 
 PREFIX = "unit"
 QUEUE = names.stage_queue(PREFIX, "inbound")
@@ -186,9 +190,61 @@ async def test_a_hold_on_error_is_retried_in_place_and_the_message_never_leaves(
     assert [(n, ctx.attempt) for n, ctx in handler.seen] == [(4, 1)] * 4
 
 
-async def test_a_hold_ends_after_hold_max_s_and_the_message_takes_the_retry_path() -> None:
+async def holding(handler: Scripted, publisher: InMemoryPublisher, *, hold: Hold, hold_max_s: float = 600.0,
+                  clock: Callable[[], float] = time.monotonic) -> tuple[StageConsumer[Event], StubQueue]:
+    """A stage that holds on LedgerUnavailable, every message on one order key."""
+    channel = StubChannel()
+    stage = StageConsumer(stage="inbound", queue_name=QUEUE, prefix=PREFIX, decoder=msgspec.json.Decoder(Event),
+                          handler=handler, publisher=publisher, metrics=Metrics(), rand=lambda: 1.0,
+                          policy=RetryPolicy(max_attempts=3, base_delay_s=1.0, max_delay_s=10.0),
+                          order_key=lambda event: "one conversation", hold_on=(LedgerUnavailable,),
+                          hold_max_s=hold_max_s, hold=hold, clock=clock)
+    await stage.start(channel)  # type: ignore[arg-type]
+    return stage, channel.queues[QUEUE]
+
+
+@dataclass
+class Slow(Scripted):
+    """Fails, and each try moves the clock on by `step_s` (the ledger's connect timeout, say)."""
+
+    now: list[float] = field(default_factory=lambda: [0.0])
+    step_s: float = 4.0
+
+    async def handle(self, event: Event, context: MessageContext) -> None:
+        self.now[0] += self.step_s
+        await super().handle(event, context)
+
+
+async def test_a_hold_ends_hold_max_s_after_delivery_even_for_a_message_that_waited_behind_its_key() -> None:
+    """Held messages are unacked: none may stay so much longer than `hold_max_s` (the broker closes a
+    channel holding one past its consumer_timeout), however many of its key were held before it."""
+    handler = Slow(LedgerUnavailable("ledger unavailable: OSError"))
+    publisher = InMemoryPublisher()
+    _, queue = await holding(handler, publisher, hold=Hold(probe_s=0.001, cap_s=0.001), hold_max_s=10.0,
+                             clock=lambda: handler.now[0])
+    first, second = await asyncio.gather(queue.deliver(message(1)), queue.deliver(message(2)))
+    # the first: tries at 0, 4 and 8 s, past 10 s at 12; the second got the key at 12 s, 12 s after
+    # its own delivery: one try, then the retry path (held from there it would stay unacked to 22 s)
+    assert [n for n, _ in handler.seen] == [1, 1, 1, 2]
+    assert first.settled == second.settled == "ack"
+    assert [p.exchange for p in publisher.published] == [names.delay_exchange(PREFIX)] * 2
+
+
+async def test_a_held_message_whose_channel_closed_is_left_to_the_broker() -> None:
     handler, publisher = Scripted(LedgerUnavailable("ledger unavailable: OSError")), InMemoryPublisher()
-    delivered = await (await consumer(handler, publisher, hold_max_s=0.0)).deliver(message(4))
-    (retry,) = publisher.published
-    assert delivered.settled == "ack" and retry.exchange == names.delay_exchange(PREFIX)
-    assert retry.headers[names.H_ATTEMPT] == 1
+    _, queue = await holding(handler, publisher, hold=Hold(probe_s=60.0, cap_s=60.0))
+    gone = message(3)
+    gone.channel_closed = True  # the node died: the broker delivers it again, in its place
+    await asyncio.wait_for(queue.deliver(gone), 5.0)
+    assert gone.settled is None and publisher.published == [] and len(handler.seen) == 1
+
+
+async def test_draining_gives_held_messages_back_at_once_unsettled() -> None:
+    handler, publisher = Scripted(LedgerUnavailable("ledger unavailable: OSError")), InMemoryPublisher()
+    stage, queue = await holding(handler, publisher, hold=Hold(probe_s=60.0, cap_s=60.0))
+    held = message(5)
+    delivering = asyncio.create_task(queue.deliver(held))
+    await eventually(lambda: len(handler.seen) == 1, what="the first try")
+    await asyncio.wait_for(stage.drain(600.0), 5.0)  # not the drain timeout: nothing to wait for
+    await delivering
+    assert held.settled is None and publisher.published == []

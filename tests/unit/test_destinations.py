@@ -3,6 +3,7 @@ before it is requested, and the hops are counted."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from smsbridge.destinations import (
     TooManyRedirects,
     get_checked,
     guarded_session,
+    is_allowed,
     networks,
     refusal,
 )
@@ -95,3 +97,31 @@ def test_refusal_finds_the_refusal_behind_a_failed_connection() -> None:
     assert refusal(refused) is refused
     assert refusal(aiohttp.ClientConnectionError("reset")) is None
     assert refusal(TimeoutError()) is None
+
+
+async def test_a_redirect_to_a_location_that_cannot_be_parsed_is_not_http_not_a_crash() -> None:
+    async with server(lambda request, hop: redirect("http://[::1"), ["127.0.0.1/32"]) as (url, hits, http):
+        with pytest.raises(NotHttp, match="cannot be parsed"):
+            await get_checked(http, url, ALLOWED, max_redirects=3)
+    assert hits == ["/r"]
+
+
+@pytest.mark.parametrize("address", [
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::127.0.0.1",  # IPv4-compatible (deprecated)
+    "64:ff9b::a9fe:a9fe",  # NAT64 well-known prefix: 169.254.169.254 behind a translator
+    "64:ff9b:1::a00:1",  # NAT64 local-use prefix: 10.0.0.1
+    "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo: never global
+])
+def test_an_ipv6_address_standing_for_a_refused_ipv4_one_is_refused(address: str) -> None:
+    assert not is_allowed(ipaddress.ip_address(address), ())
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::808:808", "2002:808:808::", "2001:4860:4860::8888"])
+def test_an_ipv6_address_standing_for_a_public_ipv4_one_or_none_is_allowed(address: str) -> None:
+    assert is_allowed(ipaddress.ip_address(address), ())
+
+
+def test_an_allowed_ipv4_network_allows_its_addresses_in_ipv6_form() -> None:
+    assert is_allowed(ipaddress.ip_address("64:ff9b::a00:1"), networks(["10.0.0.0/8"]))

@@ -19,9 +19,13 @@ a failure is not sent round the delay queue, where later messages of the same or
 overtake it: the message stays unacked and keeps its key's lock, and the handler is tried again
 in place (`broker/hold.py` says when). The messages behind it wait in arrival order,
 and once the prefetch is full the broker delivers no more, so the stage pauses as a whole. A
-hold ends after `hold_max_s`, well inside the broker's delivery acknowledgement timeout
+hold ends `hold_max_s` after the message was delivered (not after it got its key's lock: the
+messages queued behind it on the key count from their own delivery too), so no message stays
+unacked much longer than that, well inside the broker's delivery acknowledgement timeout
 (`consumer_timeout`, 30 min by default on current RabbitMQ versions, which closes the channel
-of a consumer holding a message longer); the message then takes the ordinary retry path.
+of a consumer holding a message longer); the message then takes the ordinary retry path. A held
+message whose channel closed (the node died), or whose process is draining, is given back
+unsettled: the broker delivers it again, in its place.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from smsbridge.backoff import compute_backoff
 from smsbridge.broker import names
-from smsbridge.broker.hold import HOLD_PAUSE_CAP_S, HOLD_PROBE_S, Hold
+from smsbridge.broker.hold import Hold
 from smsbridge.broker.ordering import KeyedLocks
 from smsbridge.broker.publisher import Publisher, now_ms
 from smsbridge.config import RetryPolicy
@@ -106,6 +111,17 @@ def _giving_up(message: AbstractIncomingMessage) -> tuple[str, str] | None:
     return _text(headers.get(names.H_REASON)), _text(headers.get(names.H_REASON_CODE))
 
 
+class _GivenBack(Exception):
+    """A held message left unsettled: its channel is gone or the process is draining."""
+
+
+def _channel_gone(message: AbstractIncomingMessage) -> bool:
+    try:
+        return bool(message.channel.is_closed)
+    except ChannelInvalidStateError:  # aio-pika's answer for a closed channel
+        return True
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
@@ -134,6 +150,7 @@ class StageConsumer(Generic[T]):
         hold_on: tuple[type[Exception], ...] = (),
         hold_max_s: float = HOLD_MAX_S,
         hold: Hold | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         import random
 
@@ -155,6 +172,7 @@ class StageConsumer(Generic[T]):
         self._hold_on = hold_on
         self._hold_max_s = hold_max_s
         self._hold = hold or Hold()
+        self._clock = clock
 
     async def start(self, channel: AbstractChannel) -> None:
         self._queue = await channel.get_queue(self.queue_name, ensure=True)
@@ -169,8 +187,10 @@ class StageConsumer(Generic[T]):
     async def drain(self, drain_timeout: float) -> None:
         """Give in-flight messages `drain_timeout` seconds, then cancel the rest.
 
-        A cancelled message is neither acked nor rejected: the broker redelivers it.
+        A cancelled message is neither acked nor rejected: the broker redelivers it. Held
+        messages are given back at once, unsettled, as they would only wait out the timeout.
         """
+        self._hold.stop()
         if self._inflight:
             _, pending = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
             for task in pending:
@@ -187,16 +207,16 @@ class StageConsumer(Generic[T]):
         # ledger recorded it would wait out its claim's lease and then reach the PBX again. So
         # the work runs in a task of ours that finishes; its ack then fails on the dead channel,
         # and the broker's redelivery finds the text already delivered.
-        work = asyncio.create_task(self._work(message))
+        work = asyncio.create_task(self._work(message, self._clock()))
         self._inflight.add(work)
         work.add_done_callback(self._inflight.discard)
         await asyncio.shield(work)
 
-    async def _work(self, message: AbstractIncomingMessage) -> None:
+    async def _work(self, message: AbstractIncomingMessage, delivered_at: float) -> None:
         with structlog.contextvars.bound_contextvars(stage=self.stage):
-            await self._process(message)
+            await self._process(message, delivered_at)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, message: AbstractIncomingMessage, delivered_at: float) -> None:
         attempt = Attempt.from_headers(dict(message.headers or {}))
         structlog.contextvars.bind_contextvars(attempt=attempt.number + 1, amqp_message_id=message.message_id)
         try:
@@ -204,7 +224,7 @@ class StageConsumer(Generic[T]):
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             await self._dead_letter(message, attempt, f"undecodable message: {exc}", "undecodable", None)
             return
-        await self._run(message, attempt, event)
+        await self._run(message, attempt, event, delivered_at)
 
     def _origin_key(self, message: AbstractIncomingMessage) -> str:
         header = (message.headers or {}).get(names.H_ORIGIN_KEY)
@@ -213,7 +233,8 @@ class StageConsumer(Generic[T]):
         return names.origin_key(self._prefix, message.exchange or "", message.routing_key or self.queue_name,
                                 header if isinstance(header, str) else None)
 
-    async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T) -> None:
+    async def _run(self, message: AbstractIncomingMessage, attempt: Attempt, event: T,
+                   delivered_at: float) -> None:
         started = time.perf_counter()
         key = self._order_key(event) if self._order_key else None
         async with self._locks.hold(key):
@@ -222,7 +243,11 @@ class StageConsumer(Generic[T]):
                 await self._dead_letter(message, attempt, *giving_up, event)
                 return
             try:
-                await self._handle_holding(event, MessageContext(self._origin_key(message), attempt.number + 1))
+                await self._handle_holding(message, event, MessageContext(self._origin_key(message),
+                                                                          attempt.number + 1),
+                                           hold_until=delivered_at + self._hold_max_s)
+            except _GivenBack as exc:
+                log.info("held message given back to the broker", outcome="given_back", reason=str(exc))
             except PermanentError as exc:
                 await self._dead_letter(message, attempt, exc.reason, exc.code, event)
             except RetryableError as exc:
@@ -235,23 +260,29 @@ class StageConsumer(Generic[T]):
             else:
                 await self._settle(message.ack, "done", time.perf_counter() - started)
 
-    async def _handle_holding(self, event: T, context: MessageContext) -> None:
-        """The handler, tried again in place while it fails with a `hold_on` error, for up to
-        `hold_max_s`: the message keeps its place before the later ones of its order key."""
-        held_since, pauses = time.monotonic(), 0
+    async def _handle_holding(self, message: AbstractIncomingMessage, event: T, context: MessageContext, *,
+                              hold_until: float) -> None:
+        """The handler, tried again in place while it fails with a `hold_on` error, until
+        `hold_until` (`hold_max_s` after delivery): the message keeps its place before the later
+        ones of its order key. Raises `_GivenBack` when the message cannot be held any longer but
+        the broker will deliver it again anyway (channel gone, process draining)."""
+        first = True
         while True:
             try:
                 await self._handler.handle(event, context)
             except self._hold_on as exc:
                 self._hold.held()
-                if time.monotonic() - held_since >= self._hold_max_s:
+                if self._clock() >= hold_until:
                     raise  # the ordinary retry path now: the broker would take the message back anyway
-                if pauses == 0:
+                if self._hold.stopped or _channel_gone(message):
+                    raise _GivenBack(str(exc)) from exc
+                if first:
+                    first = False
                     self._metrics.held.labels(self.stage).inc()
                     log.warning("message held in place until it can go on", outcome="held", reason=str(exc))
-                await self._hold.pause(compute_backoff(pauses, base=HOLD_PROBE_S, cap=HOLD_PAUSE_CAP_S,
-                                                       rand=self._rand))
-                pauses += 1
+                await self._hold.pause()
+                if self._hold.stopped or _channel_gone(message):
+                    raise _GivenBack(str(exc)) from exc
             else:
                 self._hold.went_through()
                 return

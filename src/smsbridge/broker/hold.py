@@ -1,16 +1,19 @@
 """Messages held in place while something every message needs is away (the inbound stage: the
 ledger), in one process.
 
-Each held message tries again after its own growing pause, up to `cap_s`; one of them at a
-time (the probe) tries every `probe_s` instead, and the moment any message goes through, every
-held one tries again at once. So a process notices that the ledger is back within about
-`probe_s`, not within the longest pause, with one probe in flight instead of one per message.
+One held message at a time (the probe) tries again every `probe_s`; every other held message
+waits until a message went through, and only then tries again (or after `cap_s`, in case the
+probe itself stopped being held). So a process notices that the ledger is back within about
+`probe_s`, with one attempt in flight every `probe_s` instead of one per held message.
 
 Why it matters for order: with several inbound processes, texts of one conversation are held
 by different processes. The process that notices first records its texts and their deliveries
 start; a text another process still holds gets recorded later and, if a later text of its
 conversation was delivered meanwhile, arrives after it. Noticing within `probe_s` keeps that
-window shorter than a text's way through the bridge (tests/integration/test_ledger_outage.py).
+window short; it does not close it (README, "Order per conversation").
+
+`stop()` (a process shutting down) wakes every held message for good: the consumer then gives
+each one back to the broker unsettled instead of trying again.
 """
 
 from __future__ import annotations
@@ -19,31 +22,43 @@ import asyncio
 import contextlib
 
 HOLD_PROBE_S = 0.2
-HOLD_PAUSE_CAP_S = 5.0
+HOLD_WAIT_CAP_S = 5.0
 
 
 class Hold:
-    def __init__(self, probe_s: float = HOLD_PROBE_S) -> None:
+    def __init__(self, probe_s: float = HOLD_PROBE_S, cap_s: float = HOLD_WAIT_CAP_S) -> None:
         self._probe_s = probe_s
+        self._cap_s = cap_s
         self._through = asyncio.Event()  # set when a message went through since the last hold began
         self._probing = False
+        self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def held(self) -> None:
         """A message failed with the condition: it is (still) there."""
-        self._through.clear()
+        if not self._stopped:
+            self._through.clear()
 
     def went_through(self) -> None:
         """A message was handled: wake every held one."""
         self._through.set()
 
-    async def pause(self, pause_s: float) -> None:
-        """Wait until a message went through, or `pause_s` (the probe: `probe_s`) passed."""
+    def stop(self) -> None:
+        """No more holding: wake every held message now and from now on."""
+        self._stopped = True
+        self._through.set()
+
+    async def pause(self) -> None:
+        """The probe waits `probe_s`; any other held message waits until one went through."""
         if self._probing:
-            await self._until_through(pause_s)
+            await self._until_through(self._cap_s)
             return
         self._probing = True
         try:
-            await self._until_through(min(pause_s, self._probe_s))
+            await self._until_through(self._probe_s)
         finally:
             self._probing = False
 

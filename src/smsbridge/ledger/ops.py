@@ -242,6 +242,18 @@ def claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime) -> 
     return inserted.rowcount == 1
 
 
+def claim_and_record_dlr(c: sa.Connection, dedupe_key: str, scope: Scope, mdr_id: str, state: str,
+                         reason_code: str | None, reason: str | None, level: int | None, code: int | None,
+                         now: datetime) -> bool:
+    """The first sight of this exact receipt and its effect on the message, in one transaction:
+    False (and nothing changed) for a resend. A failure leaves neither, so a retry is not taken
+    for a resend."""
+    if not claim_dlr(c, dedupe_key, mdr_id, now):
+        return False
+    record_dlr(c, scope, mdr_id, state, reason_code, reason, level, code, now)
+    return True
+
+
 def unclaim_dlr(c: sa.Connection, dedupe_key: str) -> None:
     c.execute(_UNCLAIM_DLR, {"dedupe_key": dedupe_key[:255]})
 
@@ -284,9 +296,9 @@ def advance(c: sa.Connection, message_id: int, state: str, now: datetime, reason
                                                         "now": now})
 
 
-# The old private names, still imported by dispatch_ops.py and order.py (both changing on other
-# branches): drop these once those modules use the public names.
-_insert_or_skip, _ID_BY_MDR, _history = insert_or_skip, ID_BY_MDR, add_history
+# The old private names, still imported by dispatch_ops.py (changing on another branch): drop
+# these once it uses the public names.
+_ID_BY_MDR, _history = ID_BY_MDR, add_history
 
 
 @functools.cache

@@ -63,7 +63,7 @@ class Entry:
 
 
 _KEY = (order.c.mdr_id == _p("key_mdr_id")) & (order.c.extension == _p("key_extension"))
-_NEW = ops._insert_or_skip(order)
+_NEW = ops.insert_or_skip(order)
 _ROW = sa.select(order.c.conversation, order.c.state, order.c.updated_at).where(_KEY)
 _HEAD = (sa.select(order.c.mdr_id, order.c.extension, order.c.state, order.c.body)
          .where((order.c.conversation == _p("conversation")) & (order.c.state != "done"))

@@ -277,9 +277,10 @@ OUTAGE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, TimeoutError)
 
 
 # SQLSTATEs of a server not there for us right now, which asyncpg reports as plain errors:
-# connection exceptions (class 08), and a server shutting down, crashed, or starting up (57P01-3:
-# "the database system is starting up" for a moment after every restart).
-OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+# connection exceptions (class 08), a server shutting down, crashed, or starting up (57P01-3:
+# "the database system is starting up" for a moment after every restart), and one with every
+# connection slot taken (53300: likely right after a restart, when every pool reconnects at once).
+OUTAGE_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
 def is_outage(exc: BaseException) -> bool:

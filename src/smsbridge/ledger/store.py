@@ -208,6 +208,13 @@ class Ledger:
         """True the first time this exact receipt is seen, False for a resend."""
         return await self._db.write(ops.claim_dlr, dedupe_key, mdr_id, self._now())
 
+    async def claim_and_record_dlr(self, dedupe_key: str, scope: Scope, mdr_id: str, state: str,
+                                   reason_code: str | None, reason: str | None, level: int | None,
+                                   code: int | None) -> bool:
+        """`claim_dlr` and `record_dlr` in one transaction: False, and nothing recorded, for a resend."""
+        return await self._db.write(ops.claim_and_record_dlr, dedupe_key, scope, mdr_id, state, reason_code, reason,
+                                    level, code, self._now())
+
     async def unclaim_dlr(self, dedupe_key: str) -> None:
         await self._db.write(ops.unclaim_dlr, dedupe_key)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import ChannelInvalidStateError
 
 from smsbridge.broker.publisher import Headers, Publisher
 from smsbridge.errors import BrokerUnavailable
@@ -60,6 +61,17 @@ class StubMessage:
     message_id: str | None = None
     user_id: str | None = None
     settled: str | None = None  # "ack", "requeue" or "reject"
+    channel_closed: bool = False  # the node died: the broker takes the message back by itself
+
+    @property
+    def channel(self) -> Any:
+        if self.channel_closed:
+            raise ChannelInvalidStateError  # what aio-pika answers for a closed channel
+        return self
+
+    @property
+    def is_closed(self) -> bool:
+        return self.channel_closed
 
     async def ack(self, multiple: bool = False) -> None:
         self._settle("ack")

@@ -153,29 +153,32 @@ class InboundHandler:
         return msgspec.structs.replace(message, media=kept, media_problems=message.media_problems + failed)
 
     async def _status(self, receipt: DeliveryReceipt) -> None:
-        key = dlr_key(receipt)
-        if not await self._ledger.claim_dlr(key, receipt.mdr_id):
-            log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
-            return
+        # Read first, then one write that claims the receipt and records its effect together: a
+        # ledger failure at either step leaves nothing claimed, so the retry is not a "resend".
         # Only this configuration's own message: another tenant's id (or a bare number, which is
         # never a row id here) finds nothing, and its history and client id stay untouched.
         scope = Scope(receipt.tenant, receipt.config_id)
         known = await self._ledger.receipt_target(scope, receipt.mdr_id)
+        if known is not None and known.client_message_id:  # ours is better than a cmid in a URL
+            receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
+        status = status_for(receipt)
+        key = dlr_key(receipt)
+        if not await self._ledger.claim_and_record_dlr(key, scope, receipt.mdr_id, status.state, status.reason_code,
+                                                       status.reason, receipt.level, receipt.status_code):
+            log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
+            return
         if known is None and receipt.client_message_id is None:  # an account-level DLR callback, no cmid
             # not ours (another system on the account?): no PBX asked about it
             self._metrics.dlr_unknown.labels(receipt.config_id).inc()
             log.warning("delivery receipt for a message this bridge never sent: not forwarded",
                         outcome="unknown_message", dlr_level=receipt.level, dlr_code=receipt.status_code)
             return
-        if known is not None and known.client_message_id:  # ours is better than a cmid in a URL
-            receipt = msgspec.structs.replace(receipt, client_message_id=known.client_message_id)
-        status = status_for(receipt)
         try:
             await publish_status(self._publisher, self._prefix, status)
         except BrokerUnavailable:
-            await self._ledger.unclaim_dlr(key)  # so the retry is not mistaken for a resend
+            # so the retry is not mistaken for a resend; it records again (the state only moves
+            # forward: one more history line at most)
+            await self._ledger.unclaim_dlr(key)
             raise
-        await self._ledger.record_dlr(scope, receipt.mdr_id, status.state, status.reason_code, status.reason,
-                                      receipt.level, receipt.status_code)
         log.info("delivery receipt", state=status.state, dlr_level=receipt.level, dlr_code=receipt.status_code,
                  client_message_id=receipt.client_message_id)
