@@ -1,14 +1,17 @@
 """How many processes of each role serve N Flowroute accounts and M inbound texts/s, from the
-per-process figures a `make bench` run measured (bench/results/latest.json).
+per-process figures a `make bench` run measured (bench/results/latest.json); README,
+"Deploying", says how to read it.
 
 Usage: python bench/sizing.py [--results FILE] [--accounts N ...] [--inbound M ...] [--utilisation U]
 
-The model (README, "Sizing"), one Python process being one core at most:
+The model, one Python process being one core at most:
 - the receiver, the inbound stage and the dispatcher each have a per-process rate measured alone
   (`receiver` webhooks/s, `scaling` one inbound process, `dispatch` limits off);
 - the delivery stage is not measured alone: one process running receiver, inbound and delivery
   (`inbound` at the maximum) spends the three roles' CPU per text in turn, so the delivery
-  stage's time per text is that process's time per text less the other two's;
+  stage's time per text is that process's time per text less the other two's (with
+  `--ledger postgresql` the stage figures are SQLite's, so PostgreSQL's extra cost is all
+  charged to delivery: more delivery processes than needed, never fewer);
 - the outbound stage is not measured alone either: it does what the inbound stage does (rules,
   one ledger write, one confirmed publish), so it is sized like the inbound stage;
 - a dispatcher carries at most `dispatch rate x U / 5` accounts (each account sends at most
@@ -38,14 +41,17 @@ class Figures:
     inbound_stage: float  # texts/s through the inbound stage alone
     inbound_pipeline: float  # texts/s, webhook to PBX, one process with receiver + inbound + delivery
     dispatcher: float  # sends/s, limits off
-    accounts_shown: int  # accounts one dispatcher process carried at >= 0.95 of their limits
+    accounts_shown: int | None  # accounts one dispatcher process carried at >= 0.95 of their limits (None: not shown)
 
     @property
     def delivery(self) -> float:
         """Texts/s of the delivery stage alone: the pipeline's time per text less the other two roles'."""
-        left = 1 / self.inbound_pipeline - 1 / self.receiver - 1 / self.inbound_stage
-        if left <= 0:  # the pipeline was not CPU-bound: no estimate is better than a wrong one
-            raise ValueError("the inbound pipeline ran faster than its parts: its figure is not CPU-bound")
+        per_text = 1 / self.inbound_pipeline
+        left = per_text - 1 / self.receiver - 1 / self.inbound_stage
+        # Less than a tenth of the pipeline's time left for delivery: the pipeline was not CPU-bound
+        # (a tiny or starved run), and the difference is noise. No estimate beats a wrong one.
+        if left < 0.1 * per_text:
+            raise ValueError("the inbound pipeline's figure is not CPU-bound (it ran about as fast as its parts)")
         return 1 / left
 
 
@@ -67,7 +73,8 @@ def processes_for(load: float, rate_per_process: float, utilisation: float) -> i
 
 def accounts_per_dispatcher(figures: Figures, utilisation: float) -> int:
     by_cpu = int(figures.dispatcher * utilisation / SMS_PER_ACCOUNT)
-    return max(1, min(by_cpu, figures.accounts_shown))
+    shown = by_cpu if figures.accounts_shown is None else figures.accounts_shown
+    return max(1, min(by_cpu, shown))
 
 
 def plan(figures: Figures, accounts: int, inbound_per_s: float, utilisation: float = 0.5) -> Plan:
@@ -98,7 +105,8 @@ def figures_from(report: dict[str, Any], ledger: str = "sqlite") -> Figures:
     pipeline measured on SQLite or on PostgreSQL."""
     rows = report["rows"]
     carried = [r for r in rows if r["bench"] == "accounts" and " 1 dispatcher: aggregate" in str(r["figure"])]
-    shown = int(carried[0]["reference"] / SMS_PER_ACCOUNT) if carried and carried[0]["ratio"] >= 0.95 else 1
+    # the accounts benchmark missed its target: nothing shown, the CPU figure alone decides
+    shown = int(carried[0]["reference"] / SMS_PER_ACCOUNT) if carried and carried[0]["ratio"] >= 0.95 else None
     return Figures(receiver=_value(rows, "receiver", "webhooks/s"),
                    inbound_stage=_value(rows, "scaling", "inbound stage, 1 process"),
                    inbound_pipeline=_value(rows, "inbound" if ledger == "sqlite" else "inbound-pg", "max "),
@@ -129,8 +137,13 @@ def main() -> None:
     parser.add_argument("--utilisation", type=float, default=0.5, help="share of a core to plan each process at")
     args = parser.parse_args()
     figures = figures_from(json.loads(Path(args.results).read_text()), args.ledger)
-    plans = [plan(figures, n, m, args.utilisation)
-             for n in (args.accounts or [10, 100, 1000]) for m in (args.inbound or [50, 500, 2000])]
+    try:
+        plans = [plan(figures, n, m, args.utilisation)
+                 for n in (args.accounts or [10, 100, 1000]) for m in (args.inbound or [50, 500, 2000])]
+    except ValueError as exc:
+        raise SystemExit(f"sizing: {exc}; use the figures of a full `make bench` run") from exc
+    if figures.accounts_shown is None:
+        print("note: the accounts benchmark missed its target in this run; dispatchers are sized by CPU alone")
     print(table(figures, plans, args.utilisation))
 
 

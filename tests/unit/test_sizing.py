@@ -1,4 +1,4 @@
-"""bench/sizing.py: processes per role from per-process figures (README, "Sizing")."""
+"""bench/sizing.py: processes per role from per-process figures (README, "Deploying")."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ def test_a_pipeline_faster_than_its_parts_gives_no_delivery_estimate() -> None:
     with pytest.raises(ValueError, match="not CPU-bound"):
         _ = sizing.Figures(receiver=2000, inbound_stage=1000, inbound_pipeline=900, dispatcher=800,
                            accounts_shown=100).delivery
+    with pytest.raises(ValueError, match="not CPU-bound"):  # 0.05 ms of 1.55 left: noise, not delivery
+        _ = sizing.Figures(receiver=2000, inbound_stage=1000, inbound_pipeline=1000 / 1.55, dispatcher=800,
+                           accounts_shown=100).delivery
 
 
 def test_each_role_is_planned_at_half_a_core_with_one_process_to_spare() -> None:
@@ -38,6 +41,12 @@ def test_a_dispatcher_never_carries_more_accounts_than_one_process_was_shown_car
                           accounts_shown=100)
     assert sizing.accounts_per_dispatcher(fast, 0.5) == 100
     assert sizing.plan(fast, accounts=1000, inbound_per_s=10).processes["dispatcher"] == 11
+
+
+def test_without_an_accounts_figure_the_dispatchers_cpu_alone_decides() -> None:
+    unshown = sizing.Figures(receiver=2000, inbound_stage=1000, inbound_pipeline=250, dispatcher=800,
+                             accounts_shown=None)
+    assert sizing.accounts_per_dispatcher(unshown, 0.5) == 80
 
 
 def test_no_load_still_gets_one_process_and_a_spare() -> None:
