@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from smsbridge.events import DispatchRequest
 from smsbridge.ledger import ops
 from smsbridge.ledger.ops import MessageRow, utc
+from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.schema import messages
 
 _p = sa.bindparam
@@ -85,9 +86,9 @@ def accept(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int 
     """`ops.record_accepted` in three statements instead of four: False, and nothing written,
     when another message already has this Flowroute id."""
     if mdr_id is not None:
-        holder = c.execute(ops._ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+        holder = run(c, ops.ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
         if holder is not None and holder != message_id:
             return False
-    c.execute(_ACCEPT, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
-    ops._history(c, message_id, "accepted", now)
+    run(c, _ACCEPT, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
+    ops.add_history(c, message_id, "accepted", now)
     return True

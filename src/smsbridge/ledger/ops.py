@@ -4,8 +4,8 @@ A runner (`ledger/runner.py`) calls one of these inside one transaction, so a tr
 one trip to the database thread (SQLite) or one greenlet switch per statement (PostgreSQL), not
 one per statement and per begin and commit. Statements are built once, here, and executed with
 parameters: SQLAlchemy then finds their compiled form without building a new expression per call.
-The inbound path's statements run through `prepared.execute` (`run`), which on SQLite skips
-SQLAlchemy's per-execution machinery; the rest through `Connection.execute`.
+The inbound path's and the dispatcher's statements run through `prepared.execute` (`run`), which
+skips SQLAlchemy's per-execution machinery; the rest through `Connection.execute`.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ def record_request(c: sa.Connection, request: DispatchRequest, now: datetime) ->
 
 
 def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRow | None:
-    row = c.execute(_ROW_BY_CLIENT_ID, {"tenant": tenant, "client_message_id": client_message_id}).first()
+    row = run(c, _ROW_BY_CLIENT_ID, {"tenant": tenant, "client_message_id": client_message_id}).first()
     return message_row(row._mapping) if row else None
 
 
@@ -223,7 +223,7 @@ def alike_in_doubt(c: sa.Connection, row: MessageRow, since: datetime) -> list[d
 
 
 def mark_sending(c: sa.Connection, message_id: int, now: datetime) -> None:
-    c.execute(_SENDING, {"message_id": message_id, "now": now})
+    run(c, _SENDING, {"message_id": message_id, "now": now})
 
 
 def mark_queued(c: sa.Connection, message_id: int, reason: str, now: datetime) -> None:
