@@ -60,6 +60,12 @@ def test_every_benchmark_runs_on_a_tiny_load_and_prints_its_figures(amqp_url: st
             value = found[0]["value"]
             assert isinstance(value, int | float) and math.isfinite(value), found[0]
             assert str(found[0]["figure"]) in done.stdout  # printed in the table, not only in the JSON
+    # what each benchmark took of the run's budget, in the table and in the JSON
+    benches = ("receiver", "inbound", "dispatch", "accounts", "relay", "sip", "scaling", "memory")
+    for bench in benches:
+        (found,) = _matches(rows, bench, "wall clock, seconds")
+        assert found["value"] > 0, found
+    assert list(report["seconds_by_bench"]) == list(benches)
     # a reference beside the real figure wherever the issue asks for a ratio
     ratios = [("receiver", "webhooks/s"), ("receiver", "p99 latency"), ("dispatch", "limits off: sent/s"),
               ("relay", "sends accepted/s"), ("sip", "… at once: sip target deliveries/s"),
