@@ -33,7 +33,7 @@ _RECENT = sa.select(messages.c.config_id, messages.c.dispatch_state, messages.c.
     & messages.c.send_started_at.is_not(None))
 _MOVABLE = ops.movable_from("accepted")
 _MOVES = sa.or_(*(messages.c.state == state for state in _MOVABLE))
-# `ops.record_accepted`'s two UPDATEs (the send settled; the state moved forward if it may) as one.
+# One UPDATE for the send settled and the state moved forward (if it may).
 _ACCEPT = sa.update(messages).where(messages.c.id == _p("message_id")).values(
     dispatch_state="done", mdr_id=_p("new_mdr_id"), segments=_p("new_segments"), reason=None, updated_at=_p("now"),
     state=sa.case((_MOVES, "accepted"), else_=messages.c.state),
@@ -83,8 +83,8 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
 
 
 def accept(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None, now: datetime) -> bool:
-    """`ops.record_accepted` in three statements instead of four: False, and nothing written,
-    when another message already has this Flowroute id."""
+    """Flowroute took the send: its id, segments and `accepted`, in three statements. False, and
+    nothing written, when another message already has this Flowroute id."""
     if mdr_id is not None:
         holder = run(c, ops.ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
         if holder is not None and holder != message_id:

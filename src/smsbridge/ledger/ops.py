@@ -296,10 +296,6 @@ def advance(c: sa.Connection, message_id: int, state: str, now: datetime, reason
                                                         "now": now})
 
 
-# The old private names, still imported by dispatch_ops.py (changing on another branch): drop
-# these once it uses the public names.
-_ID_BY_MDR, _history = ID_BY_MDR, add_history
-
 
 @functools.cache
 def _move_state(movable: tuple[str, ...]) -> sa.Update:
