@@ -64,7 +64,8 @@ async def held(runner: SqliteRunner) -> AsyncIterator[None]:
     await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
     try:
         yield
-        await asyncio.sleep(0)  # the tasks the block started put their calls on the queue
+        await asyncio.sleep(0)  # the tasks the block started ask for their calls
+        await asyncio.sleep(0)  # and the calls are handed over to the thread, all at once
     finally:
         release.set()
         await holder

@@ -63,6 +63,11 @@ class SqliteRunner:
     committed. If an operation raises, or the COMMIT fails, the group is rolled back and its
     operations run again one transaction each, so that one operation's error is its own.
 
+    The calls an event loop makes during one round of its callbacks are handed to the thread
+    together at the end of that round (`_hand_over`), and the thread keeps one connection for
+    its life: each wake-up of the thread, and each check-out of a connection, cost more than
+    the statements of a relayed send's row (see bench/README.md, "The relay benchmark").
+
     Should the thread itself stop on an error outside any operation, every caller waiting and every
     later call gets a `RuntimeError` saying so (rather than waiting for ever), and `usable` is
     False, which `/readyz` reports."""
@@ -73,11 +78,14 @@ class SqliteRunner:
         sa.event.listen(self._engine, "connect", _sqlite_connect)
         sa.event.listen(self._engine, "begin", _sqlite_begin)
         self._batch = batch
+        self._connection: sa.Connection | None = None  # the thread's own, kept between transactions
         self._closed = False
         self._broken: str | None = None  # why the thread stopped, if it stopped on an error
         self._lock = threading.Lock()  # a call is queued before the thread fails what is queued, or refused
         self.transactions = 0  # how many it has begun: fewer than operations, under load
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # what each event loop asked for since its last hand-over (`_hand_over`), under `_lock`
+        self._waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
         self._thread.start()
 
@@ -99,12 +107,29 @@ class SqliteRunner:
         with self._lock:
             if self._broken is not None:
                 raise RuntimeError(self._broken)
-            self._queue.put(_Job(write, op, args, kwargs, loop, future))
+            waiting = self._waiting.get(loop)
+            if waiting is None:
+                self._waiting[loop] = waiting = []
+                loop.call_soon(self._hand_over, loop)
+            waiting.append(_Job(write, op, args, kwargs, loop, future))
         return future
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Queue for the thread what `loop` asked for during its last round of callbacks (every
+        loop's, for None). One wake-up of the thread for all of them, not one per operation: each
+        wake-up costs both threads a switch, and the thread then takes them in one transaction."""
+        with self._lock:
+            jobs = [job for key in ([loop] if loop else list(self._waiting)) for job in self._waiting.pop(key, [])]
+            if self._broken is not None:
+                _settle([(None, RuntimeError(self._broken)) for _ in jobs], jobs)
+                return
+            for job in jobs:
+                self._queue.put(job)
 
     async def close(self) -> None:
         """Finish what is queued, then close the connection and the thread."""
         self._closed = True
+        self._hand_over(None)
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
 
@@ -119,7 +144,7 @@ class SqliteRunner:
                     _settle(self._run(group), group)
                 group = []
                 if stop:
-                    self._engine.dispose()
+                    self._dispose()
                     return
         except BaseException as exc:  # noqa: BLE001 - nobody would ever answer the callers
             self._fail_all(group, exc)
@@ -141,6 +166,11 @@ class SqliteRunner:
             self._broken = f"the ledger thread stopped: {cause!r}"
             group += [job for job in self._take_queued([], math.inf) if job is not None]
         _settle([(None, RuntimeError(self._broken)) for _ in group], group)
+        self._dispose()
+
+    def _dispose(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
         self._engine.dispose()
 
     def _run(self, group: list[_Job]) -> list[_Outcome]:
@@ -154,10 +184,14 @@ class SqliteRunner:
 
     def _transaction(self, group: list[_Job]) -> list[Any]:
         self.transactions += 1
-        with self._engine.connect() as connection:
-            connection.execution_options(**{WRITE: any(job.write for job in group)})
-            with connection.begin():
-                return [job.op(connection, *job.args, **job.kwargs) for job in group]
+        # One connection for the thread's life: a check-out and check-in (with its ROLLBACK) per
+        # transaction cost as much as the transaction's own statements.
+        if self._connection is None or self._connection.closed or self._connection.invalidated:
+            self._connection = self._engine.connect()
+        connection = self._connection
+        connection.execution_options(**{WRITE: any(job.write for job in group)})
+        with connection.begin():
+            return [job.op(connection, *job.args, **job.kwargs) for job in group]
 
 
 class _Job(NamedTuple):
@@ -304,7 +338,10 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
+    # On the driver's connection: `exec_driver_sql` would build a whole execution context for it.
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.execute("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
 
 
 def _use_wal(cursor: sqlite3.Cursor, attempts: int = 100) -> None:
