@@ -127,13 +127,23 @@ async def _claim(request: web.Request, row: RelaySend) -> RelaySend | None:
 async def _record_beside_publish(request: web.Request, row: RelaySend, outbound: OutboundRequest,
                                  where: dict[str, Any]) -> web.Response:
     """Without a key nothing can repeat this send, so its row is written while the broker
-    confirms: the client waits for the slower of the two, not for both in turn."""
-    recorded, published = await asyncio.gather(_claim(request, row), _publish(request, outbound),
-                                               return_exceptions=True)
-    for outcome in (recorded, published):
-        if isinstance(outcome, BaseException) and not isinstance(outcome, (BrokerUnavailable, *LEDGER_ERRORS)):
-            raise outcome
-    if isinstance(published, BrokerUnavailable):
+    confirms: the client waits for the slower of the two, not for both in turn. (One task for
+    the row, the publish in this one: `gather` would make two tasks and a future per send.)"""
+    recording = asyncio.ensure_future(_claim(request, row))
+    try:
+        await _publish(request, outbound)
+        published: BaseException | None = None
+    except BrokerUnavailable as exc:
+        published = exc
+    except BaseException:
+        await asyncio.gather(recording, return_exceptions=True)  # never left running unobserved
+        raise
+    recorded: RelaySend | None | BaseException
+    try:
+        recorded = await recording
+    except LEDGER_ERRORS as exc:
+        recorded = exc
+    if published is not None:
         log.error("relay send not accepted: broker unavailable", **where, error=str(published))
         if not isinstance(recorded, BaseException):
             await _forget(request, row.bridge_id)
