@@ -189,9 +189,26 @@ class SqliteRunner:
         if self._connection is None or self._connection.closed or self._connection.invalidated:
             self._connection = self._engine.connect()
         connection = self._connection
-        connection.execution_options(**{WRITE: any(job.write for job in group)})
-        with connection.begin():
-            return [job.op(connection, *job.args, **job.kwargs) for job in group]
+        # BEGIN and COMMIT on the driver: SQLAlchemy's transaction (events, execution options,
+        # its state machine) cost more than a relayed send's INSERT. A statement run through
+        # `Connection.execute` makes SQLAlchemy begin too; `_sqlite_begin` then sees the driver's
+        # transaction open and adds nothing, and the COMMIT goes through SQLAlchemy.
+        dbapi = connection.connection.dbapi_connection
+        assert isinstance(dbapi, sqlite3.Connection)
+        dbapi.execute("BEGIN IMMEDIATE" if any(job.write for job in group) else "BEGIN")
+        try:
+            results = [job.op(connection, *job.args, **job.kwargs) for job in group]
+            if connection.in_transaction():
+                connection.commit()
+            else:
+                dbapi.commit()
+        except BaseException:
+            if connection.in_transaction():
+                connection.rollback()
+            else:
+                dbapi.rollback()
+            raise
+        return results
 
 
 class _Job(NamedTuple):
@@ -338,10 +355,12 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    # On the driver's connection: `exec_driver_sql` would build a whole execution context for it.
+    """SQLAlchemy begins: a runner's transaction (`SqliteRunner._transaction`) is open on the driver
+    already, or this is a connection of its own (BEGIN IMMEDIATE if it says it will write)."""
     dbapi = connection.connection.dbapi_connection
-    assert dbapi is not None
-    dbapi.execute("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
+    assert isinstance(dbapi, sqlite3.Connection)
+    if not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE" if connection.get_execution_options().get(WRITE) else "BEGIN")
 
 
 def _use_wal(cursor: sqlite3.Cursor, attempts: int = 100) -> None:
