@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Awaitable
 from typing import Any
 
 import msgspec
@@ -27,7 +28,7 @@ from smsbridge.app_keys import LEDGER, PUBLISHER, SETTINGS
 from smsbridge.broker import names
 from smsbridge.broker.publisher import now_ms
 from smsbridge.config import RelayClient, Settings
-from smsbridge.errors import BrokerUnavailable
+from smsbridge.errors import BrokerUnavailable, LedgerUnavailable
 from smsbridge.events import OutboundRequest, encoder, new_event_id, utcnow
 from smsbridge.flowroute.payloads import timestamp
 from smsbridge.ledger import MessageRow, RelaySend, StatusRow
@@ -35,7 +36,7 @@ from smsbridge.relay_request import RelayError, authenticate, error_doc, idempot
 
 log = structlog.get_logger("smsbridge.relay")
 CONTENT_TYPE = "application/vnd.api+json"
-LEDGER_ERRORS = (SQLAlchemyError, RuntimeError, OSError)
+LEDGER_ERRORS = (LedgerUnavailable, SQLAlchemyError, RuntimeError, OSError)
 BRIDGE_ID = re.compile(r"mdr2-[0-9a-f]{32}")
 # Flowroute's MDR `status` wording for each of our states.
 MDR_STATUS = {"queued": "queued", "accepted": "accepted", "sent": "smsc submit", "buffered": "message buffered",
@@ -118,25 +119,37 @@ async def _record_and_publish(request: web.Request, client: RelayClient, row: Re
     return _answer(accepted_doc(settings, row.bridge_id), 202)
 
 
-async def _claim(request: web.Request, row: RelaySend) -> RelaySend | None:
+def _start_claim(request: web.Request, row: RelaySend) -> Awaitable[RelaySend | None]:
+    """The row asked for now, awaited later; a ledger that refuses at once fails the await."""
     settings = request.app[SETTINGS]
-    return await request.app[LEDGER].claim_relay(row, window_s=settings.relay.idempotency_window_s,
-                                                 stale_s=2 * settings.broker.publish_timeout_s + 5)
+    try:
+        return request.app[LEDGER].start_claim_relay(row, window_s=settings.relay.idempotency_window_s,
+                                                     stale_s=2 * settings.broker.publish_timeout_s + 5)
+    except LEDGER_ERRORS as exc:  # closed, or its thread stopped
+        return _raise(exc)
+
+
+async def _claim(request: web.Request, row: RelaySend) -> RelaySend | None:
+    return await _start_claim(request, row)
+
+
+async def _raise(exc: BaseException) -> RelaySend | None:
+    raise exc
 
 
 async def _record_beside_publish(request: web.Request, row: RelaySend, outbound: OutboundRequest,
                                  where: dict[str, Any]) -> web.Response:
     """Without a key nothing can repeat this send, so its row is written while the broker
-    confirms: the client waits for the slower of the two, not for both in turn. (One task for
-    the row, the publish in this one: `gather` would make two tasks and a future per send.)"""
-    recording = asyncio.ensure_future(_claim(request, row))
+    confirms: the client waits for the slower of the two, not for both in turn. The row is asked
+    for before the publish and awaited after it, in this task (a task per send cost more)."""
+    recording = _start_claim(request, row)
+    published: BrokerUnavailable | None = None
     try:
         await _publish(request, outbound)
-        published: BaseException | None = None
     except BrokerUnavailable as exc:
         published = exc
     except BaseException:
-        await asyncio.gather(recording, return_exceptions=True)  # never left running unobserved
+        await asyncio.gather(recording, return_exceptions=True)  # never left unobserved
         raise
     recorded: RelaySend | None | BaseException
     try:

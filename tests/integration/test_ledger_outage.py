@@ -24,15 +24,19 @@ from smsbridge.ledger.media_ops import MediaRecord
 from smsbridge.media import links
 from smsbridge.media.store import LocalStore
 from smsbridge.pbx_client import publish_request, watch
+from smsbridge.sandbox.flowroute_pbx import send_jsonapi
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import out_of_order, text
 from tests.support.ledger import PG_URL, pg_schema
 from tests.support.media import LINK_KEY, start_receiver
 from tests.support.pg_starting import StartingPostgres
+from tests.support.relay import FREEPBX, relay_queue, relay_settings
 from tests.support.settings import DID_MAIN, TOKEN, settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
+
+__all__ = ["relay_queue"]  # the fixture, used by name
 
 
 @pytest.fixture
@@ -188,3 +192,23 @@ async def test_a_media_link_while_the_ledger_is_down_is_503_then_serves(
     finally:
         await runner.cleanup()
         await ledger.close()
+
+
+async def test_relay_sends_and_lookups_while_the_ledger_is_down_are_never_a_500(
+    proxied_pg: tuple[TcpProxy, LedgerSettings], start_bridge: StartBridge, relay_queue: str,
+    http: aiohttp.ClientSession, prefix: str,
+) -> None:
+    """A keyed send needs its row first: 503, retry. A send without a key is queued beside its row
+    and answered 202 even when the row could not be written (a 503 would have it sent twice)."""
+    proxy, location = proxied_pg
+    bridge = await start_bridge(msgspec.structs.replace(relay_settings(prefix), ledger=location), ["receiver"])
+    api = f"{bridge.receiver_url}/flowroute"
+    await proxy.cut()
+    status, doc = await send_jsonapi(http, api, FREEPBX, to="2065550199", from_=DID_MAIN, body="hi",
+                                     headers={"Idempotency-Key": "outage-1"})
+    assert status == 503 and doc["errors"][0]["status"] == 503, doc
+    status, doc = await send_jsonapi(http, api, FREEPBX, to="2065550199", from_=DID_MAIN, body="hi")
+    assert status == 202, doc
+    async with http.get(f"{api}/v2.2/messages/{doc['data']['id']}",
+                        headers={"Authorization": aiohttp.encode_basic_auth(*FREEPBX)}) as response:
+        assert response.status == 503

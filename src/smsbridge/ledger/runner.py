@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -42,6 +42,8 @@ WRITE = "smsbridge_write"  # execution option: this transaction writes (SQLite: 
 
 class Runner(Protocol):
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+
+    def start_write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]: ...
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
 
@@ -91,6 +93,10 @@ class SqliteRunner:
 
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(True, op, args, kwargs)
+
+    def start_write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """`write`, asked for now: the caller awaits the result later, without a task of its own."""
+        return self._submit(True, op, args, kwargs)
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(False, op, args, kwargs)
@@ -266,6 +272,10 @@ class AsyncRunner:
 
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(True, op, args, kwargs)
+
+    def start_write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[T]:
+        """`write`, asked for now: the caller awaits the result later, without a task of its own."""
+        return self._submit(True, op, args, kwargs)
 
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(False, op, args, kwargs)

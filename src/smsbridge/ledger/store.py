@@ -47,6 +47,9 @@ class OutageGuard:
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._guard(self._runner.write(op, *args, **kwargs))
 
+    def start_write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+        return self._guard(self._runner.start_write(op, *args, **kwargs))
+
     async def read(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._guard(self._runner.read(op, *args, **kwargs))
 
@@ -230,8 +233,13 @@ class Ledger:
     # ----- relay API (ledger/relay_ops.py) -------------------------------------------------------
     async def claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> RelaySend | None:
         """Record a relay send; or the earlier send with its idempotency key (None: recorded)."""
+        return await self.start_claim_relay(send, window_s=window_s, stale_s=stale_s)
+
+    def start_claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> Awaitable[RelaySend | None]:
+        """`claim_relay` asked for now, awaited later: the row is written while the caller awaits
+        something else (the relay API: the broker's confirm), without a task per send."""
         now = self._now()
-        return await self._db.write(relay_ops.claim, send, now - timedelta(seconds=window_s),
+        return self._db.start_write(relay_ops.claim, send, now - timedelta(seconds=window_s),
                                     now - timedelta(seconds=stale_s))
 
     async def relay_queued(self, bridge_id: str) -> None:
