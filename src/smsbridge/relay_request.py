@@ -13,10 +13,9 @@ import uuid
 from typing import Any
 
 import msgspec
-import yarl
 
 from smsbridge.config import RelayClient, Settings
-from smsbridge.destinations import DestinationRefused, check_literal, networks
+from smsbridge.destinations import DestinationRefused, check_url, networks
 from smsbridge.errors import InvalidNumber
 from smsbridge.events import OutboundRequest
 from smsbridge.numbers import to_e164
@@ -132,7 +131,7 @@ def _check_callback(url: str, client: RelayClient) -> None:
     """An address literal the bridge will not call back is refused now (a name is checked as it
     resolves, when the receipt is posted: `workers/relay_dlr.py`)."""
     try:
-        check_literal(yarl.URL(url).host, networks(client.dlr_callback_networks))
+        check_url(url, networks(client.dlr_callback_networks))
     except ValueError:
         raise RelayError(422, "'dlr_callback' must be an http(s) URL") from None
     except DestinationRefused:
