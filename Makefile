@@ -50,8 +50,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
-## faults: a 3-node RabbitMQ cluster and PostgreSQL of its own, the roles as processes under load, one
-## fault per scenario, a table of figures beside their targets (faults/README.md); 6-7 min on 2 shared cores
+## faults: a 3-node RabbitMQ cluster, PostgreSQL and each role as a process, each on a simulated host (a
+## network namespace; needs root, ip, nft), under load, one fault per scenario, a table of figures beside
+## their targets (faults/README.md); 8-10 min on 2 shared cores
 faults: $(STAMP)
 	$(BIN)/python -m faults.run
 

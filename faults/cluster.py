@@ -1,9 +1,16 @@
-"""A 3-node RabbitMQ cluster of the installed broker, on loopback, all of its own.
+"""A 3-node RabbitMQ cluster of the installed broker, each node on a simulated host of its own.
 
-Each node has its own name (`sbf1@localhost`...), AMQP and distribution ports, data, log and
-config files, and the cluster its own Erlang cookie (in a temporary HOME), so nothing here can
-reach the machine's own RabbitMQ (rabbit@<host> on 5672/25672). Nodes are stopped by their
-PID (SIGKILL, as a crash) or with `rabbitmqctl -n <node> stop`; never by name.
+Each node runs in its own network namespace (`faults/netns.py`) with its own epmd, on the
+usual ports (AMQP 5672, distribution 25672, epmd 4369) of its own address; its name is a long
+name on that address (`sbf1@10.231.0.11`...), so no host name has to resolve anywhere. Each
+node has its own data, log and config files and its own HOME holding a copy of the cluster's
+Erlang cookie: the nodes share no file. The machine's own RabbitMQ and epmd, in the root
+namespace, are never reached. Nodes are stopped by their PID (SIGKILL, as a crash) or with
+`rabbitmqctl -n <node> stop`, run inside the node's namespace; never by name.
+
+Partitions: `cluster_partition_handling = pause_minority` (faults/README.md says why) and
+`net_ticktime = NET_TICKTIME_S`, so that a node cut off from the others notices within the
+partition the suite makes.
 """
 
 from __future__ import annotations
@@ -15,67 +22,81 @@ import secrets
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from faults.netns import Host
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the script itself: the sbin wrapper would change user
 CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+EPMD = "epmd"
+AMQP_PORT = 5672
+# RabbitMQ's default is 60 s (a peer that stops answering is declared down 60-75 s later):
+# longer than the suite's 15 s partition, which would then go unnoticed. 8 s: declared down
+# 8-10 s in, a few seconds before the heal, while a tick is still sent every 2 s (a busy 2-core
+# host answers that in time; the other scenarios would show a false partition if not).
+NET_TICKTIME_S = 8
 
 
 @dataclass
 class Node:
     name: str
-    amqp_port: int
-    dist_port: int
-    base: Path
+    host: Host
+    base: Path  # everything of this node's: data, logs, config, HOME
     process: asyncio.subprocess.Process | None = None
+    epmd: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        return f"amqp://guest:guest@{self.host.address}:{AMQP_PORT}/"
 
 
 class Cluster:
-    def __init__(self, root: Path, *, first_port: int = 27672, size: int = 3) -> None:
+    def __init__(self, root: Path, hosts: list[Host]) -> None:
         self.root = root
-        self.home = root / "home"
-        self.nodes = [Node(f"sbf{i + 1}@localhost", first_port + i, first_port + 100 + i, root / f"sbf{i + 1}")
-                      for i in range(size)]
+        self.nodes = [Node(f"sbf{i + 1}@{host.address}", host, root / f"sbf{i + 1}") for i, host in enumerate(hosts)]
 
     def env(self, node: Node) -> dict[str, str]:
+        base = node.base
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
-            "HOME": str(self.home),  # the cluster's own .erlang.cookie
-            "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),  # not /etc/rabbitmq's
+            "HOME": str(base / "home"),  # this node's copy of the cluster's .erlang.cookie
+            "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),  # not /etc/rabbitmq's
+            "RABBITMQ_USE_LONGNAME": "true",  # name@address: nothing to resolve
             "RABBITMQ_NODENAME": node.name,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(node.amqp_port),
-            "RABBITMQ_DIST_PORT": str(node.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(node.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(node.base / "log"),
-            "RABBITMQ_PID_FILE": str(node.base / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
-            "RABBITMQ_CONFIG_FILES": str(self.root / "conf.d"),
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
-            "ERL_EPMD_ADDRESS": "127.0.0.1",
-            "ERL_CRASH_DUMP": str(node.base / "erl_crash.dump"),  # not in the caller's directory
+            "RABBITMQ_NODE_IP_ADDRESS": node.host.address,
+            "RABBITMQ_NODE_PORT": str(AMQP_PORT),
+            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(base / "log"),
+            "RABBITMQ_PID_FILE": str(base / "pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(base / "advanced.config"),
+            "RABBITMQ_CONFIG_FILES": str(base / "conf.d"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS":
+                "-kernel inet_dist_use_interface {" + node.host.address.replace(".", ",") + "}",
+            "ERL_EPMD_ADDRESS": f"127.0.0.1,{node.host.address}",
+            "ERL_CRASH_DUMP": str(base / "erl_crash.dump"),  # not in the caller's directory
         }
 
     def _write_files(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
-        cookie = self.home / ".erlang.cookie"
-        if not cookie.exists():
-            cookie.write_text(secrets.token_hex(16).upper())
-            cookie.chmod(0o400)
-        (self.root / "rabbitmq-env.conf").write_text("")
-        (self.root / "enabled_plugins").write_text("[].\n")
-        (self.root / "advanced.config").write_text("[].\n")
-        (self.root / "conf.d").mkdir(exist_ok=True)
-        (self.root / "rabbitmq.conf").write_text("loopback_users = none\n")
+        cookie = secrets.token_hex(16).upper()
+        for node in self.nodes:
+            base = node.base
+            (base / "home").mkdir(parents=True, exist_ok=True)
+            (base / "home" / ".erlang.cookie").write_text(cookie)
+            (base / "home" / ".erlang.cookie").chmod(0o400)
+            (base / "rabbitmq-env.conf").write_text("")
+            (base / "enabled_plugins").write_text("[].\n")
+            (base / "advanced.config").write_text("[].\n")
+            (base / "conf.d").mkdir(exist_ok=True)
+            (base / "rabbitmq.conf").write_text(
+                "loopback_users = none\n"
+                "cluster_partition_handling = pause_minority\n"
+                f"net_ticktime = {NET_TICKTIME_S}\n")
 
     async def ctl(self, node: Node, *args: str, timeout: float = 120) -> str:
         proc = await asyncio.create_subprocess_exec(
-            CTL, "-n", node.name, *args, env=self.env(node),
+            *node.host.command(CTL, "-n", node.name, *args), env=self.env(node),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         text = out.decode(errors="replace")
@@ -86,8 +107,15 @@ class Cluster:
     async def start_node(self, node: Node) -> None:
         (node.base / "log").mkdir(parents=True, exist_ok=True)
         out = (node.base / "log" / "console.log").open("ab")
+        if node.epmd is None or node.epmd.returncode is not None:
+            # The host's own epmd, on its loopback and its address (the other nodes ask it for the
+            # node's distribution port); started here so that it is ours, stopped by PID.
+            node.epmd = await asyncio.create_subprocess_exec(
+                *node.host.command(EPMD, "-address", f"127.0.0.1,{node.host.address}"),
+                stdout=out, stderr=out, start_new_session=True)
         node.process = await asyncio.create_subprocess_exec(
-            SERVER, env=self.env(node), stdout=out, stderr=out, start_new_session=True, cwd=node.base)
+            *node.host.command(SERVER), env=self.env(node), stdout=out, stderr=out, start_new_session=True,
+            cwd=node.base)
         # `wait` waits for the PID file and then for the app: `await_startup` fails at once if the
         # VM has not registered with epmd yet.
         await self.ctl(node, "wait", str(node.base / "pid"), "--timeout", "180", timeout=200)
@@ -139,3 +167,36 @@ class Cluster:
                 except (RuntimeError, TimeoutError):
                     os.killpg(node.process.pid, signal.SIGKILL)
                 await self.reap(node)
+            if node.epmd is not None and node.epmd.returncode is None:
+                node.epmd.kill()
+                await node.epmd.wait()
+
+    async def whole(self, prefix: str) -> str | None:
+        """None when every node runs, none reports a partition and every queue of `prefix` has a
+        member on each node, all online; otherwise what is missing."""
+        size = len(self.nodes)
+        for node in self.nodes:
+            try:
+                status = json.loads(await self.ctl(node, "cluster_status", "--formatter", "json", "-q", timeout=60))
+                queues = json.loads(await self.ctl(node, "list_queues", "name", "members", "online",
+                                                   "--formatter", "json", "-q", timeout=60))
+            except (RuntimeError, TimeoutError, ValueError):
+                continue
+            return cluster_problem(status, [q for q in queues if q["name"].startswith(prefix)], size)
+        return "no node answers rabbitmqctl"
+
+
+def cluster_problem(status: dict[str, Any], queues: list[dict[str, Any]], size: int) -> str | None:
+    """What keeps a cluster from being whole, from `cluster_status` and `list_queues name members
+    online` (both as JSON); None when it is whole."""
+    running = status.get("running_nodes", [])
+    if len(running) < size:
+        return f"{len(running)} of {size} nodes running"
+    partitions = status.get("partitions") or {}
+    if any(partitions.values()) if isinstance(partitions, dict) else partitions:
+        return f"partitions reported: {partitions}"
+    short = sorted(q["name"] for q in queues
+                   if len(q.get("members") or []) < size or len(q.get("online") or []) < size)
+    if short:
+        return f"{len(short)} queue(s) without {size} members online, e.g. {short[0]}"
+    return None
