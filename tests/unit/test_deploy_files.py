@@ -94,3 +94,25 @@ def test_rabbitmq_definitions_pin_pbx_users_to_their_tenant() -> None:
     assert re.fullmatch(requests["write"], names.request_routing_key("acme"))
     assert not re.fullmatch(requests["write"], names.request_routing_key("beta"))
     assert ("pbx-acme", names.status_exchange("smsbridge")) in topic
+
+
+def test_kubernetes_rabbitmq_is_a_three_node_cluster_the_bridge_lists_in_full() -> None:
+    documents = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/rabbitmq.yaml").read_text()) if d]
+    by_kind = {d["kind"]: d for d in documents}
+    stateful_set, config = by_kind["StatefulSet"], by_kind["ConfigMap"]["data"]
+    assert stateful_set["spec"]["replicas"] == 3 and stateful_set["spec"]["serviceName"] == "rabbitmq"
+    nodes = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d = rabbit@(\S+)$", config["rabbitmq.conf"], re.M)
+    assert nodes == [f"rabbitmq-{i}.rabbitmq" for i in range(3)]
+    assert "cluster_partition_handling = pause_minority" in config["rabbitmq.conf"]
+    assert json.loads(config["definitions.json"]) == json.loads((ROOT / "deploy/rabbitmq/definitions.json").read_text())
+    bridge = [d for d in yaml.safe_load_all((ROOT / "deploy/k8s/smsbridge.yaml").read_text()) if d]
+    (config_map,) = [d for d in bridge if d["kind"] == "ConfigMap"]
+    assert [f"{n}:5672" for n in nodes] == re.findall(r"@([\w.-]+:5672)/", config_map["data"]["bridge.toml"])
+
+
+def test_compose_rabbitmq_is_a_three_node_cluster_that_pauses_a_minority() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    conf = (ROOT / "deploy/rabbitmq/cluster.conf").read_text()
+    nodes = re.findall(r"^cluster_formation\.classic_config\.nodes\.\d = rabbit@(\S+)$", conf, re.M)
+    assert sorted(nodes) == sorted(s["hostname"] for s in services.values() if "rabbitmq" in s.get("image", ""))
+    assert len(nodes) == 3 and "cluster_partition_handling = pause_minority" in conf
