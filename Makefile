@@ -52,7 +52,7 @@ bench: $(STAMP)
 
 ## faults: a 3-node RabbitMQ cluster, PostgreSQL and each role as a process, each on a simulated host (a
 ## network namespace; needs root, ip, nft), under load, one fault per scenario, a table of figures beside
-## their targets (faults/README.md); 8-10 min on 2 shared cores
+## their targets (faults/README.md); about 7 min on 2 shared cores
 faults: $(STAMP)
 	$(BIN)/python -m faults.run
 
