@@ -15,7 +15,8 @@ The model, one Python process being one core at most:
 - the outbound stage is not measured alone either: it does what the inbound stage does (rules,
   one ledger write, one confirmed publish), so it is sized like the inbound stage;
 - a dispatcher carries at most `dispatch rate x U / 5` accounts (each account sends at most
-  5 SMS/s), and never more than the `accounts` benchmark showed one process carrying;
+  5 SMS/s), and never more than the `accounts` benchmark showed one process serving in full
+  (all 100 when it met its 0.95 target, else its aggregate rate / 5);
 - every role is planned at `U` of a core (0.5 by default: room for bursts and for Flowroute's
   re-posts after an outage) and gets one process more than the load needs, so that losing one
   process or host loses no capacity.
@@ -41,7 +42,7 @@ class Figures:
     inbound_stage: float  # texts/s through the inbound stage alone
     inbound_pipeline: float  # texts/s, webhook to PBX, one process with receiver + inbound + delivery
     dispatcher: float  # sends/s, limits off
-    accounts_shown: int | None  # accounts one dispatcher process carried at >= 0.95 of their limits (None: not shown)
+    accounts_shown: int | None  # accounts one dispatcher process served at their limits (None: not measured)
 
     @property
     def delivery(self) -> float:
@@ -105,8 +106,12 @@ def figures_from(report: dict[str, Any], ledger: str = "sqlite") -> Figures:
     pipeline measured on SQLite or on PostgreSQL."""
     rows = report["rows"]
     carried = [r for r in rows if r["bench"] == "accounts" and " 1 dispatcher: aggregate" in str(r["figure"])]
-    # the accounts benchmark missed its target: nothing shown, the CPU figure alone decides
-    shown = int(carried[0]["reference"] / SMS_PER_ACCOUNT) if carried and carried[0]["ratio"] >= 0.95 else None
+    # the accounts one process served in full: all of them at the target, else the aggregate
+    # rate's worth (465/s for 100 accounts: 93); no such row: the CPU figure alone decides
+    shown = None
+    if carried:
+        served = carried[0]["value"] if carried[0]["ratio"] < 0.95 else carried[0]["reference"]
+        shown = int(served / SMS_PER_ACCOUNT)
     return Figures(receiver=_value(rows, "receiver", "webhooks/s"),
                    inbound_stage=_value(rows, "scaling", "inbound stage, 1 process"),
                    inbound_pipeline=_value(rows, "inbound" if ledger == "sqlite" else "inbound-pg", "max "),
@@ -143,7 +148,7 @@ def main() -> None:
     except ValueError as exc:
         raise SystemExit(f"sizing: {exc}; use the figures of a full `make bench` run") from exc
     if figures.accounts_shown is None:
-        print("note: the accounts benchmark missed its target in this run; dispatchers are sized by CPU alone")
+        print("note: no accounts benchmark in this run; dispatchers are sized by CPU alone")
     print(table(figures, plans, args.utilisation))
 
 
