@@ -45,7 +45,7 @@ TARGETS = {"503": 0, "other": 0, "lost": 0, "dup@PBX": 0, "dup, new key": 0, "ou
 # goes to the PBX again, with the same idempotency key (README, Guarantees): allowed there only.
 DUPLICATES_ALLOWED = {"roles", "postgres"}
 P99_TARGET_MS = 1000.0  # webhook answers, every scenario (issue 23: p99 < 1 s while a node dies)
-PBX_DOWN_S = 20.0  # the issue asks 60 s; 20 s keeps `make faults` under 15 minutes on 2 cores
+PBX_DOWN_S = 60.0  # as the issue asks; the whole run stays well under 15 minutes on 2 cores
 PARTITION_S = 15.0  # how long one node stays cut off from the other two
 PAUSED_HANG_S = 45.0  # a paused node not taking clients this long after the heal has hung
 WHOLE_WITHIN_S = 180.0  # after each scenario the cluster must be whole again within this
@@ -156,12 +156,14 @@ class Run:
             seen = len(self.pbx.received)
             await asyncio.sleep(0.05)
 
-    async def scenario(self, name: str, fault: Callable[[], Awaitable[str]]) -> None:
-        """Load for `seconds`; the fault at a third of it; then wait until every text arrived."""
+    async def scenario(self, name: str, fault: Callable[[], Awaitable[str]], fault_s: float = 0.0) -> None:
+        """Load for `seconds` (or until 10 s after a fault that lasts `fault_s`); the fault at a
+        third of `seconds`; then wait until every text arrived."""
         assert self.bridge is not None
         run = f"{len(self.rows):02d}{name[:6]}".replace("-", "")
         load = Load(self.bridge.receivers, [n.url for n in self.cluster.nodes], self.prefix, run)
-        driving = asyncio.create_task(load.drive(self.seconds))
+        # texts keep coming after a long fault ends, so that `recover s` has texts to measure
+        driving = asyncio.create_task(load.drive(max(self.seconds, self.seconds / 3 + fault_s + 10)))
         await asyncio.sleep(self.seconds / 3)  # the fault's moment, not a wait for a condition
         fault_start = time.monotonic()
         what = await fault()
@@ -341,7 +343,7 @@ async def main(only: list[str], seconds: float) -> int:
         for name in SCENARIOS:
             if only and name not in only:
                 continue
-            await run.scenario(name, faults[name])
+            await run.scenario(name, faults[name], fault_s=PBX_DOWN_S if name == "pbx-down" else 0.0)
     finally:
         if watcher is not None:
             watcher.cancel()
