@@ -11,6 +11,12 @@ HEADER = (f"{'bench':<10} {'figure':<62} {'value':>10} {'unit':<5} {'reference':
           f"{'target':<16} verdict")
 
 
+def value(rows: list[dict[str, Any]], bench: str, figure_start: str) -> float | None:
+    """The value of the first row of `bench` whose figure starts with `figure_start`, if any."""
+    found = [r for r in rows if r["bench"] == bench and str(r["figure"]).startswith(figure_start)]
+    return float(found[0]["value"]) if found else None
+
+
 def row(bench: str, figure: str, value: float, reference: float | None = None, *, unit: str = "",
         target: str = "", ok: bool | None = None) -> None:
     """Record and print one figure. `ok` is None when the figure has no target."""

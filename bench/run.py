@@ -38,7 +38,7 @@ import bench_scaling
 import bench_sip
 from harness import Env
 from pool import Pool
-from report import HEADER, ROWS, row
+from report import HEADER, ROWS, row, value
 from smsbridge.broker import topology
 
 BENCHES = ("receiver", "inbound", "dispatch", "accounts", "relay", "sip", "scaling", "memory")
@@ -86,15 +86,10 @@ QUICK = Sizes(receiver_seconds=0.5, receiver_rounds=1, inbound_rates=(100, 500, 
               sip_concurrency=2)
 
 
-def _value(bench: str, figure_start: str) -> float | None:
-    found = [r for r in ROWS if r["bench"] == bench and str(r["figure"]).startswith(figure_start)]
-    return float(found[0]["value"]) if found else None
-
-
 def intake_beside_receiver() -> None:
     """Issue 21 compares the SIP intake with the webhook receiver: both take a text from outside and
     answer once the broker confirmed it. Printed when both ran (the receiver's rate of this run)."""
-    webhooks = _value("receiver", "webhooks/s")
+    webhooks = value(ROWS, "receiver", "webhooks/s")
     intake = next((float(r["value"]) for r in ROWS if r["bench"] == "sip" and "intake MESSAGE" in str(r["figure"])),
                   None)
     if webhooks and intake is not None:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from report import value
+
 SMS_PER_ACCOUNT = 5.0  # Flowroute's limit per account
 
 
@@ -95,10 +97,10 @@ def plan(figures: Figures, accounts: int, inbound_per_s: float, utilisation: flo
 
 
 def _value(rows: list[dict[str, Any]], bench: str, figure_start: str) -> float:
-    for row in rows:
-        if row["bench"] == bench and str(row["figure"]).startswith(figure_start):
-            return float(row["value"])
-    raise KeyError(f"{bench}: no figure starting {figure_start!r} (run the full `make bench` first)")
+    found = value(rows, bench, figure_start)
+    if found is None:
+        raise KeyError(f"{bench}: no figure starting {figure_start!r} (run the full `make bench` first)")
+    return found
 
 
 def figures_from(report: dict[str, Any], ledger: str = "sqlite") -> Figures:

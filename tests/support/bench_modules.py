@@ -13,6 +13,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 def load(name: str) -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
+    if str(BENCH) not in sys.path:  # its modules import each other by name, as the scripts do
+        sys.path.append(str(BENCH))
     spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
