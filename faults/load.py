@@ -136,10 +136,18 @@ class Load:
 
 
 def out_of_order(received: list[dict[str, object]]) -> int:
-    """Texts that reached an extension after a later text of the same conversation."""
+    """Texts that reached an extension after a later text of the same conversation.
+
+    Only a text's first arrival counts: a repeat of a text already delivered (the same Flowroute
+    id and extension) comes after later texts by nature, and `dup@PBX` counts it already."""
     last: dict[tuple[object, object], int] = defaultdict(lambda: -1)
+    seen: set[tuple[object, object]] = set()
     late = 0
     for delivery in received:
+        text = (delivery["mdr_id"], delivery["extension"])
+        if text in seen:
+            continue
+        seen.add(text)
         key = (delivery["from"], delivery["extension"])
         seq = int(str(delivery["body"]).split(" n")[1])
         late += seq < last[key]
