@@ -21,6 +21,7 @@ import aiohttp
 
 from smsbridge.broker import names
 from smsbridge.broker.publisher import Publisher
+from smsbridge.broker.renewal import Renewal
 from smsbridge.connection import connect, failover
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.events import OutboundRequest, encoder
@@ -110,6 +111,9 @@ class Load:
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             publisher = Publisher(channel, timeout=5.0, connected=connection.connected.is_set)
+            # As the bridge's: a channel nacked after a node's death would be for the whole outage.
+            renewal = Renewal(publisher.routes[0], lambda: connection.channel(publisher_confirms=True,
+                                                                              on_return_raises=True), grace_s=5.0)
             started, n = time.monotonic(), 0
             while time.monotonic() - started < seconds:
                 client_id = f"{self.run}-out-{n:06d}"
@@ -118,6 +122,7 @@ class Load:
                 n += 1
                 await asyncio.sleep(max(0.0, started + n / self.out_rate - time.monotonic()))
             await asyncio.gather(*self._tasks)
+            await renewal.close()
         finally:
             moving.cancel()
             await connection.close()

@@ -27,7 +27,8 @@ from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.liveness import BrokerLiveness
-from smsbridge.broker.publisher import Publisher
+from smsbridge.broker.publisher import Publisher, Route
+from smsbridge.broker.renewal import Renewal
 from smsbridge.config import (
     AmqpTarget,
     EmailTarget,
@@ -149,10 +150,15 @@ class Bridge:
         if self.settings.relay_clients:
             await relay_dlr.declare(channel, self.settings)
         self._declared = True
-        self.publisher = Publisher(channel, timeout=broker.publish_timeout_s, connected=connection.connected.is_set)
+        # The publisher has channels of its own: a route whose channel the broker nacks gets a
+        # fresh one (broker/renewal.py), while this one keeps the topology for aio-pika to restore.
+        first = await self._channel(publisher_confirms=True, on_return_raises=True)
+        self.publisher = Publisher(first, timeout=broker.publish_timeout_s, connected=connection.connected.is_set)
+        self._renewed(self.publisher.routes[-1], connection)
         if self.standby is not None:
             second = await self._channel(publisher_confirms=True, on_return_raises=True, on=self.standby)
             self.publisher.add_route(second, connected=self.standby.connected.is_set, name="standby")
+            self._renewed(self.publisher.routes[-1], self.standby)
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
         self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
         self._background(self.liveness.run(), "broker-liveness")
@@ -224,6 +230,12 @@ class Bridge:
         channel = await connection.channel(**kwargs)
         self._channels.append(channel)
         return channel
+
+    def _renewed(self, route: Route, connection: AbstractRobustConnection) -> None:
+        """A fresh channel on `connection` for `route` whenever the broker nacks a publish on it."""
+        renewal = Renewal(route, lambda: self._channel(publisher_confirms=True, on_return_raises=True, on=connection),
+                          grace_s=self.settings.broker.publish_timeout_s, retired=self._channels.remove)
+        self._stack.push_async_callback(renewal.close)
 
     async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None,
                        prefetch: int | None = None, policy: RetryPolicy | None = None,

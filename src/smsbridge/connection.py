@@ -119,12 +119,24 @@ async def failover(connection: aio_pika.RobustConnection, urls: list[str], *,
         log.warning("broker connection lost: trying the next node", url=_safe(target), reason=reason)
         down_since = loop.time()
 
+    lost_at: float | None = None  # when the connection was lost, until every channel is back
+
     def on_close(_sender: object, exc: BaseException | None = None) -> None:
         # Runs before aio-pika's immediate reconnect attempt, so that attempt already goes elsewhere.
+        nonlocal lost_at
         if not connection.close_called:
+            lost_at = loop.time() if lost_at is None else lost_at
             move(f"closed: {exc!r}")
 
+    def on_reconnect(_sender: object) -> None:
+        # aio-pika calls this once every channel, and with it every consumer, is restored.
+        nonlocal lost_at
+        log.warning("broker connection restored", url=_safe(str(connection.url)),
+                    down_s=None if lost_at is None else round(loop.time() - lost_at, 2))
+        lost_at = None
+
     connection.close_callbacks.add(on_close)
+    connection.reconnect_callbacks.add(on_reconnect)
     try:
         while not connection.is_closed:
             await asyncio.sleep(check_s)
@@ -134,3 +146,4 @@ async def failover(connection: aio_pika.RobustConnection, urls: list[str], *,
                 move("still unreachable")
     finally:
         connection.close_callbacks.discard(on_close)
+        connection.reconnect_callbacks.discard(on_reconnect)

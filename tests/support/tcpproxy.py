@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 
 class TcpProxy:
@@ -31,19 +32,24 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst, self._flowing))
+        for src, dst, edit in ((reader, up_writer, None), (up_reader, writer, self._downstream())):
+            task = asyncio.create_task(self._pipe(src, dst, self._flowing, edit))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
+    def _downstream(self) -> Callable[[bytes], bytes] | None:
+        """What each new connection's broker-to-client bytes go through (nothing: as they are)."""
+        return None
+
     @staticmethod
-    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
+    async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event,
+                    edit: Callable[[bytes], bytes] | None = None) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
                 # Held, not dropped: like TCP retransmitting across a partition, the stream
                 # resumes intact when it heals, and nothing reads on meanwhile.
                 await flowing.wait()
-                dst.write(data)
+                dst.write(data if edit is None else edit(data))
                 await dst.drain()
         dst.close()
 

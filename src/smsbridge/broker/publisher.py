@@ -55,6 +55,7 @@ class Route:
         self._clock = clock
         self.last_ok = clock()  # created once the topology is declared, itself a round trip
         self.last_failed = float("-inf")
+        self.on_nack: Callable[[], None] | None = None  # the broker nacked a publish: broker/renewal.py
 
     def connected(self) -> bool:
         return not self.channel.is_closed and (self._connected is None or self._connected())
@@ -62,8 +63,10 @@ class Route:
     def confirmed(self) -> None:
         self.last_ok = self._clock()
 
-    def failed(self) -> None:
+    def failed(self, *, nacked: bool = False) -> None:
         self.last_failed = self._clock()
+        if nacked and self.on_nack is not None:
+            self.on_nack()
 
     def fresh(self, stale_after_s: float) -> bool:
         """Confirmed something in the last `stale_after_s` seconds."""
@@ -166,7 +169,8 @@ class Publisher:
                     timeout=timeout,
                 )
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
-            route.failed()
+            route.failed(nacked=isinstance(exc, aiormq.exceptions.DeliveryError)
+                         and isinstance(exc.frame, Basic.Nack))
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
         except asyncio.CancelledError as exc:
             # aiormq cancels the confirm futures of a connection it drops (e.g. after missed
