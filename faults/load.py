@@ -43,6 +43,7 @@ class Figures:
     accepted: dict[str, float] = field(default_factory=dict)  # mdr id -> when its 200 came
     requested: set[str] = field(default_factory=set)
     unconfirmed_requests: int = 0
+    readiness: Counter[str] = field(default_factory=Counter)  # each receiver's /readyz, every 0.25 s: 200 / 503 / ...
 
 
 class Load:
@@ -60,8 +61,25 @@ class Load:
 
     async def drive(self, seconds: float) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as http:
-            await asyncio.gather(self._webhooks(http, seconds), self._outbound(seconds))
-            await asyncio.gather(*self._tasks)
+            polling = asyncio.create_task(self._readiness(http))
+            try:
+                await asyncio.gather(self._webhooks(http, seconds), self._outbound(seconds))
+                await asyncio.gather(*self._tasks)
+            finally:
+                polling.cancel()
+                await asyncio.gather(polling, return_exceptions=True)
+
+    async def _readiness(self, http: aiohttp.ClientSession, every_s: float = 0.25) -> None:
+        """What each receiver's readiness said while the load ran, as a load balancer would ask."""
+        urls = [r.split("/webhooks/")[0] + "/readyz" for r in self.receivers]
+        while True:
+            for url in urls:
+                try:
+                    async with http.get(url, timeout=aiohttp.ClientTimeout(total=1.0)) as response:
+                        self.figures.readiness[str(response.status)] += 1
+                except (aiohttp.ClientError, TimeoutError):
+                    self.figures.readiness["no answer"] += 1
+            await asyncio.sleep(every_s)
 
     async def _webhooks(self, http: aiohttp.ClientSession, seconds: float) -> None:
         started, n = time.monotonic(), 0
@@ -158,6 +176,12 @@ def out_of_order(received: list[dict[str, object]]) -> int:
         late += seq < last[key]
         last[key] = max(last[key], seq)
     return late
+
+
+def readiness_note(polls: Counter[str]) -> str:
+    """The receivers' readiness during a scenario, for its line under the table."""
+    others = ", ".join(f"{n} x {answer}" for answer, n in sorted(polls.items()) if answer != "200")
+    return f"readiness: {polls['200']} of {polls.total()} polls ready" + (f" ({others})" if others else "")
 
 
 def outcome(load: Load, pbx: FakePbx, flowroute: FlowrouteSimulator, fault: tuple[float, float],

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from faults.cluster import AMQP_PORT, Cluster, Node
-from faults.load import Load, outcome
+from faults.load import Load, outcome, readiness_note
 from faults.netns import GATEWAY, Host, Network, missing_requirements, plan
 from faults.postgres import Postgres
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -175,7 +175,7 @@ class Run:
             await asyncio.sleep(0.5)
         row = outcome(load, self.pbx, self.flowroute, (fault_start, fault_end), self.delivered_at)
         await self.wait_cluster_whole()
-        what = "; ".join([what, *self._notes])
+        what = "; ".join([what, readiness_note(load.figures.readiness), *self._notes])
         self._notes.clear()
         self.rows.append((name, what, row))
         print(f"{name}: {what}: {row}", flush=True)

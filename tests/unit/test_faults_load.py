@@ -3,7 +3,9 @@ the suite): a repeat of a delivered text is a duplicate, not a text out of order
 
 from __future__ import annotations
 
-from faults.load import out_of_order
+from collections import Counter
+
+from faults.load import out_of_order, readiness_note
 
 
 def arrival(conversation: int, seq: int, extension: str = "101") -> dict[str, object]:
@@ -29,3 +31,8 @@ def test_a_repeat_of_a_delivered_text_is_not_counted_out_of_order() -> None:
 
 def test_a_first_arrival_out_of_order_still_counts_when_it_is_repeated() -> None:
     assert out_of_order([arrival(0, 0), arrival(0, 2), arrival(0, 1), arrival(0, 1)]) == 1
+
+
+def test_the_readiness_note_says_how_many_polls_were_ready_and_what_the_others_got() -> None:
+    assert readiness_note(Counter({"200": 358, "503": 2})) == "readiness: 358 of 360 polls ready (2 x 503)"
+    assert readiness_note(Counter({"200": 4})) == "readiness: 4 of 4 polls ready"
