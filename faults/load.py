@@ -85,7 +85,8 @@ class Load:
         started, n = time.monotonic(), 0
         while time.monotonic() - started < seconds:
             conversation, seq = n % self.conversations, n // self.conversations
-            # Each conversation's texts are posted one after another (a sender waits for its 200).
+            # Each conversation's next text comes on time, answered or not: a bridge answering slower
+            # than `conversations / rate` seconds has two texts of one conversation in flight at once.
             self._spawn(self._post_one(http, conversation, seq, n))
             n += 1
             await asyncio.sleep(max(0.0, started + n / self.rate - time.monotonic()))
