@@ -1,7 +1,8 @@
 """A loopback TCP proxy in front of RabbitMQ, so a test can take "the broker" away and back
 without touching the real broker other tests share: `cut` is an outage the client sees (resets,
 refused connections), `blackhole` a silent partition (every connection stays open, nothing
-goes through, nothing is reset) until `heal`."""
+goes through, nothing is reset) until `heal`; `lag_s` a slow broker (what it sends is held that
+long before the client gets it)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class TcpProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.port = 0
+        self.lag_s = 0.0  # each chunk from the broker is held this long: confirms come late
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -32,8 +34,9 @@ class TcpProxy:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        for src, dst, edit in ((reader, up_writer, None), (up_reader, writer, self._downstream())):
-            task = asyncio.create_task(self._pipe(src, dst, self._flowing, edit))
+        for src, dst, edit, lag in ((reader, up_writer, None, None),
+                                    (up_reader, writer, self._downstream(), lambda: self.lag_s)):
+            task = asyncio.create_task(self._pipe(src, dst, self._flowing, edit, lag))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
@@ -43,12 +46,14 @@ class TcpProxy:
 
     @staticmethod
     async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event,
-                    edit: Callable[[bytes], bytes] | None = None) -> None:
+                    edit: Callable[[bytes], bytes] | None = None, lag: Callable[[], float] | None = None) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
                 # Held, not dropped: like TCP retransmitting across a partition, the stream
                 # resumes intact when it heals, and nothing reads on meanwhile.
                 await flowing.wait()
+                if lag is not None and lag() > 0:
+                    await asyncio.sleep(lag())
                 dst.write(data if edit is None else edit(data))
                 await dst.drain()
         dst.close()
