@@ -47,8 +47,10 @@ async def publish_status_after_send(publisher: Publisher, prefix: str, status: S
     was behind: in the dispatch benchmark with limits off, 1,100-9,500 tries of 4,000 timed out and
     were made again, and the requests of those that failed three times came round their queue a
     second time. While it waits, the request stays unacked: a crash meanwhile is a redelivery, as
-    before. The price: with two routes, a node silently cut off holds a status up to this long
-    before the other route is tried (late, not lost)."""
+    before. The price: a node silently cut off holds a status (and its request, in the account's
+    prefetch) until the client sees the connection go (heartbeats, or the node pausing itself
+    within `net_ticktime`, docs/operations.md), at most this long, before the other route is
+    tried: late, not lost."""
     for attempt in range(tries):
         try:
             # Not gated: the liveness gate refuses at once when no confirm came for 3 s, which on a
