@@ -11,10 +11,8 @@ from datetime import datetime
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from smsbridge.ledger.ops import utc
+from smsbridge.ledger.ops import insert_or_skip, utc
 from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.schema import relay_sends
 
@@ -31,8 +29,7 @@ class RelaySend(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _p = sa.bindparam
-_INSERT = {"sqlite": sqlite_insert(relay_sends).on_conflict_do_nothing(),
-           "postgresql": pg_insert(relay_sends).on_conflict_do_nothing()}
+_INSERT = insert_or_skip(relay_sends)
 _BY_KEY = sa.select(relay_sends).where((relay_sends.c.tenant == _p("tenant"))
                                        & (relay_sends.c.idempotency_key == _p("key")))
 _BY_ID = sa.select(relay_sends).where((relay_sends.c.tenant == _p("tenant"))
