@@ -12,7 +12,6 @@ sends for it; the others stand by for it).
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import aio_pika
@@ -20,7 +19,7 @@ from tests.support.ports import free_port
 
 import harness
 from bench_dispatch import rate
-from harness import Env, preload, record_requests, wait_until
+from harness import Env, preload, record_requests, together, wait_until
 from report import Row
 from smsbridge.broker import names, topology
 from smsbridge.events import DispatchRequest, encoder
@@ -105,8 +104,8 @@ async def one_run(env: Env, channel: aio_pika.abc.AbstractChannel, *, count: int
         await record_requests(env.ledger_url, all_requests)
         await _queue(env, channel, all_requests)
         path = config(env, simulator, count)
-        await asyncio.gather(*(env.bridge(path, "dispatcher", name=f"accounts-{processes}-{i}")
-                               for i in range(processes)))
+        await together(*(env.bridge(path, "dispatcher", name=f"accounts-{processes}-{i}")
+                          for i in range(processes)))
         total = count * per_account
         await wait_until(lambda: sum(1 for r in simulator.requests if r["status"] == 202) >= total,
                          timeout=seconds * 4 + 60)

@@ -23,7 +23,7 @@ import aio_pika
 import msgspec
 
 import workloads
-from harness import Env, cpu_s, preload, record_requests, wait_until
+from harness import Env, cpu_s, preload, record_requests, together, wait_until
 from report import Row, row
 from smsbridge.broker import names, topology
 from smsbridge.events import DispatchRequest, encoder
@@ -131,8 +131,7 @@ async def limited(env: Env, channel: aio_pika.abc.AbstractChannel, seconds: floa
         if case.takeover:
             procs = await _takeover(env, config, name, simulator, messages, starting)
         else:
-            procs = list(await asyncio.gather(*(_start(env, config, f"{name}-{i}", starting)
-                                                for i in range(case.processes))))
+            procs = await together(*(_start(env, config, f"{name}-{i}", starting) for i in range(case.processes)))
         await wait_until(lambda: len(set(sent_to(simulator, "AK-bench"))) >= messages,
                          timeout=seconds * 2 + 30)
         for proc in procs:
@@ -203,8 +202,8 @@ async def run(env: Env, channel: aio_pika.abc.AbstractChannel, *, messages: int,
         return rows
 
     try:
-        results = await asyncio.gather(*(one_after_another(sibling, cases)
-                                         for sibling, cases in zip(siblings, series, strict=True)))
+        results = await together(*(one_after_another(sibling, cases)
+                                   for sibling, cases in zip(siblings, series, strict=True)))
     finally:
         for sibling in siblings:
             await sibling.stop_all()

@@ -26,7 +26,7 @@ import aio_pika
 from tests.support.ports import free_port
 
 import workloads
-from harness import ENV, Env, PbxSink, paced, preload, rss_mb, wait_until
+from harness import ENV, Env, PbxSink, paced, preload, rss_mb, together, wait_until
 from pool import Pool
 from report import row
 from smsbridge.broker import names
@@ -53,7 +53,7 @@ async def run(env: Env, pool: Pool, channel: aio_pika.abc.AbstractChannel, *, me
     try:
         configs = {role: env.config(f"memory-{role}", port=port if role == "receiver" else 0, pbx_url=sink.url,
                                     api_base=simulator.url, sms_rate=UNLIMITED_RATE) for role in ROLES}
-        processes = await asyncio.gather(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
+        processes = await together(*(env.bridge(configs[role], role, name=f"memory-{role}") for role in ROLES))
         procs = dict(zip(ROLES, processes, strict=True))
 
         async def drained(texts: int, sends: int) -> None:

@@ -13,7 +13,7 @@ import time
 import aio_pika
 
 import workloads
-from harness import Env, preload, purge, queue_depth
+from harness import Env, preload, purge, queue_depth, together
 from report import row
 from smsbridge.broker import names
 
@@ -45,7 +45,7 @@ async def run(env: Env, channel: aio_pika.abc.AbstractChannel, *, messages: int,
         await purge(channel, delivery)
         config = env.config(f"scaling-{k}")
         # Workers first, idle on an empty queue; then the work, faster than they can take it.
-        await asyncio.gather(*(env.bridge(config, "inbound", name=f"scaling-{k}-{i}") for i in range(k)))
+        await together(*(env.bridge(config, "inbound", name=f"scaling-{k}-{i}") for i in range(k)))
         measuring = asyncio.create_task(stage_rate(channel, delivery, messages, timeout=120 + messages / 50))
         await preload(channel, inbound, workloads.inbound_messages(messages))
         rate = await measuring

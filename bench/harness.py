@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -210,6 +210,19 @@ async def record_requests(ledger_url: str, requests: Iterable[DispatchRequest]) 
             await ledger.record_request(request)
     finally:
         await ledger.close()
+
+
+async def together(*awaitables: Awaitable[Any]) -> list[Any]:
+    """`asyncio.gather`, except that the first failure cancels the others (and waits for them)
+    before it is raised. With a plain gather the rest go on: a benchmark's `finally` stops its
+    processes while a sibling coroutine is still starting new ones, which then outlive the run."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def wait_until(predicate: Any, timeout: float, step: float = 0.05) -> bool:
