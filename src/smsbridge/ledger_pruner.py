@@ -9,6 +9,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from smsbridge.config import LedgerSettings
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.ledger import Ledger
 from smsbridge.media.setup import prune_media
 from smsbridge.media.store import MediaStore
@@ -24,7 +25,7 @@ async def prune_forever(ledger: Ledger, settings: LedgerSettings, media: MediaSt
             removed = await ledger.prune(timedelta(days=settings.retention_days))
             if removed:
                 log.info("ledger pruned", removed=removed, retention_days=settings.retention_days)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, LedgerUnavailable) as exc:  # an outage too: the task must live on
             log.error("ledger prune failed", error=repr(exc))
         if media is not None:
             try:

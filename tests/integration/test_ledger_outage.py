@@ -21,6 +21,7 @@ from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
 from smsbridge.ledger.media_ops import MediaRecord
+from smsbridge.ledger_pruner import prune_forever
 from smsbridge.media import links
 from smsbridge.media.store import LocalStore
 from smsbridge.pbx_client import publish_request, watch
@@ -212,3 +213,25 @@ async def test_relay_sends_and_lookups_while_the_ledger_is_down_are_never_a_500(
     async with http.get(f"{api}/v2.2/messages/{doc['data']['id']}",
                         headers={"Authorization": aiohttp.encode_basic_auth(*FREEPBX)}) as response:
         assert response.status == 503
+
+
+async def test_the_pruner_outlives_an_outage(proxied_pg: tuple[TcpProxy, LedgerSettings]) -> None:
+    """A prune that meets the outage is logged and tried again next round (it used to end the
+    pruner's task for good: `LedgerUnavailable` is no `SQLAlchemyError`)."""
+    proxy, location = proxied_pg
+    ledger = Ledger.open(location.url, schema_name=location.schema)
+    pruner = asyncio.create_task(prune_forever(ledger, msgspec.structs.replace(location, prune_interval_s=0.05)))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await proxy.cut()
+            await eventually(lambda: [e["event"] for e in logs].count("ledger prune failed") >= 2 or pruner.done(),
+                             what="two failed rounds")
+            assert not pruner.done(), pruner.exception()
+            await proxy.restore()
+            assert await ledger.record_request(request("o-9"))
+        assert not pruner.done()
+    finally:
+        pruner.cancel()
+        await asyncio.gather(pruner, return_exceptions=True)
+        await ledger.close()
+
