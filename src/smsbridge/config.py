@@ -91,6 +91,11 @@ class LedgerSettings(_Section, frozen=True, kw_only=True):
     retention_days: PositiveFloat = 30.0
     prune_interval_s: PositiveFloat = 3600.0
     migrate_on_start: bool = True
+    # PostgreSQL only (ledger/runner.py, `AsyncRunner`): a database that stops answering without
+    # closing the connection (a partition, a dead host) fails a transaction after `timeout_s` as
+    # an outage, instead of waiting for TCP to give up (about 15 min).
+    timeout_s: PositiveFloat = 5.0
+    connect_timeout_s: PositiveFloat = 5.0
 
 
 class AdminSettings(_Section, frozen=True, kw_only=True):

@@ -66,6 +66,12 @@ MEANING: dict[str, str] = {
     "ledger.prune_interval_s": "How often the pruner runs.",
     "ledger.migrate_on_start": "Apply pending schema migrations at start-up (off: run `smsbridge db upgrade` "
                                "yourself).",
+    "ledger.timeout_s": "PostgreSQL: how long one ledger transaction (with the connection it takes from the pool) "
+                        "may take. After that the database counts as unavailable (texts are held or retried, "
+                        "never dropped) and the connection is discarded, not reused: a silent partition fails "
+                        "here instead of hanging until TCP gives up.",
+    "ledger.connect_timeout_s": "PostgreSQL: how long opening a connection (TCP, TLS, authentication) may take "
+                                "before the database counts as unavailable.",
     "admin.token": "Bearer token for the history API (`GET /v1/messages`); without one the API answers 404.",
     "observability.enabled": "Serve /healthz, /readyz and /metrics from processes without the receiver role.",
     "observability.host": "Where they listen.",

@@ -19,6 +19,8 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._closing = asyncio.Event()  # cleared: a side's close is held too (`blackhole(closes_too=True)`)
+        self._closing.set()
         self.port = 0
         self.lag_s = 0.0  # each chunk from the broker is held this long: confirms come late
 
@@ -36,7 +38,7 @@ class TcpProxy:
         self._writers |= {writer, up_writer}
         for src, dst, edit, lag in ((reader, up_writer, None, None),
                                     (up_reader, writer, self._downstream(), lambda: self.lag_s)):
-            task = asyncio.create_task(self._pipe(src, dst, self._flowing, edit, lag))
+            task = asyncio.create_task(self._pipe(src, dst, self._flowing, self._closing, edit, lag))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
@@ -46,7 +48,8 @@ class TcpProxy:
 
     @staticmethod
     async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event,
-                    edit: Callable[[bytes], bytes] | None = None, lag: Callable[[], float] | None = None) -> None:
+                    closing: asyncio.Event, edit: Callable[[bytes], bytes] | None = None,
+                    lag: Callable[[], float] | None = None) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await src.read(65536):
                 # Held, not dropped: like TCP retransmitting across a partition, the stream
@@ -56,6 +59,7 @@ class TcpProxy:
                     await asyncio.sleep(lag())
                 dst.write(data if edit is None else edit(data))
                 await dst.drain()
+            await closing.wait()
         dst.close()
 
     async def cut(self) -> None:
@@ -71,12 +75,17 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
-    def blackhole(self) -> None:
-        """A silent partition: connections stay open, no byte goes through either way."""
+    def blackhole(self, *, closes_too: bool = False) -> None:
+        """A silent partition: connections stay open, no byte goes through either way. By default
+        a side that closes its connection meanwhile still closes the other side at once;
+        `closes_too`: that close is held until `heal` as well (the server never hears of it)."""
         self._flowing.clear()
+        if closes_too:
+            self._closing.clear()
 
     def heal(self) -> None:
         self._flowing.set()
+        self._closing.set()
 
     async def restore(self) -> None:
         """The broker is back, on the same port."""

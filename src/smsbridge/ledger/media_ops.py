@@ -11,6 +11,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbridge.ledger.ops import utc
+from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import media
 
 
@@ -88,6 +89,7 @@ def media_of_message(c: sa.Connection, tenant: str, ident: str) -> list[MediaRow
     return [_row(m) for m in c.execute(query.order_by(media.c.message_ref, media.c.position)).mappings()]
 
 
+@unhurried
 def prune_media(c: sa.Connection, cutoff: datetime) -> list[str]:
     """Forget rows not touched since `cutoff`; return the blob keys no row refers to any more."""
     old = media.c.updated_at < cutoff

@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbridge.events import DispatchRequest, InboundMessage
 from smsbridge.ledger.prepared import execute as run
+from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import deliveries, dlrs_seen, messages, status_history
 
 # Later states never give way to earlier ones (DLRs can arrive out of order).
@@ -340,6 +341,7 @@ def history(c: sa.Connection, message_id: int) -> list[StatusRow]:
             for row in c.execute(_HISTORY, {"message_id": message_id})]
 
 
+@unhurried
 def prune(c: sa.Connection, cutoff: datetime) -> int:
     old = sa.select(messages.c.id).where(messages.c.updated_at < cutoff)
     c.execute(sa.delete(status_history).where(status_history.c.message_id.in_(old)))

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from smsbridge.ledger import ops
 from smsbridge.ledger.prepared import execute as run
+from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import delivery_order as order
 
 _p = sa.bindparam
@@ -165,5 +166,6 @@ def release(c: sa.Connection, mdr_id: str, extension: str, cutoff: datetime, now
     return settle(c, mdr_id, extension, now)
 
 
+@unhurried
 def prune(c: sa.Connection, cutoff: datetime) -> int:
     return int(c.execute(_PRUNE, {"cutoff": cutoff}).rowcount or 0)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from smsbridge.ledger.ops import insert_or_skip, utc
 from smsbridge.ledger.prepared import execute as run
+from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import relay_sends
 
 
@@ -73,5 +74,6 @@ def find(c: sa.Connection, tenant: str, bridge_id: str) -> RelaySend | None:
     return _row(found._mapping) if found is not None else None
 
 
+@unhurried
 def prune(c: sa.Connection, cutoff: datetime) -> None:
     c.execute(sa.delete(relay_sends).where(relay_sends.c.created_at < cutoff))

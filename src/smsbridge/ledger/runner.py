@@ -10,7 +10,9 @@ runs it inside a transaction and hands back its result once that transaction has
   taken (or waited for, up to busy_timeout) at the start, so a transaction that reads and then
   writes cannot fail half-way because another process wrote in between.
 - PostgreSQL: asyncpg through SQLAlchemy's async engine, under `run_sync`; the operations asked
-  for while a transaction runs share the next one (group commit, see `AsyncRunner`).
+  for while a transaction runs share the next one (group commit, see `AsyncRunner`). Each
+  transaction has a deadline (`[ledger] timeout_s`, see `Deadline`): a database that stops
+  answering fails it as an outage instead of hanging it.
 
 Operations sharing a transaction run one after another, in the order they were asked for, as
 they would in transactions of their own; none of them sees its result before the COMMIT.
@@ -19,6 +21,7 @@ they would in transactions of their own; none of them sees its result before the
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import queue
 import sqlite3
@@ -36,6 +39,7 @@ log = structlog.get_logger("smsbridge.ledger")
 P = ParamSpec("P")
 T = TypeVar("T")
 Op = Callable[Concatenate[sa.Connection, P], T]
+F = TypeVar("F", bound=Callable[..., Any])
 
 WRITE = "smsbridge_write"  # execution option: this transaction writes (SQLite: BEGIN IMMEDIATE)
 
@@ -251,6 +255,68 @@ def _deliver(results: list[tuple[asyncio.Future[Any], _Outcome]]) -> None:
             future.set_result(value)
 
 
+DEFAULT_TIMEOUT_S = 5.0
+UNHURRIED_TIMEOUT_S = 600.0
+_UNHURRIED = "smsbridge_unhurried"
+
+
+def unhurried(op: F) -> F:
+    """Marks an operation that may take minutes (a prune after a busy month, a migration). On
+    PostgreSQL it runs in a transaction of its own beside the groups, not among them, where it
+    would hold back every caller of the process behind it, with `UNHURRIED_TIMEOUT_S` as its
+    deadline instead of `[ledger] timeout_s`."""
+    setattr(op, _UNHURRIED, True)
+    return op
+
+
+# The deadline of the transaction the current task runs (`AsyncRunner._transaction`); the pool's
+# events, run in SQLAlchemy's greenlet within the same context, attach the connection to it.
+_DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("ledger_deadline", default=None)
+
+
+class TransactionTimeout(TimeoutError):
+    """A transaction ran past its deadline and its connection was ended: an outage (`is_outage`).
+    Nothing is known of its outcome when the COMMIT was already sent (see `AsyncRunner`)."""
+
+
+class Deadline:
+    """The time limit of the transaction in flight: when it runs out, the asyncpg connection the
+    transaction uses is terminated (the socket aborted; no graceful close, no cancel request).
+
+    Why not `asyncio.timeout` around the transaction, or asyncpg's `command_timeout`: both
+    cancel a query that asyncpg then tries to cancel at the server over a new connection, and
+    SQLAlchemy then rolls back, or closes gracefully, over the connection that stopped
+    answering: each a wait of its own, across a partition. A terminated connection instead
+    fails whatever awaits it at once (`ConnectionDoesNotExistError`); SQLAlchemy sees a
+    disconnect, invalidates the connection (it never goes back to the pool) and skips the
+    ROLLBACK; the next transaction gets a new connection.
+
+    The clock starts before the connection is taken from the pool, so a new connection's set-up
+    queries count too; the connection is attached when the pool hands it over (`attach`). Only
+    opening one (TCP, TLS, authentication) cannot be ended from here: asyncpg's own connect
+    timeout (`[ledger] connect_timeout_s`) bounds that, and a connection opened after the
+    deadline is terminated as soon as it is attached."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.expired = False
+        self._connection: Any = None  # asyncpg.Connection, once the pool handed one over
+        self._handle = loop.call_later(timeout_s, self._expire)
+
+    def attach(self, connection: Any) -> None:
+        self._connection = connection
+        if self.expired:
+            connection.terminate()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    def _expire(self) -> None:
+        self.expired = True
+        if self._connection is not None:
+            self._connection.terminate()
+
+
 class AsyncRunner:
     """PostgreSQL through SQLAlchemy's async engine (asyncpg), with group commit as `SqliteRunner`:
     the operations asked for while a transaction runs wait, and then run together in the next one
@@ -258,17 +324,43 @@ class AsyncRunner:
     COMMIT (with its WAL flush), a pool check-out (with its ping) and their round trips: measured
     at 54 texts/s for the inbound path's ledger calls, against 1,300-1,500 on SQLite (64 callers).
 
-    One transaction at a time also means the conversation locks (`order._lock`) a group takes are
-    never waited for by another group of the same process. A group that fails is run again one
-    operation per transaction, so that one operation's error is its own; once one of those meets
-    an outage (the database unreachable), the rest of the group gets the same error untried."""
+    One transaction at a time (`unhurried` operations aside) also means the conversation locks
+    (`order._lock`) a group takes are never waited for by another group of the same process. A
+    group that fails is run again one operation per transaction, so that one operation's error is
+    its own; once one of those meets an outage (the database unreachable), the rest of the group
+    gets the same error untried.
 
-    def __init__(self, engine: AsyncEngine, *, batch: int = 64) -> None:
+    Each transaction, from the pool check-out to the COMMIT's answer, has `timeout_s` (a
+    `Deadline`). A group that runs out of it fails as a whole with `TransactionTimeout`, untried
+    one by one: each would wait as long again. So a caller waits at most about two deadlines: the
+    transaction in flight when it asked, then its own. A database that is slow but alive should
+    commit a group of `batch` operations well within `timeout_s` (milliseconds each, measured).
+
+    A group whose deadline ran out after its COMMIT was sent is in doubt: it may have committed.
+    Its callers get the outage all the same and do what they do after any outage, which is to run
+    the operation again later; every operation is written to be run again after it committed
+    (an INSERT that finds its row answers as for a repeat; see each caller). The server's side
+    of an abandoned transaction holds its locks until the server notices: the engine is opened
+    with `idle_in_transaction_session_timeout` set (`ledger/store.py`) so that takes seconds,
+    not the hours of TCP keepalive.
+
+    A pooled connection is not pinged before use (that ping could hang too, outside any
+    deadline): one that asyncpg already knows closed (the server restarted, the socket reset) is
+    replaced at check-out (`_checked_out`); one that silently stopped answering fails its
+    transaction at the deadline, and is discarded."""
+
+    def __init__(self, engine: AsyncEngine, *, batch: int = 64, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._engine = engine
         self._batch = batch
+        self._timeout_s = timeout_s
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
+        self._alone: set[asyncio.Task[None]] = set()  # unhurried operations in flight
         self.transactions = 0
+        # First among the "connect" listeners: a new connection's set-up queries (the dialect's
+        # codecs) run under the deadline too.
+        sa.event.listen(engine.sync_engine, "connect", self._connected, insert=True)
+        sa.event.listen(engine.sync_engine, "checkout", self._checked_out)
 
     async def write(self, op: Op[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await self._submit(True, op, args, kwargs)
@@ -283,10 +375,27 @@ class AsyncRunner:
     def _submit(self, write: bool, op: Op[P, T], args: Any, kwargs: Any) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(write, op, args, kwargs, loop, future))
+        job = _Job(write, op, args, kwargs, loop, future)
+        if getattr(op, _UNHURRIED, False):
+            task = loop.create_task(self._run_alone(job))
+            self._alone.add(task)
+            task.add_done_callback(self._alone.discard)
+            return future
+        self._pending.append(job)
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._drain())
         return future
+
+    async def _run_alone(self, job: _Job) -> None:
+        try:
+            value = (await self._transaction([job], UNHURRIED_TIMEOUT_S))[0]
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            _deliver([(job.future, (None, exc))])
+        except BaseException as exc:  # cancelled (the loop is closing): nobody is left to answer
+            _deliver([(job.future, (None, exc))])
+            raise
+        else:
+            _deliver([(job.future, (value, None))])
 
     async def _drain(self) -> None:
         while self._pending:
@@ -302,6 +411,8 @@ class AsyncRunner:
     async def _run(self, group: list[_Job]) -> list[_Outcome]:
         try:
             return [(value, None) for value in await self._transaction(group)]
+        except TransactionTimeout as exc:
+            return [(None, exc) for _ in group]
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
             if len(group) == 1:
                 return [(None, exc)]
@@ -313,19 +424,48 @@ class AsyncRunner:
                 outcomes += await self._run([job])
         return outcomes
 
-    async def _transaction(self, group: list[_Job]) -> list[Any]:
+    async def _transaction(self, group: list[_Job], timeout_s: float | None = None) -> list[Any]:
         self.transactions += 1
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(_run_all, group)
+        timeout_s = timeout_s or self._timeout_s
+        deadline = Deadline(asyncio.get_running_loop(), timeout_s)
+        token = _DEADLINE.set(deadline)
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(_run_all, group)
+        except Exception as exc:
+            if not deadline.expired:
+                raise
+            log.warning("ledger transaction ran out of time: its connection is discarded",
+                        timeout_s=timeout_s, operations=len(group), error=repr(exc)[:200])
+            raise TransactionTimeout(f"no answer from the database within {timeout_s:g} s") from exc
+        finally:
+            deadline.cancel()
+            _DEADLINE.reset(token)
+
+    @staticmethod
+    def _connected(dbapi_connection: Any, _record: Any) -> None:
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            deadline.attach(dbapi_connection.driver_connection)
+
+    @staticmethod
+    def _checked_out(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        if driver.is_closed():  # the pool replaces it with a new one (and "connect" attaches that)
+            raise sa.exc.DisconnectionError("the connection was closed while in the pool")
+        deadline = _DEADLINE.get()
+        if deadline is not None:
+            deadline.attach(driver)
 
     async def close(self) -> None:
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
+        await asyncio.gather(*self._alone, return_exceptions=True)
         await self._engine.dispose()
 
     @property
     def usable(self) -> bool:
-        return True  # the pool replaces a broken connection (pre-ping); errors are per operation
+        return True  # a broken connection is replaced (`_checked_out`, `Deadline`); errors are per operation
 
 
 def _run_all(connection: sa.Connection, group: list[_Job]) -> list[Any]:

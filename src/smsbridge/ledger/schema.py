@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from smsbridge.ledger.runner import unhurried
+
 metadata = sa.MetaData()
 When = sa.DateTime(timezone=True)
 
@@ -175,6 +177,7 @@ MIGRATIONS: list[tuple[int, str, Migration]] = [
 LATEST = MIGRATIONS[-1][0]
 
 
+@unhurried
 def upgrade(connection: sa.Connection) -> list[int]:
     """Apply missing migrations; return the versions applied. Call inside a (write) transaction:
     on SQLite, BEGIN IMMEDIATE makes upgraders take turns; on PostgreSQL, an advisory lock does."""

@@ -5,6 +5,7 @@ delivery is a row, not a lock)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +21,17 @@ from smsbridge.ledger import dispatch_ops, media_ops, ops, order, relay_ops, sch
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
 from smsbridge.ledger.relay_ops import RelaySend
-from smsbridge.ledger.runner import OUTAGE, AsyncRunner, Op, P, Runner, SqliteRunner, T, is_outage
+from smsbridge.ledger.runner import (
+    DEFAULT_TIMEOUT_S,
+    OUTAGE,
+    AsyncRunner,
+    Op,
+    P,
+    Runner,
+    SqliteRunner,
+    T,
+    is_outage,
+)
 from smsbridge.ledger.schema import messages
 
 log = structlog.get_logger("smsbridge.ledger")
@@ -82,7 +93,9 @@ class Ledger:
         self._now = clock
 
     @classmethod
-    def open(cls, url: str, *, password: str | None = None, schema_name: str | None = None) -> Ledger:
+    def open(cls, url: str, *, password: str | None = None, schema_name: str | None = None,
+             timeout_s: float = DEFAULT_TIMEOUT_S, connect_timeout_s: float = DEFAULT_TIMEOUT_S) -> Ledger:
+        """`timeout_s`, `connect_timeout_s`: PostgreSQL only (`[ledger]` in docs/configuration.md)."""
         target = sa.make_url(engine_url(url))
         if password is not None:
             target = target.set(password=password)
@@ -90,10 +103,22 @@ class Ledger:
             if target.database and target.database != ":memory:":
                 Path(target.database).parent.mkdir(parents=True, exist_ok=True)
             return cls(SqliteRunner(target))
-        args = {"server_settings": {"search_path": schema_name}} if schema_name else {}
+        # The server ends a session left idle inside a transaction for twice the deadline: ours
+        # never are (`AsyncRunner` ends its side first), so that is one abandoned across a
+        # partition, whose locks (a conversation's, rows) would otherwise stall other processes
+        # until the server's TCP keepalive noticed, hours later.
+        server_settings = {"idle_in_transaction_session_timeout": str(math.ceil(2000 * timeout_s))}
+        if schema_name:
+            server_settings["search_path"] = schema_name
+        # timeout: opening a connection. command_timeout: only what runs outside a transaction's
+        # `Deadline`, which ends first otherwise (the first connection's dialect set-up, and the
+        # graceful close of pooled connections at `close()`, which would otherwise wait forever
+        # across a partition).
+        args = {"server_settings": server_settings, "timeout": connect_timeout_s, "command_timeout": timeout_s}
+        # No pool_pre_ping: its ping would be one more query outside any deadline (AsyncRunner).
         # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
-        return cls(AsyncRunner(create_async_engine(target, pool_pre_ping=True, connect_args=args,
-                                                   hide_parameters=True)))
+        engine = create_async_engine(target, connect_args=args, hide_parameters=True)
+        return cls(AsyncRunner(engine, timeout_s=timeout_s))
 
     async def upgrade(self) -> list[int]:
         return await self._db.write(schema.upgrade)
@@ -315,4 +340,5 @@ class Ledger:
 
 def open_from_settings(settings: LedgerSettings) -> Ledger:
     password = settings.password.reveal() if settings.password else None
-    return Ledger.open(settings.url, password=password, schema_name=settings.schema)
+    return Ledger.open(settings.url, password=password, schema_name=settings.schema, timeout_s=settings.timeout_s,
+                       connect_timeout_s=settings.connect_timeout_s)
