@@ -158,7 +158,8 @@ async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt
     ids = {"mdr_id": event.mdr_id, "event_id": event.event_id, "kind": kind}
     try:
         body = encoder.encode(event)
-        await publisher.to_stage(settings.broker.prefix, "inbound", body, message_id=event.event_id)
+        # Hedged: a Flowroute resend is already a second copy, which the inbound stage drops by its id.
+        await publisher.to_stage(settings.broker.prefix, "inbound", body, message_id=event.event_id, hedge=True)
     except BrokerUnavailable as exc:
         log.error("webhook not accepted: broker unavailable", **where, error=str(exc), **ids)
         return json_error(503, "unavailable", "could not store the message; please retry")

@@ -11,6 +11,11 @@ deploy/rabbitmq/definitions.json, and a refused publish would close the publishi
 channel as the real publishes, so a broker that blocks publishers (memory or disk alarm)
 counts as not answering too, which it is for a webhook.
 
+The probe needs no queue, so a node that can no longer commit to its queues (cut off from the
+rest of its cluster) still answers it. The publishes themselves tell: a route with a publish
+that has waited `stale_after_s` for its confirm, with nothing confirmed since it went, is not
+answering either, however its probes fare.
+
 With two routes (a connection to a second node, see `broker/publisher.py`), each is probed on
 its own: the broker answers while either route does, and the publisher tries the answering
 route first.
@@ -19,6 +24,7 @@ route first.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import structlog
 
@@ -52,8 +58,11 @@ class BrokerLiveness:
         self._stale_after_s = stale_after_s
 
     def responsive(self) -> bool:
-        """Some route confirmed a round trip in the last `stale_after_s` seconds."""
-        return any(r.fresh(self._stale_after_s) for r in self._publisher.routes)
+        """Some route confirmed a round trip in the last `stale_after_s` seconds, and has no
+        publish that has waited that long with nothing confirmed since (the probe alone does not
+        show that a route's queues can commit)."""
+        now, stale = time.monotonic(), self._stale_after_s
+        return any(r.fresh(stale) and not r.lagging(stale, now) for r in self._publisher.routes)
 
     async def probe(self) -> bool:
         """Probe every route at once; True if any answered."""
@@ -64,7 +73,7 @@ class BrokerLiveness:
         properties = Basic.Properties(delivery_mode=1)
         try:
             await self._publisher.publish_on(route, self._exchange, self._key, b"", properties, False,
-                                             self._timeout_s)
+                                             self._timeout_s, probe=True)
         except BrokerUnavailable:
             return False
         except Exception as exc:  # never let the prober die: readiness would stay false for good

@@ -15,11 +15,32 @@ broker's own redeliveries. aiormq raises a nack as an error, so it too is tried 
 route: while a dead node's queue leaders are re-elected the broker nacks what goes to them, so
 when every route failed the publisher tries them all again, a little later each time, until
 the timeout. An unroutable return is an answer and is not retried.
+
+A route can also go quiet without failing: a node cut off from its peers still confirms what
+needs no queue (the liveness probe) but not what its quorum queues must commit, and a silent
+network partition confirms nothing, while the connection looks open until heartbeats give up.
+So each route keeps its publishes that wait for a confirm, oldest first. A route is *lagging*
+when its oldest has waited `LAG_S` and nothing it carried was confirmed since that one went (a
+busy broker confirms late but keeps confirming; a stuck route confirms nothing). When a route
+lags while the other one confirmed something sent after that oldest publish (and is not lagging
+itself), the other route is demonstrably answering faster: the lagging route is set aside for
+new publishes for `SUSPECT_S` (or until its connection drops), and every publish waiting on it
+that allows a second copy (`hedge=True`) is sent again on the other route, all of them at once
+and in the order they were first sent, before anything newer goes that way, so a conversation's
+texts keep their order. The first confirm of either copy completes the publish; a late confirm
+of the other is ignored (aiormq drops the confirm of a publish nobody waits for). A second copy
+is one more message stored, so only a caller whose consumer drops a second copy by its id, and
+who has a client waiting, asks for it: the receiver, for webhooks (the inbound stage drops a
+text or receipt it has seen). Not the others: a repeated outbound request (relay API, SIP
+intake) is answered with its status again, a parked webhook would sit twice in the dead-letter
+queue, and a worker's publish (next stage, status, AMQP delivery to a PBX, retry) has nobody
+waiting on it; they still avoid a lagging route for new publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping
@@ -34,47 +55,105 @@ from smsbridge.redact import header_text
 
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
+Message = tuple[str, str, bytes, Basic.Properties, bool]  # exchange, routing key, body, properties, mandatory
 MIN_RETRY_S = 0.5  # a retry on the second route gets at least this, even past the deadline
 RETRY_PAUSE_S = 0.05  # between two rounds over every route, doubling...
 MAX_RETRY_PAUSE_S = 0.8  # ...up to this, until the publish timeout
 PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everything on disk anyway)
+# A route whose oldest waiting publish is this old, with nothing confirmed since it went, lags.
+# Well above a confirm's usual time (milliseconds; tens on a busy host), and low enough that a
+# hedged webhook is still answered within a second.
+LAG_S = 0.5
+SUSPECT_S = 10.0  # a route found lagging takes no new publishes first for this long...
+RECHECK_S = 0.1  # ...and while it lags, whether the other route answers is looked at this often
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class Waiting:
+    """One publish waiting for its confirm on a route, and what a second copy needs."""
+
+    __slots__ = ("sent", "deadline", "message", "window", "hedge", "hedged")
+
+    def __init__(self, sent: float, deadline: float, message: Message | None) -> None:
+        self.sent = sent
+        self.deadline = deadline
+        self.message = message  # None: this caller does not allow a second copy
+        self.window: asyncio.Timeout | None = None  # ended early once the second copy is confirmed
+        self.hedge: asyncio.Task[bool] | None = None
+        self.hedged = False  # the second copy was confirmed
+
+
 class Route:
-    """One way to the broker: a confirm channel on one connection, and when it last answered."""
+    """One way to the broker: a confirm channel on one connection, when it last answered, and the
+    publishes waiting on it."""
 
     def __init__(self, channel: AbstractChannel, *, connected: Callable[[], bool] | None = None,
                  name: str = "primary", clock: Callable[[], float] = time.monotonic) -> None:
         self.channel = channel
         self.name = name
         self._connected = connected
-        self._clock = clock
+        self.clock = clock
         self.last_ok = clock()  # created once the topology is declared, itself a round trip
+        self.last_ok_sent = self.last_ok  # when the latest confirmed publish (probe or not) was sent
+        self.last_real_ok = self.last_ok  # the latest confirm of a publish that was not a probe
         self.last_failed = float("-inf")
         self.on_nack: Callable[[], None] | None = None  # the broker nacked a publish: broker/renewal.py
+        self.waiting: dict[Waiting, None] = {}  # insertion-ordered: the oldest first
+        self.set_aside_until = float("-inf")  # found lagging: new publishes go elsewhere first
+        self.starting: set[Waiting] = set()  # second copies bound for this route, not yet sent
+        self.started = asyncio.Event()  # set while `starting` is empty
+        self.started.set()
+        self.timer: asyncio.TimerHandle | None = None
 
     def connected(self) -> bool:
-        return not self.channel.is_closed and (self._connected is None or self._connected())
+        up = not self.channel.is_closed and (self._connected is None or self._connected())
+        if not up:  # a new connection (to another node, or the same one healed) starts afresh
+            self.set_aside_until = float("-inf")
+        return up
 
-    def confirmed(self) -> None:
-        self.last_ok = self._clock()
+    def confirmed(self, sent: float, *, probe: bool = False) -> None:
+        now = self.clock()
+        self.last_ok = now
+        self.last_ok_sent = max(self.last_ok_sent, sent)
+        if not probe:
+            self.last_real_ok = now
 
     def failed(self, *, nacked: bool = False) -> None:
-        self.last_failed = self._clock()
+        self.last_failed = self.clock()
         if nacked and self.on_nack is not None:
             self.on_nack()
 
     def fresh(self, stale_after_s: float) -> bool:
         """Confirmed something in the last `stale_after_s` seconds."""
-        return self._clock() - self.last_ok <= stale_after_s
+        return self.clock() - self.last_ok <= stale_after_s
 
     def answering(self, stale_after_s: float) -> bool:
         """Connected, confirmed something lately, and not failed since."""
         return self.connected() and self.last_ok >= self.last_failed and self.fresh(stale_after_s)
+
+    def oldest(self) -> float:
+        """When the oldest publish still waiting for its confirm went (infinity: none waits)."""
+        for waiting in self.waiting:
+            return waiting.sent
+        return float("inf")
+
+    def lagging(self, after_s: float, now: float) -> bool:
+        """Its oldest waiting publish went `after_s` ago, and no publish was confirmed since."""
+        oldest = self.oldest()
+        return now - oldest >= after_s and self.last_real_ok < oldest
+
+
+def _done(route: Route, waiting: Waiting, _: object) -> None:
+    _sent(route, waiting)
+
+
+def _sent(route: Route, waiting: Waiting) -> None:
+    route.starting.discard(waiting)
+    if not route.starting:
+        route.started.set()
 
 
 class RouteDown(BrokerUnavailable):
@@ -98,8 +177,10 @@ class Publisher:
         self.routes.append(Route(channel, connected=connected, name=name))
 
     def _in_order(self) -> list[Route]:
-        """Routes that answer first, the primary first among equals (sort is stable)."""
-        return sorted(self.routes, key=lambda r: not r.answering(self.STALE_AFTER_S))
+        """Routes that answer and were not found lagging first, the primary first among equals
+        (sort is stable)."""
+        now = time.monotonic()
+        return sorted(self.routes, key=lambda r: not (r.answering(self.STALE_AFTER_S) and now >= r.set_aside_until))
 
     async def publish(
         self,
@@ -113,7 +194,10 @@ class Publisher:
         mandatory: bool = True,
         timeout: float | None = None,
         gated: bool = True,
+        hedge: bool = False,
     ) -> None:
+        """`hedge=True`: the consumer drops a second copy by its message id, so a publish waiting on
+        a lagging route may be sent again on the other (module docstring)."""
         if gated and self.gate is not None and not self.gate():
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not attempted: the broker is not answering")
         properties = Basic.Properties(
@@ -124,12 +208,13 @@ class Publisher:
             expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         )
         budget = self._timeout if timeout is None else timeout
-        if len(self.routes) == 1:
-            await self.publish_on(self.routes[0], exchange, routing_key, body, properties, mandatory, budget)
-            return
         deadline = time.monotonic() + budget
+        message: Message = (exchange, routing_key, body, properties, mandatory)
+        if len(self.routes) == 1:
+            await self._attempt(self.routes[0], message, budget, deadline, hedge=False)
+            return
         for rounds in itertools.count():
-            failure = await self._each_route(exchange, routing_key, body, properties, mandatory, deadline)
+            failure = await self._each_route(message, deadline, hedge)
             if failure is None:
                 return
             # Every route failed: a node dying takes its queues' leaders with it, and until their
@@ -140,25 +225,112 @@ class Publisher:
             await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def _each_route(self, exchange: str, routing_key: str, body: bytes, properties: Basic.Properties,
-                          mandatory: bool, deadline: float) -> RouteDown | None:
+    async def _each_route(self, message: Message, deadline: float, hedge: bool) -> RouteDown | None:
         """Try the routes in turn; None once one confirmed, else the last route's failure."""
         failure: RouteDown | None = None
         for route in self._in_order():
             left = max(deadline - time.monotonic(), MIN_RETRY_S)
             if not route.connected():
-                failure = RouteDown(f"publish to {exchange}/{routing_key} not attempted: {route.name} route down")
+                failure = RouteDown(f"publish to {message[0]}/{message[1]} not attempted: {route.name} route down")
                 continue
+            if route.starting:  # second copies sent this way go first: a conversation keeps its order
+                await route.started.wait()
             try:
-                await self.publish_on(route, exchange, routing_key, body, properties, mandatory, left)
+                await self._attempt(route, message, left, deadline, hedge=hedge)
                 return None
             except RouteDown as exc:  # the node went away under this publish: the other route may work
                 failure = exc
         return failure
 
+    async def _attempt(self, route: Route, message: Message, left: float, deadline: float, *, hedge: bool) -> None:
+        """One publish on one route, counted among the route's waiting ones; with `hedge`, it ends
+        early once a second copy sent on another route (`_hedge_all`) is confirmed."""
+        waiting = Waiting(route.clock(), deadline, message if hedge else None)
+        route.waiting[waiting] = None
+        if route.timer is None and len(self.routes) > 1:
+            self._watch(route, LAG_S)
+        try:
+            if not hedge:
+                await self.publish_on(route, *message, left)
+                return
+            try:
+                async with asyncio.timeout(None) as window:
+                    waiting.window = window
+                    await self.publish_on(route, *message, left)
+                return
+            except (RouteDown, TimeoutError) as exc:
+                waiting.window = None
+                if waiting.hedged or (waiting.hedge is not None and await asyncio.shield(waiting.hedge)):
+                    return  # the second copy was confirmed
+                if isinstance(exc, RouteDown):
+                    raise
+                raise RouteDown(f"publish to {message[0]}/{message[1]} not confirmed in time") from exc
+        finally:
+            waiting.window = None
+            del route.waiting[waiting]
+            if waiting.hedge is not None and not waiting.hedge.done():
+                waiting.hedge.cancel()  # this copy was confirmed first: the other need not wait
+
+    def _watch(self, route: Route, delay: float) -> None:
+        route.timer = asyncio.get_running_loop().call_later(delay, self._check, route)
+
+    def _check(self, route: Route) -> None:
+        """Runs `LAG_S` after the oldest publish waiting on `route` went, then every `RECHECK_S`
+        while it lags: sets the route aside and sends every waiting publish again on the other
+        route if that one is demonstrably answering faster."""
+        route.timer = None
+        if not route.waiting:
+            return
+        now, oldest = route.clock(), route.oldest()
+        if now - oldest < LAG_S:
+            self._watch(route, oldest + LAG_S - now)
+            return
+        if route.lagging(LAG_S, now):
+            other = self._faster_than(route, oldest, now)
+            if other is not None:
+                route.set_aside_until = now + SUSPECT_S
+                self._hedge_all(route, other)
+        self._watch(route, RECHECK_S)
+
+    def _faster_than(self, route: Route, since: float, now: float) -> Route | None:
+        """Another route that confirmed something sent after `since`, and is not lagging itself."""
+        for other in self.routes:
+            if (other is not route and other.answering(self.STALE_AFTER_S) and now >= other.set_aside_until
+                    and other.last_ok_sent > since and not other.lagging(LAG_S, now)):
+                return other
+        return None
+
+    def _hedge_all(self, route: Route, other: Route) -> None:
+        """A second copy of each waiting publish that allows one, in the order they first went:
+        tasks start in the order they are created, and nothing newer goes to `other` while one
+        of them has not yet been sent (`Route.starting`)."""
+        for waiting in route.waiting:
+            if waiting.message is None or waiting.hedge is not None:
+                continue
+            other.starting.add(waiting)
+            other.started.clear()
+            waiting.hedge = asyncio.create_task(self._hedge(waiting, other))
+            waiting.hedge.add_done_callback(functools.partial(_done, other, waiting))  # also if never started
+
+    async def _hedge(self, waiting: Waiting, route: Route) -> bool:
+        """The second copy: True once confirmed, and the first copy's wait is ended."""
+        _sent(route, waiting)  # nothing below waits before aiormq has queued the frames
+        assert waiting.message is not None
+        left = max(waiting.deadline - time.monotonic(), MIN_RETRY_S)
+        try:
+            await self.publish_on(route, *waiting.message, left)
+        except BrokerUnavailable:
+            return False  # the first copy goes on waiting
+        waiting.hedged = True
+        if waiting.window is not None:
+            waiting.window.reschedule(asyncio.get_running_loop().time())
+        return True
+
     async def publish_on(self, route: Route, exchange: str, routing_key: str, body: bytes,
-                         properties: Basic.Properties, mandatory: bool, timeout: float) -> None:
+                         properties: Basic.Properties, mandatory: bool, timeout: float, *,
+                         probe: bool = False) -> None:
         """One confirmed publish on one route; a confirm marks the route as answering."""
+        sent = route.clock()
         try:
             if route.channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
@@ -182,13 +354,15 @@ class Publisher:
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
-        route.confirmed()  # any confirmed publish shows the route answers, not only the liveness probe's
+        route.confirmed(sent, probe=probe)  # any confirmed publish shows the route answers, not only the probe's
 
-    async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None) -> None:
+    async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None,
+                       hedge: bool = False) -> None:
         """A fresh message for a stage: attempt 0, first seen now."""
         queue = names.stage_queue(prefix, stage)
         headers = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: now_ms()}
-        await self.publish(names.work_exchange(prefix), queue, body, headers=headers, message_id=message_id)
+        await self.publish(names.work_exchange(prefix), queue, body, headers=headers, message_id=message_id,
+                           hedge=hedge)
 
     async def park(self, prefix: str, stage: str, body: bytes, *, reason: str, code: str, extra: Headers) -> None:
         """Straight to the dead-letter queue: for input we cannot process but must not drop."""

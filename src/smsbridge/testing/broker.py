@@ -40,7 +40,8 @@ class InMemoryPublisher(Publisher):
 
     async def publish(self, exchange: str, routing_key: str, body: bytes, *, headers: Headers | None = None,
                       message_id: str | None = None, expiration_s: float | None = None,
-                      mandatory: bool = True, timeout: float | None = None, gated: bool = True) -> None:
+                      mandatory: bool = True, timeout: float | None = None, gated: bool = True,
+                      hedge: bool = False) -> None:
         if not self.available:
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not confirmed: broker down (stub)")
         self.published.append(Published(exchange, routing_key, body, dict(headers or {}), message_id,
