@@ -6,13 +6,15 @@ each answer can be scripted: the real broker's side is tests/integration/test_no
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, cast
 
 import aiormq
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from smsbridge.broker.publisher import Basic, Publisher
+from smsbridge.broker.publisher import LAG_S, Basic, Publisher, Route
 from smsbridge.errors import BrokerUnavailable
 
 NACK = "nack"
@@ -68,3 +70,91 @@ async def test_an_unroutable_message_is_not_tried_again() -> None:
     with pytest.raises(BrokerUnavailable, match="not acknowledged"):
         await publisher(log, ["return"], []).publish("x.work", "x.nowhere", b"{}")
     assert log == ["primary"]
+
+
+class Stuck:
+    """A confirm channel that takes each publish (logs its body) and confirms none until `confirm`
+    is set: a node that can no longer commit, or a silent partition."""
+
+    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
+        self.name, self.log = name, log
+        self.is_closed = False
+        self.confirm = asyncio.Event()
+
+    async def get_underlay_channel(self) -> Stuck:
+        return self
+
+    async def basic_publish(self, body: bytes, **_: Any) -> object:
+        self.log.append((self.name, body))
+        if body != b"probe":  # the liveness probe needs no queue: confirmed at once
+            await self.confirm.wait()
+        return Basic.Ack()
+
+
+def stuck_and_answering(log: list[tuple[str, bytes]]) -> tuple[Publisher, Stuck, Stuck]:
+    primary, standby = Stuck("primary", log), Stuck("standby", log)
+    standby.confirm.set()  # the other node commits
+    pub = Publisher(cast(AbstractChannel, primary), timeout=5.0, connected=lambda: True)
+    pub.add_route(cast(AbstractChannel, standby), connected=lambda: True, name="standby")
+    return pub, primary, standby
+
+
+async def probe(pub: Publisher, route: Route) -> None:
+    await pub.publish_on(route, "x.work", "x.probe", b"probe", Basic.Properties(), False, 1.0, probe=True)
+
+
+async def test_webhooks_waiting_on_a_route_that_stopped_confirming_go_again_on_the_other_in_their_order() -> None:
+    log: list[tuple[str, bytes]] = []
+    pub, primary, _ = stuck_and_answering(log)
+    started = time.monotonic()
+    first = [asyncio.create_task(pub.publish("x.work", "x.inbound", f"text {n}".encode(), hedge=True))
+             for n in range(3)]
+    worker = asyncio.create_task(pub.publish("x.work", "x.delivery", b"worker", hedge=False))
+    await asyncio.sleep(0)  # all four sent on the primary
+    await probe(pub, pub.routes[1])  # the other route confirms something sent after them
+    await asyncio.wait_for(asyncio.gather(*first), timeout=LAG_S + 1.0)
+    took = time.monotonic() - started
+    await pub.publish("x.work", "x.inbound", b"text 3", hedge=True)  # newer: behind the second copies
+    assert LAG_S <= took < LAG_S + 1.0
+    assert [body for name, body in log if name == "primary"] == [b"text 0", b"text 1", b"text 2", b"worker"]
+    assert [body for name, body in log if name == "standby"] == [b"probe", b"text 0", b"text 1", b"text 2",
+                                                                  b"text 3"]
+    assert not worker.done()  # a publish without hedge=True is never sent twice: it waits for its own confirm
+    primary.confirm.set()  # the late confirms: the worker's completes it, the webhooks' are nobody's
+    await asyncio.wait_for(worker, timeout=1.0)
+    assert [body for name, body in log].count(b"worker") == 1
+
+
+async def test_no_second_copy_unless_the_other_route_is_seen_answering_since() -> None:
+    """A broker that is slow on both routes must not get every publish twice: the other route has
+    to confirm something sent after the waiting publish (here: nothing, then a probe)."""
+    log: list[tuple[str, bytes]] = []
+    pub, _, _ = stuck_and_answering(log)
+    waiting = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 0", hedge=True))
+    await asyncio.sleep(LAG_S + 0.3)
+    assert log == [("primary", b"text 0")] and not waiting.done()
+    assert pub.routes[0].set_aside_until < time.monotonic()
+    await probe(pub, pub.routes[1])
+    await asyncio.wait_for(waiting, timeout=1.0)
+    assert log[-1] == ("standby", b"text 0") and pub.routes[0].set_aside_until > time.monotonic()
+
+
+async def test_no_second_copy_to_a_route_that_lags_itself() -> None:
+    """Both routes stuck (a broker that cannot commit at all): the probe passing on the other
+    route is not enough when a publish of its own waits there too."""
+    log: list[tuple[str, bytes]] = []
+    primary, standby = Stuck("primary", log), Stuck("standby", log)
+    up = {"primary": False}
+    pub = Publisher(cast(AbstractChannel, primary), timeout=5.0, connected=lambda: up["primary"])
+    pub.add_route(cast(AbstractChannel, standby), connected=lambda: True, name="standby")
+    old = asyncio.create_task(pub.publish("x.work", "x.delivery", b"old"))  # the primary is down: standby
+    await asyncio.sleep(0)
+    up["primary"] = True
+    waiting = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 0", hedge=True))
+    await asyncio.sleep(0)
+    await probe(pub, pub.routes[1])
+    await asyncio.sleep(LAG_S + 0.3)
+    assert [body for name, body in log if name == "standby"] == [b"old", b"probe"]
+    primary.confirm.set()
+    standby.confirm.set()
+    await asyncio.gather(waiting, old)
