@@ -40,6 +40,7 @@ waiting on it; they still avoid a lagging route for new publishes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import itertools
 import time
@@ -47,12 +48,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
+import structlog
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.redact import header_text
 
+log = structlog.get_logger("smsbridge.broker")
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
 Message = tuple[str, str, bytes, Basic.Properties, bool]  # exchange, routing key, body, properties, mandatory
@@ -272,7 +275,8 @@ class Publisher:
                 waiting.hedge.cancel()  # this copy was confirmed first: the other need not wait
 
     def _watch(self, route: Route, delay: float) -> None:
-        route.timer = asyncio.get_running_loop().call_later(delay, self._check, route)
+        # In a context of its own: not the log context (stage, message ids) of the publish that armed it.
+        route.timer = asyncio.get_running_loop().call_later(delay, self._check, route, context=contextvars.Context())
 
     def _check(self, route: Route) -> None:
         """Runs `LAG_S` after the oldest publish waiting on `route` went, then every `RECHECK_S`
@@ -288,6 +292,10 @@ class Publisher:
         if route.lagging(LAG_S, now):
             other = self._faster_than(route, oldest, now)
             if other is not None:
+                if now >= route.set_aside_until:  # one line per episode, not per check
+                    log.warning("broker route not confirming: new publishes go through the other route first",
+                                route=route.name, other=other.name, waited_s=round(now - oldest, 2),
+                                waiting=len(route.waiting), set_aside_s=SUSPECT_S)
                 route.set_aside_until = now + SUSPECT_S
                 self._hedge_all(route, other)
         self._watch(route, RECHECK_S)
