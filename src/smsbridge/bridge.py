@@ -114,7 +114,7 @@ class Bridge:
         connected = any(c is not None and not c.is_closed and c.connected.is_set()
                         for c in (self.connection, self.standby))
         ledger_usable = self.ledger is not None and self.ledger.usable
-        answering = self.liveness is not None and self.liveness.responsive()
+        answering = self.liveness is not None and self.liveness.committing()
         return {"broker_connected": connected, "broker_answering": answering, "topology_declared": self._declared,
                 LEDGER_USABLE: ledger_usable}
 

@@ -12,9 +12,11 @@ channel as the real publishes, so a broker that blocks publishers (memory or dis
 counts as not answering too, which it is for a webhook.
 
 The probe needs no queue, so a node that can no longer commit to its queues (cut off from the
-rest of its cluster) still answers it. The publishes themselves tell: a route with a publish
-that has waited `stale_after_s` for its confirm, with nothing confirmed since it went, is not
-answering either, however its probes fare.
+rest of its cluster) still answers it. The publishes themselves tell: for readiness, a route
+with a publish that has waited `stale_after_s` for its confirm, with nothing confirmed since it
+went, is not answering either, however its probes fare. The gate does not refuse for that
+alone: the same happens while a queue's leader is re-elected (5-6 s after a partition in `make
+faults`), and a webhook that waits may then still be taken.
 
 With two routes (a connection to a second node, see `broker/publisher.py`), each is probed on
 its own: the broker answers while either route does, and the publisher tries the answering
@@ -58,9 +60,16 @@ class BrokerLiveness:
         self._stale_after_s = stale_after_s
 
     def responsive(self) -> bool:
-        """Some route confirmed a round trip in the last `stale_after_s` seconds, and has no
-        publish that has waited that long with nothing confirmed since (the probe alone does not
-        show that a route's queues can commit)."""
+        """Some route confirmed a round trip in the last `stale_after_s` seconds: the publisher's
+        gate. A route whose probe passes but whose publishes wait still gets them: its queues may
+        be electing a leader (seconds, in a partition), and a publish that waits may yet be taken,
+        where a refused webhook waits for Flowroute's next resend."""
+        return any(r.fresh(self._stale_after_s) for r in self._publisher.routes)
+
+    def committing(self) -> bool:
+        """Readiness: some route is responsive and has no publish that has waited
+        `stale_after_s` with nothing confirmed since (the probe alone does not show that a
+        route's queues can commit)."""
         now, stale = time.monotonic(), self._stale_after_s
         return any(r.fresh(stale) and not r.lagging(stale, now) for r in self._publisher.routes)
 
@@ -83,13 +92,14 @@ class BrokerLiveness:
 
     async def run(self) -> None:
         """Probe for ever (cancel to stop); logs only when the answer changes."""
-        was_responsive = True
+        was = (True, True)
         while True:
             await self.probe()
-            now_responsive = self.responsive()
-            if now_responsive != was_responsive:
-                log.warning("broker answering again" if now_responsive
-                            else "broker not answering: readiness false, webhooks answered 503 at once",
+            now = (self.responsive(), self.committing())
+            if now != was:
+                log.warning("broker answering again" if all(now)
+                            else "broker not answering: readiness false, webhooks answered 503 at once"
+                            if not now[0] else "broker not confirming publishes: readiness false",
                             stale_after_s=self._stale_after_s)
-                was_responsive = now_responsive
+                was = now
             await asyncio.sleep(self._interval_s)
