@@ -43,6 +43,7 @@ import asyncio
 import contextvars
 import functools
 import itertools
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -69,6 +70,10 @@ PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everyt
 LAG_S = 0.5
 SUSPECT_S = 10.0  # a route found lagging takes no new publishes first for this long...
 RECHECK_S = 0.1  # ...and while it lags, whether the other route answers is looked at this often
+
+
+_ID_PREFIX = f"pub-{os.urandom(6).hex()}-"  # ids for publishes whose caller gave none: unique per process
+_ids = itertools.count()
 
 
 def now_ms() -> int:
@@ -207,7 +212,9 @@ class Publisher:
             content_type="application/json",
             delivery_mode=PERSISTENT,
             headers=dict(headers or {}),
-            message_id=message_id,
+            # aiormq matches a returned (unroutable) message to its publish by message id: without
+            # one, the return is only logged and the publish is then confirmed as if stored.
+            message_id=message_id if message_id is not None or not mandatory else f"{_ID_PREFIX}{next(_ids)}",
             expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         )
         budget = self._timeout if timeout is None else timeout
@@ -348,6 +355,10 @@ class Publisher:
                     body, exchange=exchange, routing_key=routing_key, properties=properties, mandatory=mandatory,
                     timeout=timeout,
                 )
+        except aiormq.exceptions.PublishError as exc:  # returned unroutable: the broker answered, and will again
+            route.confirmed(sent, probe=probe)
+            raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: unroutable "
+                                    f"({getattr(exc.frame, 'reply_text', 'returned')})") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
             route.failed(nacked=isinstance(exc, aiormq.exceptions.DeliveryError)
                          and isinstance(exc.frame, Basic.Nack))
