@@ -1,8 +1,7 @@
 """An unroutable publish on the bridge's real channels (confirms on, `on_return_raises=True`) is
 an answer from the broker: it fails at once as BrokerUnavailable, whether or not the caller gave
-a message id, and does not mark the route as failed. Before, one without a message id was
-confirmed as if stored (aiormq matches a return to its publish by message id only), and one with
-an id was taken for a dead route and tried on every route until the publish timeout."""
+a message id (aiormq gives one of its own), and does not mark the route as failed. Before, aiormq's
+PublishError was taken for a dead route and the publish tried on every route until the timeout."""
 
 from __future__ import annotations
 

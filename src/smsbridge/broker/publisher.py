@@ -43,7 +43,6 @@ import asyncio
 import contextvars
 import functools
 import itertools
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -70,10 +69,6 @@ PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everyt
 LAG_S = 0.5
 SUSPECT_S = 10.0  # a route found lagging takes no new publishes first for this long...
 RECHECK_S = 0.1  # ...and while it lags, whether the other route answers is looked at this often
-
-
-_ID_PREFIX = f"pub-{os.urandom(6).hex()}-"  # ids for publishes whose caller gave none: unique per process
-_ids = itertools.count()
 
 
 def now_ms() -> int:
@@ -212,9 +207,7 @@ class Publisher:
             content_type="application/json",
             delivery_mode=PERSISTENT,
             headers=dict(headers or {}),
-            # aiormq matches a returned (unroutable) message to its publish by message id: without
-            # one, the return is only logged and the publish is then confirmed as if stored.
-            message_id=message_id if message_id is not None or not mandatory else f"{_ID_PREFIX}{next(_ids)}",
+            message_id=message_id,
             expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
         )
         budget = self._timeout if timeout is None else timeout
