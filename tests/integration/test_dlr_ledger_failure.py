@@ -1,6 +1,7 @@
 """A delivery receipt whose handling the ledger failed part-way is handled in full when it comes
 again (from the delay queue, or held in place): it is never taken for a Flowroute resend and
-dropped. On SQLite and PostgreSQL."""
+dropped, also when its claim committed but the caller saw an outage (the COMMIT's answer lost).
+On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import LedgerUnavailable
-from smsbridge.events import DeliveryReceipt, DispatchRequest, StatusEvent
+from smsbridge.events import DeliveryReceipt, DispatchRequest, StatusEvent, new_event_id
 from smsbridge.ledger import Ledger
 from smsbridge.metrics import Metrics
 from smsbridge.testing.broker import InMemoryPublisher
@@ -43,6 +44,27 @@ class FailsOnce:
             if not self.failed:
                 self.failed = True
                 raise LedgerUnavailable("ledger unavailable: OSError")
+            return await real(*args, **kwargs)
+        return once
+
+
+class CommitsThenFails:
+    """The real ledger, but `method` raises LedgerUnavailable the first time *after* its
+    transaction committed: the COMMIT went through and its answer was lost (a reset connection,
+    or the runner's deadline firing just after the server committed), as the caller sees it."""
+
+    def __init__(self, ledger: Ledger, method: str) -> None:
+        self._ledger, self._method, self.committed = ledger, method, None
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._ledger, name)
+        if name != self._method:
+            return real
+
+        async def once(*args: Any, **kwargs: Any) -> Any:
+            if self.committed is None:
+                self.committed = await real(*args, **kwargs)
+                raise LedgerUnavailable("ledger unavailable: TransactionTimeout")
             return await real(*args, **kwargs)
         return once
 
@@ -79,5 +101,81 @@ async def test_a_receipt_the_ledger_failed_on_is_handled_in_full_when_it_comes_a
     assert (status.state, status.client_message_id) == ("delivered", "c-dlr")
     found = await ledger.find(MDR)
     assert found is not None and found.state == "delivered"
-    await handler.handle(receipt, CONTEXT)  # and now Flowroute posting it again is a resend
+    # and now Flowroute posting it again (a new webhook, so a new event) is a resend
+    await handler.handle(msgspec.structs.replace(receipt, event_id=new_event_id()), CONTEXT)
     assert len(statuses(publisher)) == 1
+
+
+def receipt_for(mdr_id: str = MDR, **fields: Any) -> DeliveryReceipt:
+    """A fresh event each call (a new event_id), like each webhook Flowroute posts."""
+    base: dict[str, Any] = {"tenant": "acme", "config_id": "main", "level": 2, "status": "delivered",
+                            "status_code": None, "flowroute_timestamp": datetime(2026, 11, 30, 12, tzinfo=UTC)}
+    return DeliveryReceipt(mdr_id=mdr_id, **(base | fields))
+
+
+async def history_states(ledger: Ledger) -> list[str]:
+    found = await ledger.find(MDR)
+    assert found is not None
+    return [line.state for line in await ledger.history(found.id)]
+
+
+async def test_a_receipt_whose_claim_committed_unseen_is_forwarded_when_the_same_event_comes_again(
+        ledger: Ledger) -> None:
+    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    publisher = InMemoryPublisher()
+    handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
+    receipt = receipt_for()
+    with pytest.raises(LedgerUnavailable):
+        await handler.handle(receipt, CONTEXT)
+    assert in_doubt.committed is True and statuses(publisher) == []  # claimed and recorded, not forwarded
+    found = await ledger.find(MDR)
+    assert found is not None and found.state == "delivered"
+    recorded = await history_states(ledger)
+
+    redelivered = msgspec.json.decode(msgspec.json.encode(receipt), type=DeliveryReceipt)  # as off the broker
+    await handler.handle(redelivered, CONTEXT)
+    (status,) = statuses(publisher)
+    assert (status.state, status.client_message_id) == ("delivered", "c-dlr")
+    assert status.event_id == receipt.event_id  # the PBX's key to drop a repeat of this status
+    assert await history_states(ledger) == recorded  # its effect was committed once, not recorded again
+
+    await handler.handle(redelivered, CONTEXT)  # once more (a crash before the ack): the same status again
+    assert [s.event_id for s in statuses(publisher)] == [receipt.event_id] * 2
+    await handler.handle(receipt_for(), CONTEXT)  # Flowroute posting it again: a new event, a resend
+    assert len(statuses(publisher)) == 2
+    assert await history_states(ledger) == recorded
+
+
+async def test_a_flowroute_resend_while_the_first_claim_is_in_doubt_is_still_ignored(ledger: Ledger) -> None:
+    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    publisher = InMemoryPublisher()
+    handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
+    first = receipt_for()
+    with pytest.raises(LedgerUnavailable):
+        await handler.handle(first, CONTEXT)
+    await handler.handle(receipt_for(), CONTEXT)  # Flowroute's resend, handled before the retry
+    assert statuses(publisher) == []
+    await handler.handle(first, CONTEXT)  # the first event's retry forwards it: once in all
+    assert [s.event_id for s in statuses(publisher)] == [first.event_id]
+
+
+async def test_another_tenants_receipt_with_the_same_id_is_its_own_claim(ledger: Ledger) -> None:
+    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    publisher = InMemoryPublisher()
+    handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
+    ours = receipt_for()
+    with pytest.raises(LedgerUnavailable):
+        await handler.handle(ours, CONTEXT)
+    # the same Flowroute id, level, status and time, posted to another tenant's webhook (with a
+    # client id in its URL): a receipt of its own, neither a resend of ours nor our claim
+    theirs = receipt_for(tenant="beta", config_id="beta-main", client_message_id="b-1")
+    await handler.handle(theirs, CONTEXT)
+    await handler.handle(theirs, CONTEXT)  # its own redelivery: forwarded again, same id
+    await handler.handle(receipt_for(tenant="beta", config_id="beta-main",
+                                     client_message_id="b-1"), CONTEXT)  # its resend: ignored
+    assert [(s.tenant, s.client_message_id) for s in statuses(publisher)] == [("beta", "b-1")] * 2
+    await handler.handle(ours, CONTEXT)
+    assert [(s.tenant, s.client_message_id, s.state) for s in statuses(publisher)][2:] == [
+        ("acme", "c-dlr", "delivered")]
+    found = await ledger.find(MDR)
+    assert found is not None and found.state == "delivered"  # the other tenant's receipt did not touch ours

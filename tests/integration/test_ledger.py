@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 
 from smsbridge.events import DispatchRequest, InboundMessage
 from smsbridge.ledger import Claim, Ledger, MessageRow, Scope
@@ -66,6 +67,33 @@ async def test_processes_upgrading_at_once_do_not_clash(backend: str, tmp_path: 
         assert sorted(applied) == [[], [], [], [v for v, _, _ in MIGRATIONS]]
         assert await ledgers[0].version() == LATEST
         for ledger in ledgers:
+            await ledger.close()
+
+
+def as_at_version_4(c: sa.Connection) -> None:
+    """The ledger as release 4 left it: no `dlrs_seen.claimed_by`, one receipt claimed then."""
+    c.execute(sa.text("ALTER TABLE dlrs_seen DROP COLUMN claimed_by"))
+    c.execute(sa.text("DELETE FROM smsbridge_schema WHERE version = 5"))
+    c.execute(sa.text("INSERT INTO dlrs_seen (dedupe_key, mdr_id, seen_at) VALUES ('main|old|2', 'old', :at)"),
+              {"at": datetime.now(UTC)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_receipt_claim_names_its_event_and_claims_from_before_that_stay_resends(backend: str,
+                                                                                        tmp_path: Path) -> None:
+    async with ledger_location(backend, tmp_path) as (url, schema):
+        ledger = Ledger.open(url, schema_name=schema)
+        try:
+            await ledger.upgrade()
+            await ledger._db.write(as_at_version_4)
+            assert await ledger.version() == 4
+            assert await ledger.upgrade() == [5]
+            assert not await ledger.claim_dlr("main|old|2", "old", "event-a")  # claimed by nobody known: a resend
+            assert await ledger.claim_dlr("main|new|2", "new", "event-a")
+            assert await ledger.claim_dlr("main|new|2", "new", "event-a")  # the same event again: its own claim
+            assert not await ledger.claim_dlr("main|new|2", "new", "event-b")  # a Flowroute resend
+            assert not await ledger.claim_dlr("main|new|2", "new")  # nothing to name: the old rule
+        finally:
             await ledger.close()
 
 

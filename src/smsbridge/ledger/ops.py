@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import functools
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import sqlalchemy as sa
@@ -114,6 +114,7 @@ _UPDATE_MESSAGE = sa.update(messages).where(messages.c.id == _p("message_id"))
 _SENDING = _UPDATE_MESSAGE.values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
 _REQUEUED = _UPDATE_MESSAGE.values(dispatch_state="queued", reason=_p("new_reason"), updated_at=_p("now"))
 _DONE = _UPDATE_MESSAGE.values(dispatch_state="done", updated_at=_p("now"))
+_DLR_CLAIMED_BY = sa.select(dlrs_seen.c.claimed_by).where(dlrs_seen.c.dedupe_key == _p("dedupe_key"))
 _UNCLAIM_DLR = sa.delete(dlrs_seen).where(dlrs_seen.c.dedupe_key == _p("dedupe_key"))
 
 
@@ -237,22 +238,40 @@ def record_failed(c: sa.Connection, message_id: int, code: str, reason: str, now
 
 
 # ----- delivery receipts --------------------------------------------------------------------------
-def claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime) -> bool:
-    inserted = c.execute(_NEW_DLR[c.dialect.name], {"dedupe_key": dedupe_key[:255], "mdr_id": mdr_id,
-                                                    "seen_at": now})
-    return inserted.rowcount == 1
+def claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime, claimed_by: str | None = None) -> bool:
+    """True the first time this exact receipt is seen, and again for the event `claimed_by` that
+    claimed it (the same broker event coming again); False for a resend (another event)."""
+    return _claim_dlr(c, dedupe_key, mdr_id, now, claimed_by) is not None
+
+
+def _claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime,
+               claimed_by: str | None) -> Literal["new", "own"] | None:
+    """"new": claimed now; "own": claimed before by this same event; None: by another (or by an
+    unknown one: rows from before `claimed_by` existed keep the old rule, a second sight is a resend)."""
+    key, by = dedupe_key[:255], claimed_by[:64] if claimed_by else None
+    inserted = c.execute(_NEW_DLR[c.dialect.name], {"dedupe_key": key, "mdr_id": mdr_id, "seen_at": now,
+                                                    "claimed_by": by})
+    if inserted.rowcount == 1:
+        return "new"
+    if by is not None and c.execute(_DLR_CLAIMED_BY, {"dedupe_key": key}).scalar() == by:
+        return "own"
+    return None
 
 
 def claim_and_record_dlr(c: sa.Connection, dedupe_key: str, scope: Scope, mdr_id: str, state: str,
                          reason_code: str | None, reason: str | None, level: int | None, code: int | None,
-                         now: datetime) -> bool:
+                         now: datetime, claimed_by: str | None = None) -> bool:
     """The first sight of this exact receipt and its effect on the message, in one transaction:
     False (and nothing changed) for a resend. A failure leaves neither, so a retry is not taken
-    for a resend."""
-    if not claim_dlr(c, dedupe_key, mdr_id, now):
-        return False
-    record_dlr(c, scope, mdr_id, state, reason_code, reason, level, code, now)
-    return True
+    for a resend. A COMMIT whose answer was lost (a reset connection, the transaction deadline
+    firing after the server committed) leaves both while the caller saw an outage: the retry of
+    that same event (`claimed_by`: its event id, the same on every redelivery, new for each
+    Flowroute resend) finds its own claim and gets True without recording again (the effect was
+    committed with the claim), so its status is still forwarded."""
+    claim = _claim_dlr(c, dedupe_key, mdr_id, now, claimed_by)
+    if claim == "new":
+        record_dlr(c, scope, mdr_id, state, reason_code, reason, level, code, now)
+    return claim is not None
 
 
 def unclaim_dlr(c: sa.Connection, dedupe_key: str) -> None:

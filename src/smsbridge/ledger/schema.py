@@ -82,6 +82,10 @@ dlrs_seen = sa.Table(
     sa.Column("dedupe_key", sa.String(255), primary_key=True),
     sa.Column("mdr_id", sa.String(80), nullable=False),
     sa.Column("seen_at", When, nullable=False),
+    # The broker event (its `event_id`) whose handling claimed the receipt (migration 5): that
+    # same event coming again after its claim committed unseen is its own claim, not a resend.
+    # NULL for rows claimed before the column existed.
+    sa.Column("claimed_by", sa.String(64)),
 )
 sa.Index("ix_dlrs_seen_at", dlrs_seen.c.seen_at)
 
@@ -168,11 +172,20 @@ def _v4_media(connection: sa.Connection) -> None:
     _create(connection, media)
 
 
+def _v5_dlr_claimed_by(connection: sa.Connection) -> None:
+    # A ledger created since this column was added to the table got it from migration 1 already.
+    # Upgraders take turns (see `upgrade`), so checking first does not race.
+    columns = {column["name"] for column in sa.inspect(connection).get_columns(dlrs_seen.name)}
+    if "claimed_by" not in columns:
+        connection.execute(sa.text("ALTER TABLE dlrs_seen ADD COLUMN claimed_by VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "messages, status history, deliveries, DLR dedupe", _v1_initial),
     (2, "delivery order per conversation and extension", _v2_delivery_order),
     (3, "relay sends (Flowroute-compatible API)", _v3_relay_sends),
     (4, "media: MMS attachments kept by the bridge", _v4_media),
+    (5, "DLR dedupe: the event that claimed each receipt", _v5_dlr_claimed_by),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -232,16 +232,19 @@ class Ledger:
         await self._db.write(ops.record_failed, message_id, code, reason, self._now())
 
     # ----- delivery receipts --------------------------------------------------------------------
-    async def claim_dlr(self, dedupe_key: str, mdr_id: str) -> bool:
-        """True the first time this exact receipt is seen, False for a resend."""
-        return await self._db.write(ops.claim_dlr, dedupe_key, mdr_id, self._now())
+    async def claim_dlr(self, dedupe_key: str, mdr_id: str, claimed_by: str | None = None) -> bool:
+        """True the first time this exact receipt is seen (or again for the event `claimed_by`
+        that claimed it), False for a resend."""
+        return await self._db.write(ops.claim_dlr, dedupe_key, mdr_id, self._now(), claimed_by)
 
     async def claim_and_record_dlr(self, dedupe_key: str, scope: Scope, mdr_id: str, state: str,
                                    reason_code: str | None, reason: str | None, level: int | None,
-                                   code: int | None) -> bool:
-        """`claim_dlr` and `record_dlr` in one transaction: False, and nothing recorded, for a resend."""
+                                   code: int | None, *, claimed_by: str | None = None) -> bool:
+        """`claim_dlr` and `record_dlr` in one transaction: False, and nothing recorded, for a resend.
+        `claimed_by`: the broker event's id, so that event coming again (its first COMMIT may have
+        succeeded unseen) is its own claim, not a resend (`ops.claim_and_record_dlr`)."""
         return await self._db.write(ops.claim_and_record_dlr, dedupe_key, scope, mdr_id, state, reason_code, reason,
-                                    level, code, self._now())
+                                    level, code, self._now(), claimed_by)
 
     async def unclaim_dlr(self, dedupe_key: str) -> None:
         await self._db.write(ops.unclaim_dlr, dedupe_key)

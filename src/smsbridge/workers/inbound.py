@@ -68,8 +68,12 @@ def dlr_key(receipt: DeliveryReceipt) -> str:
 
 
 def status_for(receipt: DeliveryReceipt) -> StatusEvent:
+    """The status a receipt event becomes. Its `event_id` is the receipt event's: the same event
+    handled again (redelivered, or retried after an outage whose claim had committed unseen)
+    forwards the same status with the same id, which the PBX drops as a repeat (docs/contracts.md)."""
     outcome = classify_dlr(receipt.level, receipt.status, receipt.status_code, receipt.description)
     return StatusEvent(
+        event_id=receipt.event_id,
         tenant=receipt.tenant,
         config_id=receipt.config_id,
         client_message_id=receipt.client_message_id,
@@ -155,6 +159,9 @@ class InboundHandler:
     async def _status(self, receipt: DeliveryReceipt) -> None:
         # Read first, then one write that claims the receipt and records its effect together: a
         # ledger failure at either step leaves nothing claimed, so the retry is not a "resend".
+        # A COMMIT that succeeded but whose answer was lost does leave the claim: it names this
+        # event (its id is the same on every redelivery), so this event coming again still
+        # forwards the status; a Flowroute resend is a new event and is ignored.
         # Only this configuration's own message: another tenant's id (or a bare number, which is
         # never a row id here) finds nothing, and its history and client id stay untouched.
         scope = Scope(receipt.tenant, receipt.config_id)
@@ -164,7 +171,8 @@ class InboundHandler:
         status = status_for(receipt)
         key = dlr_key(receipt)
         if not await self._ledger.claim_and_record_dlr(key, scope, receipt.mdr_id, status.state, status.reason_code,
-                                                       status.reason, receipt.level, receipt.status_code):
+                                                       status.reason, receipt.level, receipt.status_code,
+                                                       claimed_by=receipt.event_id):
             log.info("delivery receipt is a resend: ignored", outcome="duplicate", dlr_level=receipt.level)
             return
         if known is None and receipt.client_message_id is None:  # an account-level DLR callback, no cmid
