@@ -12,17 +12,20 @@ from typing import Any
 
 import msgspec
 import pytest
+import sqlalchemy as sa
 
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DeliveryReceipt, DispatchRequest, StatusEvent, new_event_id
 from smsbridge.ledger import Ledger
+from smsbridge.ledger.runner import TransactionTimeout
 from smsbridge.metrics import Metrics
 from smsbridge.testing.broker import InMemoryPublisher
 from smsbridge.workers.inbound import InboundHandler
-from tests.support.ledger import BACKENDS, open_ledger
+from tests.support.ledger import BACKENDS, ledger_location, open_ledger
 from tests.support.settings import settings
+from tests.support.wait import eventually
 
 CONTEXT = MessageContext(origin_key="receiver", attempt=1)
 MDR = "mdr2-out-dlr"
@@ -179,3 +182,67 @@ async def test_another_tenants_receipt_with_the_same_id_is_its_own_claim(ledger:
         ("acme", "c-dlr", "delivered")]
     found = await ledger.find(MDR)
     assert found is not None and found.state == "delivered"  # the other tenant's receipt did not touch ours
+
+
+# A deferred constraint trigger runs at COMMIT: while `slow_commits` holds a row, the next
+# transaction that claims a receipt sleeps there, then commits.
+SLOW_COMMIT = [
+    "CREATE TABLE slow_commits (seconds float NOT NULL)",
+    """CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+       DECLARE pause float;
+       BEGIN
+         DELETE FROM slow_commits RETURNING seconds INTO pause;
+         IF pause IS NOT NULL THEN PERFORM pg_sleep(pause); END IF;
+         RETURN NULL;
+       END $$""",
+    """CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON dlrs_seen
+       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()""",
+]
+
+
+def slow_next_commit(c: sa.Connection, seconds: float) -> None:
+    """The next receipt claim spends `seconds` in its COMMIT, then commits: the server's answer
+    comes after the caller's deadline, which ends the connection first."""
+    for statement in SLOW_COMMIT:
+        c.execute(sa.text(statement))
+    c.execute(sa.text("INSERT INTO slow_commits VALUES (:seconds)"), {"seconds": seconds})
+
+
+DEADLINE_S = 1.0
+
+
+async def test_a_commit_that_outlived_the_deadline_does_not_make_the_receipts_retry_a_resend(
+        tmp_path: Path) -> None:
+    """The same as above through the real runner on PostgreSQL: the claim's COMMIT runs past
+    `[ledger] timeout_s`, the runner ends the connection (`TransactionTimeout`, an outage), and the
+    server commits all the same."""
+    async with ledger_location("postgresql", tmp_path) as (url, schema):
+        ledger = Ledger.open(url, schema_name=schema)  # set-up and checks, the default deadline
+        hurried = Ledger.open(url, schema_name=schema, timeout_s=DEADLINE_S)  # the inbound stage's
+        try:
+            await ledger.upgrade()
+            await ledger.record_request(DispatchRequest(
+                tenant="acme", config_id="main", client_message_id="c-dlr", from_extension="101",
+                from_="+12065550100", to="+12065550199", body="Your table is ready"))
+            row = await ledger.outbound("acme", "c-dlr")
+            assert row is not None and await ledger.record_accepted(row.id, MDR, 1)
+            publisher = InMemoryPublisher()
+            handler = InboundHandler(settings(prefix="unit"), publisher, hurried, Metrics())
+            receipt = receipt_for()
+            await ledger._db.write(slow_next_commit, 3 * DEADLINE_S)
+            with pytest.raises(LedgerUnavailable) as outage:
+                await handler.handle(receipt, CONTEXT)
+            assert isinstance(outage.value.__cause__, TransactionTimeout) and statuses(publisher) == []
+
+            async def committed() -> bool:
+                found = await ledger.find(MDR)
+                return found is not None and found.state == "delivered"
+            await eventually(committed, what="the abandoned COMMIT to have gone through at the server")
+
+            await handler.handle(receipt, CONTEXT)  # the event again (held in place, or redelivered)
+            assert [(s.state, s.event_id) for s in statuses(publisher)] == [("delivered", receipt.event_id)]
+            await handler.handle(receipt_for(), CONTEXT)  # Flowroute's resend
+            assert len(statuses(publisher)) == 1
+        finally:
+            await hurried.close()
+            await ledger.close()
