@@ -158,7 +158,8 @@ async def _publish(request: web.Request, event: InboundMessage | DeliveryReceipt
     ids = {"mdr_id": event.mdr_id, "event_id": event.event_id, "kind": kind}
     try:
         body = encoder.encode(event)
-        # Hedged: a Flowroute resend is already a second copy, which the inbound stage drops by its id.
+        # Hedged: a Flowroute resend is already a second copy, which the inbound stage drops by its id
+        # (a receipt's second copy of the same event forwards its status again, with the same event_id).
         await publisher.to_stage(settings.broker.prefix, "inbound", body, message_id=event.event_id, hedge=True)
     except BrokerUnavailable as exc:
         log.error("webhook not accepted: broker unavailable", **where, error=str(exc), **ids)

@@ -31,10 +31,12 @@ texts keep their order. The first confirm of either copy completes the publish; 
 of the other is ignored (aiormq drops the confirm of a publish nobody waits for). A second copy
 is one more message stored, so only a caller whose consumer drops a second copy by its id, and
 who has a client waiting, asks for it: the receiver, for webhooks (the inbound stage drops a
-text or receipt it has seen). Not the others: a repeated outbound request (relay API, SIP
-intake) is answered with its status again, a parked webhook would sit twice in the dead-letter
-queue, and a worker's publish (next stage, status, AMQP delivery to a PBX, retry) has nobody
-waiting on it; they still avoid a lagging route for new publishes.
+text it has seen; a receipt's second copy changes nothing in the ledger, but as the same event
+as the first it forwards its status again, with the same `event_id`: `ops.claim_and_record_dlr`).
+Not the others: a repeated outbound request (relay API, SIP intake) is answered with its
+status again, a parked webhook would sit twice in the dead-letter queue, and a worker's publish
+(next stage, status, AMQP delivery to a PBX, retry) has nobody waiting on it; they still avoid
+a lagging route for new publishes.
 """
 
 from __future__ import annotations

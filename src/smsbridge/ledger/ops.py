@@ -246,8 +246,9 @@ def claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime, cla
 
 def _claim_dlr(c: sa.Connection, dedupe_key: str, mdr_id: str, now: datetime,
                claimed_by: str | None) -> Literal["new", "own"] | None:
-    """"new": claimed now; "own": claimed before by this same event; None: by another (or by an
-    unknown one: rows from before `claimed_by` existed keep the old rule, a second sight is a resend)."""
+    """The claim of a receipt: "new" (claimed now), "own" (claimed before by this same event) or
+    None (by another event; or by an unknown one: rows from before `claimed_by` existed, and
+    callers that name no event, keep the old rule that a second sight is a resend)."""
     key, by = dedupe_key[:255], claimed_by[:64] if claimed_by else None
     inserted = c.execute(_NEW_DLR[c.dialect.name], {"dedupe_key": key, "mdr_id": mdr_id, "seen_at": now,
                                                     "claimed_by": by})
