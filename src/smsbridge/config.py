@@ -94,8 +94,10 @@ class LedgerSettings(_Section, frozen=True, kw_only=True):
     # PostgreSQL only (ledger/runner.py, `AsyncRunner`): a database that stops answering without
     # closing the connection (a partition, a dead host) fails a transaction after `timeout_s` as
     # an outage, instead of waiting for TCP to give up (about 15 min).
-    timeout_s: PositiveFloat = 5.0
-    connect_timeout_s: PositiveFloat = 5.0
+    # Bounded: 2 x timeout_s in ms is PostgreSQL's idle_in_transaction_session_timeout (an
+    # integer setting: too large and every connection is refused; too small and it is milliseconds).
+    timeout_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
+    connect_timeout_s: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 5.0
 
 
 class AdminSettings(_Section, frozen=True, kw_only=True):

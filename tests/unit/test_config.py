@@ -253,3 +253,21 @@ def test_a_config_file_with_a_store_and_no_link_key_fails_check_config_naming_th
     with_key = text + 'link_key = { env = "LINK" }\n'
     _, problems = check_file(write(tmp_path, with_key), {"AK": "a", "TOKEN": "x" * 30, "LINK": "k" * 40})
     assert [p.where for p in problems] == ["media.fetch_allowed_networks[1]"]
+
+
+@pytest.mark.parametrize("field", ["timeout_s", "connect_timeout_s"])
+@pytest.mark.parametrize("value", ["0.01", "1e9"])
+def test_a_ledger_timeout_out_of_range_is_refused_naming_the_field(tmp_path: Path, field: str, value: str) -> None:
+    """2 x timeout_s in ms becomes PostgreSQL's idle_in_transaction_session_timeout, an integer:
+    1e9 s would overflow it (every connection refused, which looks like no outage), 0.01 s makes it
+    milliseconds."""
+    _, problems = check_file(write(tmp_path, GOOD + f"\n[ledger]\n{field} = {value}\n"), {"AK": "a", "TOKEN": "t" * 32})
+    assert [p.where for p in problems] == [f"ledger.{field}"], problems
+    with pytest.raises(ConfigError):
+        load_settings(write(tmp_path, GOOD + f"\n[ledger]\n{field} = {value}\n"), {"AK": "a", "TOKEN": "t" * 32})
+
+
+def test_a_ledger_timeout_in_range_loads(tmp_path: Path) -> None:
+    config = load_settings(write(tmp_path, GOOD + "\n[ledger]\ntimeout_s = 0.5\nconnect_timeout_s = 3600\n"),
+                           {"AK": "a", "TOKEN": "t" * 32})
+    assert (config.ledger.timeout_s, config.ledger.connect_timeout_s) == (0.5, 3600)
