@@ -97,6 +97,26 @@ async def test_a_silent_partition_is_an_outage_within_the_deadline_and_a_new_con
         await ledger.close()
 
 
+async def test_close_does_not_wait_on_a_pooled_connection_across_a_partition(
+    partitioned_pg: tuple[TcpProxy, LedgerSettings],
+) -> None:
+    """Closing the pool closes its connections gracefully, which waits for the server's answer:
+    across a partition, for ever. No statement timeout bounds it (asyncpg's `command_timeout`
+    would cut unhurried work too), so `close` terminates what is still open after timeout_s."""
+    proxy, location = partitioned_pg
+    ledger = open_ledger(location)
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(ledger._db.read(backend_pid) for _ in range(3)))  # a connection in the pool
+    proxy.blackhole(closes_too=True)
+    try:
+        started = loop.time()
+        async with asyncio.timeout(OUTER_S):
+            await ledger.close()
+        assert loop.time() - started < TIMEOUT_S + SLACK_S
+    finally:
+        proxy.heal()
+
+
 async def test_an_abandoned_transaction_does_not_hold_its_locks_for_long(
     partitioned_pg: tuple[TcpProxy, LedgerSettings],
 ) -> None:

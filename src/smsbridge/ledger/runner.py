@@ -27,6 +27,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
@@ -276,7 +277,12 @@ _DEADLINE: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("led
 
 class TransactionTimeout(TimeoutError):
     """A transaction ran past its deadline and its connection was ended: an outage (`is_outage`).
-    Nothing is known of its outcome when the COMMIT was already sent (see `AsyncRunner`)."""
+    Nothing is known of its outcome when the COMMIT was already sent (see `AsyncRunner`).
+    `done`: how many of its operations had run, which tells a slow database from a silent one."""
+
+    def __init__(self, message: str, done: int = 0) -> None:
+        super().__init__(message)
+        self.done = done
 
 
 class Deadline:
@@ -300,6 +306,8 @@ class Deadline:
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self.expired = False
+        self.why = f"no answer from the database within {timeout_s:g} s"  # the TransactionTimeout's text
+        self.done = 0  # operations of the group that ran before the deadline (`_run_all`)
         self._connection: Any = None  # asyncpg.Connection, once the pool handed one over
         self._handle = loop.call_later(timeout_s, self._expire)
 
@@ -310,6 +318,12 @@ class Deadline:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+    def end(self, why: str) -> None:
+        """Run out now (the runner is closing): the connection is terminated as at the deadline."""
+        self._handle.cancel()
+        self.why = why
+        self._expire()
 
     def _expire(self) -> None:
         self.expired = True
@@ -331,10 +345,18 @@ class AsyncRunner:
     gets the same error untried.
 
     Each transaction, from the pool check-out to the COMMIT's answer, has `timeout_s` (a
-    `Deadline`). A group that runs out of it fails as a whole with `TransactionTimeout`, untried
-    one by one: each would wait as long again. So a caller waits at most about two deadlines: the
-    transaction in flight when it asked, then its own. A database that is slow but alive should
-    commit a group of `batch` operations well within `timeout_s` (milliseconds each, measured).
+    `Deadline`). A group that runs out of it before any of its operations ran fails as a whole
+    with `TransactionTimeout`, untried one by one: each would wait as long again. So a caller of
+    a database that stopped answering waits about two deadlines: the transaction in flight when
+    it asked, then its own (three when the database stops half-way through its group: see below).
+
+    A group that runs out after some of its operations ran met a database that answers, but too
+    slowly for a group that large (lock waits, I/O: a full group at 80 ms an operation is past
+    5 s). Failing it as a whole would fail every full group for as long as that lasts, its callers
+    retrying into full groups again: no progress at all. So the group is run again in pieces of
+    half what got done in time, the limit for later groups drops to that size, and it doubles
+    again after each full group that commits within a quarter of the deadline. The pieces run in
+    order; the first that fails as an outage fails the rest untried.
 
     A group whose deadline ran out after its COMMIT was sent is in doubt: it may have committed.
     Its callers get the outage all the same and do what they do after any outage, which is to run
@@ -352,10 +374,16 @@ class AsyncRunner:
     def __init__(self, engine: AsyncEngine, *, batch: int = 64, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._engine = engine
         self._batch = batch
+        self.limit = batch  # the size of the next group: less than batch after a slow group timed out
         self._timeout_s = timeout_s
         self._pending: list[_Job] = []
         self._worker: asyncio.Task[None] | None = None
         self._alone: set[asyncio.Task[None]] = set()  # unhurried operations in flight
+        self._alone_deadlines: set[Deadline] = set()  # theirs, ended by `close`
+        self._closing = False
+        # every asyncpg connection the engine opened, so `close` can end what its graceful close
+        # of the pool would wait for across a partition
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self.transactions = 0
         # First among the "connect" listeners: a new connection's set-up queries (the dialect's
         # codecs) run under the deadline too.
@@ -388,7 +416,9 @@ class AsyncRunner:
 
     async def _run_alone(self, job: _Job) -> None:
         try:
-            value = (await self._transaction([job], UNHURRIED_TIMEOUT_S))[0]
+            if self._closing:
+                raise TransactionTimeout("the ledger closed before it ran")
+            value = (await self._transaction([job], UNHURRIED_TIMEOUT_S, self._alone_deadlines))[0]
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
             _deliver([(job.future, (None, exc))])
         except BaseException as exc:  # cancelled (the loop is closing): nobody is left to answer
@@ -399,7 +429,7 @@ class AsyncRunner:
 
     async def _drain(self) -> None:
         while self._pending:
-            group, self._pending = self._pending[:self._batch], self._pending[self._batch:]
+            group, self._pending = self._pending[:self.limit], self._pending[self.limit:]
             try:
                 outcomes = await self._run(group)
             except BaseException as exc:  # cancelled (the loop is closing): nobody is left to answer
@@ -409,41 +439,60 @@ class AsyncRunner:
             _deliver([(job.future, outcome) for job, outcome in zip(group, outcomes, strict=True)])
 
     async def _run(self, group: list[_Job]) -> list[_Outcome]:
+        started = asyncio.get_running_loop().time()
         try:
-            return [(value, None) for value in await self._transaction(group)]
+            values = await self._transaction(group)
         except TransactionTimeout as exc:
-            return [(None, exc) for _ in group]
+            if len(group) == 1 or exc.done == 0:
+                return [(None, exc) for _ in group]
+            # Slow, not silent: some operations ran. Pieces that fit (see the class's docstring).
+            self.limit = max(1, min(len(group), exc.done) // 2)
+            log.warning("ledger group ran out of time with the database answering: run again in smaller groups",
+                        operations=len(group), done_in_time=exc.done, limit=self.limit)
+            pieces = [group[at:at + self.limit] for at in range(0, len(group), self.limit)]
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
             if len(group) == 1:
                 return [(None, exc)]
+            pieces = [[job] for job in group]
+        else:
+            quick = asyncio.get_running_loop().time() - started < self._timeout_s / 4
+            if quick and len(group) >= self.limit and self.limit < self._batch:
+                self.limit = min(self._batch, 2 * self.limit)
+            return [(value, None) for value in values]
         outcomes: list[_Outcome] = []
-        for job in group:
+        for piece in pieces:
             if outcomes and outcomes[-1][1] is not None and is_outage(outcomes[-1][1]):
-                outcomes.append(outcomes[-1])
+                outcomes += [outcomes[-1]] * len(piece)
             else:
-                outcomes += await self._run([job])
+                outcomes += await self._run(piece)
         return outcomes
 
-    async def _transaction(self, group: list[_Job], timeout_s: float | None = None) -> list[Any]:
+    async def _transaction(self, group: list[_Job], timeout_s: float | None = None,
+                           track: set[Deadline] | None = None) -> list[Any]:
+        """`track`: where to keep the deadline while the transaction runs (`close` ends those)."""
         self.transactions += 1
         timeout_s = timeout_s or self._timeout_s
         deadline = Deadline(asyncio.get_running_loop(), timeout_s)
         token = _DEADLINE.set(deadline)
+        if track is not None:
+            track.add(deadline)
         try:
             async with self._engine.begin() as connection:
-                return await connection.run_sync(_run_all, group)
+                return await connection.run_sync(_run_all, group, deadline)
         except Exception as exc:
             if not deadline.expired:
                 raise
-            log.warning("ledger transaction ran out of time: its connection is discarded",
-                        timeout_s=timeout_s, operations=len(group), error=repr(exc)[:200])
-            raise TransactionTimeout(f"no answer from the database within {timeout_s:g} s") from exc
+            log.warning("ledger transaction ran out of time: its connection is discarded", why=deadline.why,
+                        timeout_s=timeout_s, operations=len(group), done=deadline.done, error=repr(exc)[:200])
+            raise TransactionTimeout(deadline.why, deadline.done) from exc
         finally:
             deadline.cancel()
             _DEADLINE.reset(token)
+            if track is not None:
+                track.discard(deadline)
 
-    @staticmethod
-    def _connected(dbapi_connection: Any, _record: Any) -> None:
+    def _connected(self, dbapi_connection: Any, _record: Any) -> None:
+        self._connections.add(dbapi_connection.driver_connection)
         deadline = _DEADLINE.get()
         if deadline is not None:
             deadline.attach(dbapi_connection.driver_connection)
@@ -458,18 +507,40 @@ class AsyncRunner:
             deadline.attach(driver)
 
     async def close(self) -> None:
+        """Finish the groups asked for; end the unhurried operations in flight (a prune would
+        otherwise hold up the shutdown for up to `UNHURRIED_TIMEOUT_S`: their callers get
+        `TransactionTimeout`, and a prune or migration cut short is run again next time); then
+        close the pool's connections, gracefully, but within `timeout_s`: across a partition that
+        close would wait for ever, so what is still open then is terminated."""
+        self._closing = True
+        for deadline in list(self._alone_deadlines):
+            deadline.end("the ledger closed while it ran")
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
         await asyncio.gather(*self._alone, return_exceptions=True)
-        await self._engine.dispose()
+        stop = asyncio.get_running_loop().call_later(self._timeout_s, self._terminate_all)
+        try:
+            await self._engine.dispose()
+        finally:
+            stop.cancel()
+
+    def _terminate_all(self) -> None:
+        # Not only those `is_closed()` denies: a connection whose graceful close is waiting counts
+        # as closed already. Terminating one that is closed does nothing.
+        for connection in list(self._connections):
+            connection.terminate()
 
     @property
     def usable(self) -> bool:
         return True  # a broken connection is replaced (`_checked_out`, `Deadline`); errors are per operation
 
 
-def _run_all(connection: sa.Connection, group: list[_Job]) -> list[Any]:
-    return [job.op(connection, *job.args, **job.kwargs) for job in group]
+def _run_all(connection: sa.Connection, group: list[_Job], deadline: Deadline) -> list[Any]:
+    results = []
+    for job in group:
+        results.append(job.op(connection, *job.args, **job.kwargs))
+        deadline.done += 1
+    return results
 
 
 # What an unreachable or failing database raises (not a bug, not a constraint): the driver's

@@ -110,11 +110,11 @@ class Ledger:
         server_settings = {"idle_in_transaction_session_timeout": str(math.ceil(2000 * timeout_s))}
         if schema_name:
             server_settings["search_path"] = schema_name
-        # timeout: opening a connection. command_timeout: only what runs outside a transaction's
-        # `Deadline`, which ends first otherwise (the first connection's dialect set-up, and the
-        # graceful close of pooled connections at `close()`, which would otherwise wait forever
-        # across a partition).
-        args = {"server_settings": server_settings, "timeout": connect_timeout_s, "command_timeout": timeout_s}
+        # timeout: opening a connection. No command_timeout: asyncpg would apply it to every
+        # statement, an unhurried prune's or migration's too (`UNHURRIED_TIMEOUT_S`). Each
+        # transaction's `Deadline` bounds its statements (a new connection's dialect set-up
+        # included), and `AsyncRunner.close` bounds the pool's graceful close.
+        args = {"server_settings": server_settings, "timeout": connect_timeout_s}
         # No pool_pre_ping: its ping would be one more query outside any deadline (AsyncRunner).
         # hide_parameters: a failed statement's error text would quote its parameters (numbers, bodies).
         engine = create_async_engine(target, connect_args=args, hide_parameters=True)
