@@ -120,3 +120,43 @@ async def test_close_ends_an_unhurried_operation_in_flight(slow_pg: str) -> None
     assert loop.time() - started < TIMEOUT_S + 4
     with pytest.raises(LedgerUnavailable):
         await prune
+
+
+SLOW_COMMIT = [
+    "CREATE TABLE marks (k int NOT NULL)",
+    """CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$""",
+    """CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON marks
+       DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()""",
+]
+
+
+async def test_a_group_whose_commit_outlives_the_deadline_is_not_run_again(slow_pg: str) -> None:
+    """Every operation ran and the COMMIT was sent: it may commit (here it does, once its
+    trigger has slept). Running the group again would run its operations twice; its callers get
+    the outage instead, as for any transaction in doubt."""
+    tried = 0
+
+    def mark(c: sa.Connection, k: int) -> None:
+        nonlocal tried
+        tried += 1
+        c.execute(sa.text("INSERT INTO marks VALUES (:k)"), {"k": k})
+
+    def marks(c: sa.Connection) -> int:
+        return int(c.execute(sa.text("SELECT count(*) FROM marks")).scalar_one())
+
+    setup = Ledger.open(PG_URL, schema_name=slow_pg)
+    ledger = open_ledger(slow_pg)
+    try:
+        for statement in SLOW_COMMIT:
+            await setup._db.write(lambda c, s=statement: c.execute(sa.text(s)))
+        await ledger._db.read(marks)  # the pool warm
+        async with asyncio.timeout(OUTER_S):
+            results = await asyncio.gather(*(ledger._db.write(mark, k) for k in range(5)), return_exceptions=True)
+        assert all(isinstance(r, LedgerUnavailable) for r in results), results
+        assert tried == 5 and runner(ledger).limit == 64
+        await eventually(lambda: setup._db.read(marks), timeout=OUTER_S, what="the COMMIT in doubt went through")
+        assert await setup._db.read(marks) == 5
+    finally:
+        await ledger.close()
+        await setup.close()

@@ -350,13 +350,15 @@ class AsyncRunner:
     a database that stopped answering waits about two deadlines: the transaction in flight when
     it asked, then its own (three when the database stops half-way through its group: see below).
 
-    A group that runs out after some of its operations ran met a database that answers, but too
-    slowly for a group that large (lock waits, I/O: a full group at 80 ms an operation is past
-    5 s). Failing it as a whole would fail every full group for as long as that lasts, its callers
-    retrying into full groups again: no progress at all. So the group is run again in pieces of
+    A group that runs out after some but not all of its operations ran met a database that
+    answers, but too slowly for a group that large (lock waits, I/O: a full group at 80 ms an
+    operation is past 5 s). Failing it as a whole would fail every full group for as long as that
+    lasts, its callers retrying into full groups again: no progress at all. So the group is run again in pieces of
     half what got done in time, the limit for later groups drops to that size, and it doubles
     again after each full group that commits within a quarter of the deadline. The pieces run in
-    order; the first that fails as an outage fails the rest untried.
+    order; the first that fails as an outage fails the rest untried. A group that ran out after
+    all its operations ran is not run again: its COMMIT may have been sent (in doubt, below), and
+    its callers learn of that as an outage, as after any other.
 
     A group whose deadline ran out after its COMMIT was sent is in doubt: it may have committed.
     Its callers get the outage all the same and do what they do after any outage, which is to run
@@ -443,10 +445,11 @@ class AsyncRunner:
         try:
             values = await self._transaction(group)
         except TransactionTimeout as exc:
-            if len(group) == 1 or exc.done == 0:
+            if len(group) == 1 or exc.done in (0, len(group)):  # silent, or the COMMIT in doubt
                 return [(None, exc) for _ in group]
-            # Slow, not silent: some operations ran. Pieces that fit (see the class's docstring).
-            self.limit = max(1, min(len(group), exc.done) // 2)
+            # Slow, not silent, and nothing committed: some operations ran, the COMMIT was not
+            # sent. Pieces that fit (see the class's docstring).
+            self.limit = max(1, exc.done // 2)
             log.warning("ledger group ran out of time with the database answering: run again in smaller groups",
                         operations=len(group), done_in_time=exc.done, limit=self.limit)
             pieces = [group[at:at + self.limit] for at in range(0, len(group), self.limit)]
