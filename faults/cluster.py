@@ -35,6 +35,11 @@ AMQP_PORT = 5672
 # 8-10 s in, a few seconds before the heal, while a tick is still sent every 2 s (a busy 2-core
 # host answers that in time; the other scenarios would show a false partition if not).
 NET_TICKTIME_S = 8
+# Ra's failure detector (aten) polls every this many ms; RabbitMQ sets 5000 (aten's own default is
+# 1000), so a queue whose leader is cut off waits up to ~5 s before its followers elect another
+# (unless the distribution link drops first, after net_ticktime). None: the broker's default.
+# Set in advanced.config: RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
+ATEN_POLL_INTERVAL_MS: int | None = None
 
 
 @dataclass
@@ -51,8 +56,11 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, root: Path, hosts: list[Host]) -> None:
+    def __init__(self, root: Path, hosts: list[Host], aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
+                 net_ticktime_s: int = NET_TICKTIME_S) -> None:
         self.root = root
+        self.aten_poll_ms = aten_poll_ms
+        self.net_ticktime_s = net_ticktime_s
         self.nodes = [Node(f"sbf{i + 1}@{host.address}", host, root / f"sbf{i + 1}") for i, host in enumerate(hosts)]
 
     def env(self, node: Node) -> dict[str, str]:
@@ -87,12 +95,12 @@ class Cluster:
             (base / "home" / ".erlang.cookie").chmod(0o400)
             (base / "rabbitmq-env.conf").write_text("")
             (base / "enabled_plugins").write_text("[].\n")
-            (base / "advanced.config").write_text("[].\n")
+            (base / "advanced.config").write_text(advanced_config(self.aten_poll_ms))
             (base / "conf.d").mkdir(exist_ok=True)
             (base / "rabbitmq.conf").write_text(
                 "loopback_users = none\n"
                 "cluster_partition_handling = pause_minority\n"
-                f"net_ticktime = {NET_TICKTIME_S}\n")
+                f"net_ticktime = {self.net_ticktime_s}\n")
 
     async def ctl(self, node: Node, *args: str, timeout: float = 120) -> str:
         proc = await asyncio.create_subprocess_exec(
@@ -156,6 +164,18 @@ class Cluster:
             return {q["name"]: q.get("leader", "") for q in json.loads(text) if q["name"].startswith(prefix)}
         return {}
 
+    async def move_leader(self, queue: str, to: Node) -> str:
+        """Make `to` lead `queue` (vhost /): RabbitMQ 3.10 has no command for one queue
+        (`rabbitmq-queues rebalance` spreads them all), but its own function that maintenance mode
+        uses to move leaders is there. Returns what it answered (`{migrated, Node}` when done)."""
+        expr = (f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>)), '
+                f"rabbit_quorum_queue:transfer_leadership(Q, '{to.name}').")
+        return (await self.ctl(to, "eval", expr)).strip()
+
+    def logs(self) -> dict[str, Path]:
+        """Each node's main log file (its leader elections: faults/elections.py)."""
+        return {node.name: node.base / "log" / f"{node.name}.log" for node in self.nodes}
+
     def by_name(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
@@ -184,6 +204,13 @@ class Cluster:
                 continue
             return cluster_problem(status, [q for q in queues if q["name"].startswith(prefix)], size)
         return "no node answers rabbitmqctl"
+
+
+def advanced_config(aten_poll_ms: int | None) -> str:
+    """The nodes' advanced.config: Ra's failure detector poll interval if one is given."""
+    if aten_poll_ms is None:
+        return "[].\n"
+    return f"[{{aten, [{{poll_interval, {int(aten_poll_ms)}}}]}}].\n"
 
 
 def cluster_problem(status: dict[str, Any], queues: list[dict[str, Any]], size: int) -> str | None:

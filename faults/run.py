@@ -20,7 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from faults.cluster import AMQP_PORT, Cluster, Node
+from faults import elections
+from faults.cluster import AMQP_PORT, ATEN_POLL_INTERVAL_MS, NET_TICKTIME_S, Cluster, Node
 from faults.load import Load, outcome, readiness_note
 from faults.netns import GATEWAY, Host, Network, missing_requirements, plan
 from faults.postgres import Postgres
@@ -119,11 +120,14 @@ class Bridge:
 
 
 class Run:
-    def __init__(self, root: Path, seconds: float, network: Network) -> None:
+    def __init__(self, root: Path, seconds: float, network: Network, aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
+                 leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S) -> None:
         self.root = root
         self.seconds = seconds
         self.network = network
-        self.cluster = Cluster(root / "rabbitmq", list(NODES.values()))
+        self.cluster = Cluster(root / "rabbitmq", list(NODES.values()), aten_poll_ms, net_ticktime_s)
+        self.leader_on_cut = leader_on_cut  # partition: move the inbound queue's leader to the cut node first
+        self.fault_windows: list[tuple[float, float]] = []  # wall clock, each fault until the cluster was whole
         self.postgres = Postgres(root, DATABASE)
         self.pbx = FakePbx()
         self.flowroute = FlowrouteSimulator({"AK-test": "SK-test"}, numbers={"AK-test": ["+12065550100"]})
@@ -165,7 +169,7 @@ class Run:
         # texts keep coming after a long fault ends, so that `recover s` has texts to measure
         driving = asyncio.create_task(load.drive(max(self.seconds, self.seconds / 3 + fault_s + 10)))
         await asyncio.sleep(self.seconds / 3)  # the fault's moment, not a wait for a condition
-        fault_start = time.monotonic()
+        fault_start, fault_wall = time.monotonic(), time.time()
         what = await fault()
         fault_end = time.monotonic()
         await driving
@@ -175,6 +179,7 @@ class Run:
             await asyncio.sleep(0.5)
         row = outcome(load, self.pbx, self.flowroute, (fault_start, fault_end), self.delivered_at)
         await self.wait_cluster_whole()
+        self.fault_windows.append((fault_wall, time.time()))
         what = "; ".join([what, readiness_note(load.figures.readiness), *self._notes])
         self._notes.clear()
         self.rows.append((name, what, row))
@@ -233,9 +238,14 @@ class Run:
         PARTITION_S. With pause_minority the node pauses (closes its AMQP port) once it sees it
         is alone, and comes back by itself after the heal."""
         node = self._connected_node()
+        inbound = f"{self.prefix}.inbound"
+        if self.leader_on_cut:
+            # the hard case, on purpose: no route can commit a webhook until the other two elect
+            await self._lead(inbound, node)
+        led_by = (await self.cluster.leaders(self.prefix)).get(inbound, "?")
         peers = [n.host for n in self.cluster.nodes if n is not node]
         await self.network.partition(node.host, peers)
-        cut, paused_at = time.monotonic(), None
+        cut, cut_wall, paused_at = time.monotonic(), time.time(), None
         try:
             while time.monotonic() - cut < PARTITION_S:
                 if paused_at is None and not await _amqp_open(node.host):
@@ -245,7 +255,29 @@ class Run:
             await self.network.heal(node.host)
         self._restarts.append(asyncio.create_task(self._note_back(node, time.monotonic())))
         paused = f"paused (AMQP port closed) {paused_at:.1f} s in" if paused_at is not None else "never paused"
-        return f"{node.name} cut off from the other nodes for {PARTITION_S:g} s (clients still reach it), {paused}"
+        return (f"{node.name} cut off from the other nodes for {PARTITION_S:g} s (clients still reach it), {paused}; "
+                + self._election_note(inbound, led_by, node, cut_wall))
+
+    async def _lead(self, queue: str, node: Node) -> None:
+        """Move `queue`'s leader to `node` and wait until the cluster says so."""
+        for _ in range(20):
+            if (await self.cluster.leaders(self.prefix)).get(queue) == node.name:
+                return
+            await self.cluster.move_leader(queue, node)
+            await asyncio.sleep(1.0)
+        raise RuntimeError(f"could not move the leader of {queue} to {node.name}")
+
+    def _election_note(self, queue: str, led_by: str, cut: Node, since: float) -> str:
+        """Who led `queue` at the cut and, if the cut node did, how long its new election took."""
+        short = queue.removeprefix(self.prefix + ".")
+        if led_by != cut.name:
+            return f"{short} led by {led_by}, not cut off"
+        found = elections.election_after(elections.read(self.cluster.logs()), queue, since)
+        if found is None:
+            return f"{short} led by the cut node; no new leader elected during the partition"
+        after, leader, cause = found
+        why = {"aten": "failure detector", "link": "distribution link down"}.get(cause, "cause not logged")
+        return f"{short} led by the cut node; new leader {leader} {after:.1f} s after the cut ({why})"
 
     async def _note_back(self, node: Node, healed: float) -> None:
         """When the paused node takes clients again; if its restart hangs (faults/README.md,
@@ -284,6 +316,10 @@ class Run:
             await asyncio.sleep(2.0)
         raise RuntimeError(f"the cluster is not whole {WHOLE_WITHIN_S:g} s after the scenario: {problem}")
 
+    def false_suspicions(self) -> int:
+        """Followers that suspected a healthy leader (outside every fault, until the cluster was whole)."""
+        return elections.suspicions(elections.read(self.cluster.logs()), self.prefix, self.fault_windows)
+
     async def stop(self) -> None:
         if self.bridge is not None:
             await self.bridge.stop()
@@ -319,7 +355,8 @@ def table(rows: list[tuple[str, str, dict[str, object]]]) -> str:
     return "\n".join(lines)
 
 
-async def main(only: list[str], seconds: float) -> int:
+async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
+               leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S) -> int:
     problems = missing_requirements()
     if problems:
         print("make faults cannot run here:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
@@ -328,7 +365,7 @@ async def main(only: list[str], seconds: float) -> int:
     print(f"faults: everything under {root}", flush=True)
     started = time.monotonic()
     network = Network()
-    run = Run(root, seconds, network)
+    run = Run(root, seconds, network, aten_poll_ms, leader_on_cut, net_ticktime_s)
     watcher: asyncio.Task[None] | None = None
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -344,6 +381,7 @@ async def main(only: list[str], seconds: float) -> int:
             if only and name not in only:
                 continue
             await run.scenario(name, faults[name], fault_s=PBX_DOWN_S if name == "pbx-down" else 0.0)
+        suspicions = run.false_suspicions()
     finally:
         if watcher is not None:
             watcher.cancel()
@@ -353,6 +391,9 @@ async def main(only: list[str], seconds: float) -> int:
             await asyncio.shield(network.remove())  # whatever is still running in our namespaces too
     print(f"\nmake faults: {time.monotonic() - started:.0f} s, logs in {root}\n")
     print(table(run.rows))
+    poll = f"{aten_poll_ms} ms" if aten_poll_ms is not None else "the broker's default"
+    print(f"\nquorum queue followers suspecting a healthy leader outside the faults: {suspicions} "
+          f"(aten poll interval {poll}, net_ticktime {net_ticktime_s} s)")
     failed = [name for name, _, row in run.rows
               if any(row[k] != v for k, v in TARGETS.items() if not (k == "dup@PBX" and name in DUPLICATES_ALLOWED))
               or not _p99_ok(row["p99 ms"])]
@@ -365,5 +406,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", action="append", choices=SCENARIOS, default=[])
     parser.add_argument("--seconds", type=float, default=45.0, help="load per scenario")
+    parser.add_argument("--aten-poll-ms", type=int, default=ATEN_POLL_INTERVAL_MS,
+                        help="Ra's failure detector poll interval on the nodes (default: %(default)s; "
+                             "0: the broker's own, 5000 on RabbitMQ 3.10)")
+    parser.add_argument("--leader-on-cut-node", action="store_true",
+                        help="partition: move the inbound queue's leader to the node cut off first (the hard case)")
+    parser.add_argument("--net-ticktime", type=int, default=NET_TICKTIME_S,
+                        help="the nodes' net_ticktime in seconds (default: %(default)s)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.only, args.seconds)))
+    sys.exit(asyncio.run(main(args.only, args.seconds, args.aten_poll_ms or None, args.leader_on_cut_node,
+                              args.net_ticktime)))
