@@ -165,6 +165,10 @@ class Run:
         third of `seconds`; then wait until every text arrived."""
         assert self.bridge is not None
         run = f"{len(self.rows):02d}{name[:6]}".replace("-", "")
+        if name == "partition" and self.leader_on_cut:
+            # before the load: moving a leader takes 5-20 s on a busy host, which would push the
+            # cut past the load's end
+            await self._lead(f"{self.prefix}.inbound", self._connected_node())
         load = Load(self.bridge.receivers, [n.url for n in self.cluster.nodes], self.prefix, run)
         # texts keep coming after a long fault ends, so that `recover s` has texts to measure
         driving = asyncio.create_task(load.drive(max(self.seconds, self.seconds / 3 + fault_s + 10)))
@@ -239,9 +243,6 @@ class Run:
         is alone, and comes back by itself after the heal."""
         node = self._connected_node()
         inbound = f"{self.prefix}.inbound"
-        if self.leader_on_cut:
-            # the hard case, on purpose: no route can commit a webhook until the other two elect
-            await self._lead(inbound, node)
         led_by = (await self.cluster.leaders(self.prefix)).get(inbound, "?")
         peers = [n.host for n in self.cluster.nodes if n is not node]
         await self.network.partition(node.host, peers)
@@ -259,7 +260,8 @@ class Run:
                 + self._election_note(inbound, led_by, node, cut_wall))
 
     async def _lead(self, queue: str, node: Node) -> None:
-        """Move `queue`'s leader to `node` and wait until the cluster says so."""
+        """Move `queue`'s leader to `node` and wait until the cluster says so (`--leader-on-cut-node`:
+        the partition's hard case, where no route can commit a webhook until the other two elect)."""
         for _ in range(20):
             if (await self.cluster.leaders(self.prefix)).get(queue) == node.name:
                 return
