@@ -37,8 +37,9 @@ AMQP_PORT = 5672
 NET_TICKTIME_S = 8
 # Ra's failure detector (aten) polls every this many ms; RabbitMQ sets 5000 (aten's own default is
 # 1000), so a queue whose leader is cut off waits up to ~5 s before its followers elect another
-# (unless the distribution link drops first, after net_ticktime). None: the broker's default.
-# Set in advanced.config: RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
+# (unless the distribution link drops first, after net_ticktime). None: the broker's default,
+# kept because 1000 elected sooner but clients waited as long (faults/README.md, "The
+# partition"). Set in advanced.config: RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
 ATEN_POLL_INTERVAL_MS: int | None = None
 
 
