@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker.publisher import LAG_S, Basic, Publisher, Route
 from smsbridge.errors import BrokerUnavailable
+from tests.support.wait import eventually
 
 NACK = "nack"
 
@@ -74,10 +75,13 @@ async def test_an_unroutable_message_is_not_tried_again() -> None:
 
 class Stuck:
     """A confirm channel that takes each publish (logs its body) and confirms none until `confirm`
-    is set: a node that can no longer commit, or a silent partition."""
+    is set: a node that can no longer commit, or a silent partition. `nacks` refuses that many
+    publishes first (a queue's leader being re-elected); `stored` lists what was confirmed, in order."""
 
-    def __init__(self, name: str, log: list[tuple[str, bytes]]) -> None:
-        self.name, self.log = name, log
+    def __init__(self, name: str, log: list[tuple[str, bytes]], *, nacks: int = 0,
+                 stored: list[bytes] | None = None) -> None:
+        self.name, self.log, self.nacks = name, log, nacks
+        self.stored = [] if stored is None else stored
         self.is_closed = False
         self.confirm = asyncio.Event()
 
@@ -86,9 +90,17 @@ class Stuck:
 
     async def basic_publish(self, body: bytes, **_: Any) -> object:
         self.log.append((self.name, body))
+        if body != b"probe" and self.nacks:
+            self.nacks -= 1
+            raise aiormq.exceptions.DeliveryError(None, Basic.Nack())
         if body != b"probe":  # the liveness probe needs no queue: confirmed at once
-            await self.confirm.wait()
+            # The broker commits what it took whether or not anyone still waits for the confirm.
+            await asyncio.shield(self._commit(body))
         return Basic.Ack()
+
+    async def _commit(self, body: bytes) -> None:
+        await self.confirm.wait()
+        self.stored.append(body)
 
 
 def stuck_and_answering(log: list[tuple[str, bytes]]) -> tuple[Publisher, Stuck, Stuck]:
@@ -158,3 +170,27 @@ async def test_no_second_copy_to_a_route_that_lags_itself() -> None:
     primary.confirm.set()
     standby.confirm.set()
     await asyncio.gather(waiting, old)
+
+
+async def test_a_refused_second_copy_is_sent_again_before_anything_newer_goes_that_way() -> None:
+    """Review finding 3: text 1's second copy was nacked on the standby (an election), never sent
+    again, and text 2 went to the standby and was stored before text 1 (confirmed at last on the
+    primary): out of order in the conversation's queue."""
+    log: list[tuple[str, bytes]] = []
+    stored: list[bytes] = []
+    primary, standby = Stuck("primary", log, stored=stored), Stuck("standby", log, nacks=1, stored=stored)
+    standby.confirm.set()
+    pub = Publisher(cast(AbstractChannel, primary), timeout=5.0, connected=lambda: True)
+    pub.add_route(cast(AbstractChannel, standby), connected=lambda: True, name="standby")
+    first = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 1", hedge=True))
+    await asyncio.sleep(0)
+    await probe(pub, pub.routes[1])
+    await eventually(lambda: ("standby", b"text 1") in log, what="the second copy")  # set aside: sent, nacked
+    await probe(pub, pub.routes[1])  # the standby answers again
+    await pub.publish("x.work", "x.inbound", b"text 2", hedge=True)
+    primary.confirm.set()  # the stuck node commits its copy of text 1 at last (if a second, dropped by id)
+    await asyncio.wait_for(first, timeout=1.0)
+    await eventually(lambda: b"text 1" in stored, what="text 1 stored")
+    assert stored.index(b"text 1") < stored.index(b"text 2")
+    assert [body for name, body in log if name == "standby"] == [b"probe", b"text 1", b"probe", b"text 1",
+                                                                  b"text 2"]

@@ -26,8 +26,11 @@ lags while the other one confirmed something sent after that oldest publish (and
 itself), the other route is demonstrably answering faster: the lagging route is set aside for
 new publishes for `SUSPECT_S` (or until its connection drops), and every publish waiting on it
 that allows a second copy (`hedge=True`) is sent again on the other route, all of them at once
-and in the order they were first sent, before anything newer goes that way, so a conversation's
-texts keep their order. The first confirm of either copy completes the publish; a late confirm
+and in the order they were first sent. Nothing newer goes that way until each second copy is
+confirmed or has finally failed: one the broker refuses (a nack while a queue's leader is
+re-elected) is sent again, a little later each time, until its publish's deadline, so a newer
+text cannot be stored before an older one still waiting on the stuck route (a conversation's
+texts keep their order). The first confirm of either copy completes the publish; a late confirm
 of the other is ignored (aiormq drops the confirm of a publish nobody waits for). A second copy
 is one more message stored, so only a caller whose consumer drops a second copy by its id, and
 who has a client waiting, asks for it: the receiver, for webhooks (the inbound stage drops a
@@ -108,7 +111,7 @@ class Route:
         self.on_nack: Callable[[], None] | None = None  # the broker nacked a publish: broker/renewal.py
         self.waiting: dict[Waiting, None] = {}  # insertion-ordered: the oldest first
         self.set_aside_until = float("-inf")  # found lagging: new publishes go elsewhere first
-        self.starting: set[Waiting] = set()  # second copies bound for this route, not yet sent
+        self.starting: set[Waiting] = set()  # second copies bound for this route, not yet confirmed or failed
         self.started = asyncio.Event()  # set while `starting` is empty
         self.started.set()
         self.timer: asyncio.TimerHandle | None = None
@@ -152,10 +155,7 @@ class Route:
 
 
 def _done(route: Route, waiting: Waiting, _: object) -> None:
-    _sent(route, waiting)
-
-
-def _sent(route: Route, waiting: Waiting) -> None:
+    """A second copy's task ended (confirmed, finally failed, cancelled, or never started)."""
     route.starting.discard(waiting)
     if not route.starting:
         route.started.set()
@@ -238,8 +238,13 @@ class Publisher:
             if not route.connected():
                 failure = RouteDown(f"publish to {message[0]}/{message[1]} not attempted: {route.name} route down")
                 continue
-            if route.starting:  # second copies sent this way go first: a conversation keeps its order
-                await route.started.wait()
+            if route.starting:  # second copies bound this way are confirmed first: a conversation keeps its order
+                try:
+                    await asyncio.wait_for(route.started.wait(), max(deadline - time.monotonic(), 0.0))
+                except TimeoutError:
+                    failure = RouteDown(f"publish to {message[0]}/{message[1]} not attempted: "
+                                        f"second copies on the {route.name} route still unconfirmed")
+                    continue
             try:
                 await self._attempt(route, message, left, deadline, hedge=hedge)
                 return None
@@ -313,7 +318,7 @@ class Publisher:
     def _hedge_all(self, route: Route, other: Route) -> None:
         """A second copy of each waiting publish that allows one, in the order they first went:
         tasks start in the order they are created, and nothing newer goes to `other` while one
-        of them has not yet been sent (`Route.starting`)."""
+        of them is not yet confirmed or finally failed (`Route.starting`)."""
         for waiting in route.waiting:
             if waiting.message is None or waiting.hedge is not None:
                 continue
@@ -323,14 +328,24 @@ class Publisher:
             waiting.hedge.add_done_callback(functools.partial(_done, other, waiting))  # also if never started
 
     async def _hedge(self, waiting: Waiting, route: Route) -> bool:
-        """The second copy: True once confirmed, and the first copy's wait is ended."""
-        _sent(route, waiting)  # nothing below waits before aiormq has queued the frames
+        """The second copy: True once confirmed, and the first copy's wait is ended. Refused, it
+        is sent again (a little later each time) until the publish's deadline: given up at the
+        first refusal, newer publishes would go this way while this one still waits on the stuck
+        route, and be stored before it. `Route.starting` holds them back meanwhile (released by
+        the task's done callback)."""
         assert waiting.message is not None
-        left = max(waiting.deadline - time.monotonic(), MIN_RETRY_S)
-        try:
-            await self.publish_on(route, *waiting.message, left)
-        except BrokerUnavailable:
-            return False  # the first copy goes on waiting
+        for rounds in itertools.count():
+            left = max(waiting.deadline - time.monotonic(), MIN_RETRY_S)
+            try:
+                await self.publish_on(route, *waiting.message, left)
+                break
+            except RouteDown:
+                pause = min(RETRY_PAUSE_S * 2 ** rounds, MAX_RETRY_PAUSE_S)
+                if time.monotonic() + pause >= waiting.deadline:
+                    return False  # the first copy goes on waiting, until the same deadline
+                await asyncio.sleep(pause)
+            except BrokerUnavailable:
+                return False  # unroutable: an answer, final
         waiting.hedged = True
         if waiting.window is not None:
             waiting.window.reschedule(asyncio.get_running_loop().time())
