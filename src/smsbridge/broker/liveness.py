@@ -14,7 +14,9 @@ counts as not answering too, which it is for a webhook.
 The probe needs no queue, so a node that can no longer commit to its queues (cut off from the
 rest of its cluster) still answers it. The publishes themselves tell: for readiness, a route
 with a publish that has waited `stale_after_s` for its confirm, with nothing confirmed since it
-went, is not answering either, however its probes fare. The gate does not refuse for that
+went, is not answering either, however its probes fare; nor is one whose publishes the broker
+has refused (nacked) for `stale_after_s`, still lately, with none confirmed since the first
+refusal (a nacked publish waits no more, so only the failures show it). The gate does not refuse for that
 alone: the same happens while a queue's leader is re-elected (5-6 s after a partition in `make
 faults`), and a webhook that waits may then still be taken.
 
@@ -67,11 +69,12 @@ class BrokerLiveness:
         return any(r.fresh(self._stale_after_s) for r in self._publisher.routes)
 
     def committing(self) -> bool:
-        """Readiness: some route is responsive and has no publish that has waited
-        `stale_after_s` with nothing confirmed since (the probe alone does not show that a
-        route's queues can commit)."""
+        """Readiness: some route is responsive, has no publish that has waited `stale_after_s`
+        with nothing confirmed since, and has not had its publishes refused for `stale_after_s`
+        with none confirmed since (the probe alone does not show that a route's queues can commit)."""
         now, stale = time.monotonic(), self._stale_after_s
-        return any(r.fresh(stale) and not r.lagging(stale, now) for r in self._publisher.routes)
+        return any(r.fresh(stale) and not r.lagging(stale, now) and not r.refusing(stale, now)
+                   for r in self._publisher.routes)
 
     async def probe(self) -> bool:
         """Probe every route at once; True if any answered."""

@@ -108,6 +108,10 @@ class Route:
         self.last_ok_sent = self.last_ok  # when the latest confirmed publish (probe or not) was sent
         self.last_real_ok = self.last_ok  # the latest confirm of a publish that was not a probe
         self.last_failed = float("-inf")
+        # Publishes (not probes) refused or lost with none confirmed since: when the first and the
+        # latest of them failed. A nack ends a publish's wait at once, so `waiting` never shows it.
+        self.failing_since = float("inf")
+        self.last_real_failed = float("-inf")
         self.on_nack: Callable[[], None] | None = None  # the broker nacked a publish: broker/renewal.py
         self.waiting: dict[Waiting, None] = {}  # insertion-ordered: the oldest first
         self.set_aside_until = float("-inf")  # found lagging: new publishes go elsewhere first
@@ -128,9 +132,14 @@ class Route:
         self.last_ok_sent = max(self.last_ok_sent, sent)
         if not probe:
             self.last_real_ok = now
+            self.failing_since = float("inf")
 
-    def failed(self, *, nacked: bool = False) -> None:
-        self.last_failed = self.clock()
+    def failed(self, *, nacked: bool = False, probe: bool = False) -> None:
+        now = self.clock()
+        self.last_failed = now
+        if not probe:
+            self.failing_since = min(self.failing_since, now)
+            self.last_real_failed = now
         if nacked and self.on_nack is not None:
             self.on_nack()
 
@@ -152,6 +161,11 @@ class Route:
         """Its oldest waiting publish went `after_s` ago, and no publish was confirmed since."""
         oldest = self.oldest()
         return now - oldest >= after_s and self.last_real_ok < oldest
+
+    def refusing(self, after_s: float, now: float) -> bool:
+        """Its publishes have failed (nacked, lost) for `after_s`, lately too, and none was
+        confirmed since the first of them failed: a probe may still pass."""
+        return now - self.failing_since >= after_s and now - self.last_real_failed <= after_s
 
 
 def _done(route: Route, waiting: Waiting, _: object) -> None:
@@ -371,7 +385,7 @@ class Publisher:
                                     f"({getattr(exc.frame, 'reply_text', 'returned')})") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
             route.failed(nacked=isinstance(exc, aiormq.exceptions.DeliveryError)
-                         and isinstance(exc.frame, Basic.Nack))
+                         and isinstance(exc.frame, Basic.Nack), probe=probe)
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
         except asyncio.CancelledError as exc:
             # aiormq cancels the confirm futures of a connection it drops (e.g. after missed
@@ -379,7 +393,7 @@ class Publisher:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            route.failed()
+            route.failed(probe=probe)
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
