@@ -112,7 +112,7 @@ class Route:
         # latest of them failed. A nack ends a publish's wait at once, so `waiting` never shows it.
         self.failing_since = float("inf")
         self.last_real_failed = float("-inf")
-        self.on_nack: Callable[[], None] | None = None  # the broker nacked a publish: broker/renewal.py
+        self.on_nack: Callable[[object], None] | None = None  # a publish on this channel was nacked: broker/renewal.py
         self.waiting: dict[Waiting, None] = {}  # insertion-ordered: the oldest first
         self.set_aside_until = float("-inf")  # found lagging: new publishes go elsewhere first
         self.starting: set[Waiting] = set()  # second copies bound for this route, not yet confirmed or failed
@@ -134,14 +134,15 @@ class Route:
             self.last_real_ok = now
             self.failing_since = float("inf")
 
-    def failed(self, *, nacked: bool = False, probe: bool = False) -> None:
+    def failed(self, *, nacked: bool = False, probe: bool = False, channel: object = None) -> None:
+        """`channel`: the one the publish went on (the route's may have been replaced since)."""
         now = self.clock()
         self.last_failed = now
         if not probe:
             self.failing_since = min(self.failing_since, now)
             self.last_real_failed = now
         if nacked and self.on_nack is not None:
-            self.on_nack()
+            self.on_nack(self.channel if channel is None else channel)
 
     def fresh(self, stale_after_s: float) -> bool:
         """Confirmed something in the last `stale_after_s` seconds."""
@@ -369,7 +370,7 @@ class Publisher:
                          properties: Basic.Properties, mandatory: bool, timeout: float, *,
                          probe: bool = False) -> None:
         """One confirmed publish on one route; a confirm marks the route as answering."""
-        sent = route.clock()
+        sent, channel_sent = route.clock(), route.channel
         try:
             if route.channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
@@ -385,7 +386,7 @@ class Publisher:
                                     f"({getattr(exc.frame, 'reply_text', 'returned')})") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
             route.failed(nacked=isinstance(exc, aiormq.exceptions.DeliveryError)
-                         and isinstance(exc.frame, Basic.Nack), probe=probe)
+                         and isinstance(exc.frame, Basic.Nack), probe=probe, channel=channel_sent)
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: {exc!r}") from exc
         except asyncio.CancelledError as exc:
             # aiormq cancels the confirm futures of a connection it drops (e.g. after missed
@@ -393,7 +394,7 @@ class Publisher:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise
-            route.failed(probe=probe)
+            route.failed(probe=probe, channel=channel_sent)
             raise RouteDown(f"publish to {exchange}/{routing_key} not confirmed: connection lost") from exc
         if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")

@@ -12,11 +12,16 @@ as the second route's channel publishing there for the first time, refused texts
 the node stayed down plus its restart. A channel opened later reads the queue's record again
 and publishes to the new leader at once.
 
-So a nack on a route makes it open a fresh channel on the same connection (at most one every
-`every_s`: the one just opened may still have come too early, and a broker that nacks for
-other reasons, e.g. a `reject-publish` length limit, must not make us churn channels). The
-publisher's own retries then go through the fresh channel. The old channel is closed once
-publishes still waiting on it had `grace_s` to be confirmed.
+So a nack on a route makes it open a fresh channel on the same connection. One renewal at a
+time, and only for a nack on the route's current channel: a late nack from a channel already
+replaced says nothing about the fresh one, and must not replace it. At most one every `every_s`
+at first (the one just opened may still have come too early), and that interval doubles, up to
+`RENEW_MAX_S`, for each renewal after which nothing was confirmed yet: a broker that nacks for
+other reasons (a `reject-publish` length limit) or for long (the leader's node stays down) must
+not make us open a channel every half second. A confirm on the route starts the interval afresh.
+The publisher's own retries go through the fresh channel. The old channel is closed once
+publishes still waiting on it had `grace_s` to be confirmed (the caller passes its longest
+publish timeout).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from smsbridge.broker.publisher import Route
 
 log = structlog.get_logger("smsbridge.broker")
 RENEW_EVERY_S = 0.5
+RENEW_MAX_S = 8.0  # the longest pause between two renewals while nacks go on
 OPEN_TIMEOUT_S = 5.0
 
 
@@ -49,16 +55,26 @@ class Renewal:
         self._every_s = every_s
         self._clock = clock
         self._last = float("-inf")
+        self._pause_s = every_s  # before the next renewal: doubles while renewals do not help
+        self._renewing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.renewed = 0
         route.on_nack = self.nacked
 
-    def nacked(self) -> None:
-        """Called by the publisher on a nack: renew unless a renewal is under way or just was."""
-        now = self._clock()
-        if now - self._last < self._every_s:
+    def nacked(self, channel: object) -> None:
+        """Called by the publisher on a nack of a publish sent on `channel`: renew unless that
+        channel was already replaced, a renewal is under way, or one was lately."""
+        if channel is not self._route.channel or self._renewing:
             return
+        now = self._clock()
+        if self._route.last_real_ok >= self._last:  # a publish was confirmed since the last renewal
+            self._pause_s = self._every_s
+        if now - self._last < self._pause_s:
+            return
+        if self._last > float("-inf"):
+            self._pause_s = min(self._pause_s * 2, max(RENEW_MAX_S, self._every_s))
         self._last = now
+        self._renewing = True
         self._spawn(self._renew())
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -73,6 +89,8 @@ class Renewal:
             log.warning("could not open a fresh publishing channel after a nack", route=self._route.name,
                         error=repr(exc))
             return
+        finally:
+            self._renewing = False
         old, self._route.channel = self._route.channel, fresh
         self.renewed += 1
         log.warning("publishing channel replaced after a nack", route=self._route.name)
