@@ -77,6 +77,7 @@ from smsbridge.workers.dispatcher import DispatchHandler, conversation_of, limit
 from smsbridge.workers.fallback import Fallback
 from smsbridge.workers.inbound import InboundHandler
 from smsbridge.workers.outbound import OutboundHandler
+from smsbridge.workers.status import AFTER_SEND_CONFIRM_S
 from smsbridge.workers.turns import OrderSweeper, Turns, stale_after
 
 ROLES = ("receiver", "inbound", "delivery", "outbound", "dispatcher", "sip")
@@ -233,8 +234,12 @@ class Bridge:
 
     def _renewed(self, route: Route, connection: AbstractRobustConnection) -> None:
         """A fresh channel on `connection` for `route` whenever the broker nacks a publish on it."""
+        # A retired channel stays open while the longest publish still waiting on it may get its
+        # confirm: a status after a send waits up to AFTER_SEND_CONFIRM_S, and one failed by an
+        # early close would be published again (a duplicate status).
+        grace_s = max(self.settings.broker.publish_timeout_s, AFTER_SEND_CONFIRM_S) + 1.0
         renewal = Renewal(route, lambda: self._channel(publisher_confirms=True, on_return_raises=True, on=connection),
-                          grace_s=self.settings.broker.publish_timeout_s, retired=self._channels.remove)
+                          grace_s=grace_s, retired=self._channels.remove)
         self._stack.push_async_callback(renewal.close)
 
     async def _consume(self, stage: str, decoder: Any, handler: Any, order_key: Any = None,
