@@ -127,6 +127,7 @@ class Load:
     async def _outbound(self, seconds: float) -> None:
         connection = await connect(self.urls, attempts=3, name="faults-pbx")
         moving = asyncio.create_task(failover(connection, self.urls))  # the PBX lists every node too
+        renewal: Renewal | None = None
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             publisher = Publisher(channel, timeout=5.0, connected=connection.connected.is_set)
@@ -141,8 +142,9 @@ class Load:
                 n += 1
                 await asyncio.sleep(max(0.0, started + n / self.out_rate - time.monotonic()))
             await asyncio.gather(*self._tasks)
-            await renewal.close()
         finally:
+            if renewal is not None:
+                await renewal.close()
             moving.cancel()
             await connection.close()
 
