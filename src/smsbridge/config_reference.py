@@ -161,7 +161,9 @@ MEANING: dict[str, str] = {
     "relay.path_prefix": "Where the receiver serves the Flowroute-compatible send API "
                          "(`<prefix>/v2/messages`, `/v2.1/...`, `/v2.2/...`), when relay clients are configured.",
     "relay.idempotency_window_s": "A send repeating an `Idempotency-Key` of the same tenant within this window "
-                                  "gets the first answer and is not sent again.",
+                                  "gets the first answer and is not sent again; a retry of a send that was "
+                                  "never confirmed publishes it again under its first id, and the window then "
+                                  "counts from that retry.",
     "relay.max_body_chars": "Relayed sends with a longer body are refused with 422 (the segment limit of "
                             "`[outbound]` applies too).",
     "relay_clients.tenant": "The tenant this PBX sends for; it may send from that tenant's DIDs only.",

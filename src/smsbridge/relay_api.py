@@ -8,7 +8,11 @@
 Basic auth with the credentials the bridge issued (`[[relay_clients]]`). A send is answered
 `202 {"data":{"id":"mdr2-…"}}` (the bridge's own id) only once RabbitMQ has confirmed the
 request; 503 when it did not; 400/401/403/413/422 in Flowroute's `errors[]` shape. The same
-`Idempotency-Key` within `[relay] idempotency_window_s` gets the first answer and sends nothing.
+`Idempotency-Key` within `[relay] idempotency_window_s` gets the first answer and sends nothing;
+a retry of a keyed send whose publish was never confirmed (503, or a process that died before
+marking it) publishes the same request again under the first id: the dispatcher's dedupe by
+`client_message_id` makes a copy the broker had stored after all no second text
+(`ledger/relay_ops.py` has the states).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from smsbridge.config import RelayClient, Settings
 from smsbridge.errors import BrokerUnavailable, LedgerUnavailable
 from smsbridge.events import OutboundRequest, encoder, new_event_id, utcnow
 from smsbridge.flowroute.payloads import timestamp
-from smsbridge.ledger import MessageRow, RelaySend, StatusRow
+from smsbridge.ledger import MessageRow, RelaySend, Retaken, StatusRow
 from smsbridge.relay_request import RelayError, authenticate, error_doc, idempotency_key, parse_send, to_outbound
 
 log = structlog.get_logger("smsbridge.relay")
@@ -84,7 +88,8 @@ async def send(request: web.Request) -> web.Response:
         log.warning("relay send refused", status=exc.status, detail=exc.detail, source_ip=request.remote)
         return _refusal(exc)
     # Without a key nothing can repeat this send: its row is written once, already "queued" (and
-    # removed if the publish fails). With a key, "pending" keeps a concurrent twin from a 202.
+    # removed if the publish fails). With a key, "pending" keeps a concurrent twin from a 202, and
+    # a failed publish leaves it "unconfirmed" for the retry to publish again under this id.
     row = RelaySend(bridge_id=outbound.client_message_id, tenant=client.tenant, access_key=client.access_key,
                     idempotency_key=key, request_hash=hashlib.sha256(raw).hexdigest(),
                     state="queued" if key is None else "pending", dlr_callback=attributes.dlr_callback,
@@ -103,13 +108,18 @@ async def _record_and_publish(request: web.Request, client: RelayClient, row: Re
     except LEDGER_ERRORS as exc:
         log.error("relay send not accepted: ledger unavailable", **where, error=repr(exc))
         return _answer(error_doc(503, "could not store the message; please retry"), 503)
-    if earlier is not None:
+    if isinstance(earlier, Retaken):  # never confirmed: the same request again, under its first id
+        row = earlier.send
+        outbound = msgspec.structs.replace(outbound, client_message_id=row.bridge_id)
+        where["id"] = row.bridge_id
+        log.info("relay send retaken: publishing it again under its first id", **where, outcome="retaken")
+    elif earlier is not None:
         return _repeat(settings, earlier, row, where)
     try:
         await _publish(request, outbound)
-    except BrokerUnavailable as exc:
+    except BrokerUnavailable as exc:  # it may be stored all the same (a confirm that timed out)
         log.error("relay send not accepted: broker unavailable", **where, error=str(exc))
-        await _forget(request, row.bridge_id)
+        await _unconfirmed(request, row.bridge_id)
         return _answer(error_doc(503, "could not store the message; please retry"), 503)
     try:
         await ledger.relay_queued(row.bridge_id)
@@ -119,7 +129,7 @@ async def _record_and_publish(request: web.Request, client: RelayClient, row: Re
     return _answer(accepted_doc(settings, row.bridge_id), 202)
 
 
-def _start_claim(request: web.Request, row: RelaySend) -> Awaitable[RelaySend | None]:
+def _start_claim(request: web.Request, row: RelaySend) -> Awaitable[RelaySend | Retaken | None]:
     """The row asked for now, awaited later; a ledger that refuses at once fails the await."""
     settings = request.app[SETTINGS]
     try:
@@ -129,11 +139,11 @@ def _start_claim(request: web.Request, row: RelaySend) -> Awaitable[RelaySend | 
         return _raise(exc)
 
 
-async def _claim(request: web.Request, row: RelaySend) -> RelaySend | None:
+async def _claim(request: web.Request, row: RelaySend) -> RelaySend | Retaken | None:
     return await _start_claim(request, row)
 
 
-async def _raise(exc: BaseException) -> RelaySend | None:
+async def _raise(exc: BaseException) -> RelaySend | Retaken | None:
     raise exc
 
 
@@ -151,7 +161,7 @@ async def _record_beside_publish(request: web.Request, row: RelaySend, outbound:
     except BaseException:
         await asyncio.gather(recording, return_exceptions=True)  # never left unobserved
         raise
-    recorded: RelaySend | None | BaseException
+    recorded: RelaySend | Retaken | None | BaseException
     try:
         recorded = await recording
     except LEDGER_ERRORS as exc:
@@ -184,6 +194,14 @@ async def _publish(request: web.Request, outbound: OutboundRequest) -> None:
     headers = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: now_ms()}
     await publisher.publish(names.requests_exchange(prefix), names.request_routing_key(outbound.tenant),
                             encoder.encode(outbound), headers=headers, message_id=outbound.client_message_id)
+
+
+async def _unconfirmed(request: web.Request, message_id: str) -> None:
+    """Keep the row and its id: the publish may have been stored, and the retry must reuse both."""
+    try:
+        await request.app[LEDGER].relay_unconfirmed(message_id)
+    except LEDGER_ERRORS as exc:  # it stays `pending`: its key answers 409 until stale, then is retaken
+        log.error("relay send not marked unconfirmed after a failed publish", id=message_id, error=repr(exc))
 
 
 async def _forget(request: web.Request, message_id: str) -> None:

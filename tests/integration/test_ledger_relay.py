@@ -1,5 +1,6 @@
 """The relay API's ledger rows, the same tests on SQLite and PostgreSQL: one answer per
-Idempotency-Key and tenant within the window, a failed publish leaves the key welcome."""
+Idempotency-Key and tenant within the window; a keyed send never confirmed is retaken under its
+first id, never replaced by a new one; a keyless send's failed publish removes its row."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from smsbridge.ledger import Ledger, RelaySend
+from smsbridge.ledger import Ledger, RelaySend, Retaken
 from tests.integration.test_ledger import Clock
 from tests.support.ledger import BACKENDS, open_ledger
 
@@ -29,7 +30,7 @@ def send(bridge_id: str, key: str | None = "k-1", tenant: str = "acme", at: Cloc
                      created_at=(at or Clock()).now)
 
 
-async def claim(ledger: Ledger, row: RelaySend) -> RelaySend | None:
+async def claim(ledger: Ledger, row: RelaySend) -> RelaySend | Retaken | None:
     return await ledger.claim_relay(row, window_s=DAY, stale_s=15)
 
 
@@ -49,14 +50,45 @@ async def test_a_key_returns_the_first_send_within_the_window(ledger: Ledger) ->
     assert await ledger.relay_send("acme", "mdr2-a") is None
 
 
-async def test_a_pending_send_blocks_its_key_until_stale(ledger: Ledger) -> None:
+async def test_a_pending_send_blocks_its_key_until_stale_then_is_retaken_once_under_its_first_id(
+        ledger: Ledger) -> None:
     clock = Clock()
     ledger._now = clock  # type: ignore[method-assign]
     assert await claim(ledger, send("mdr2-a", at=clock)) is None
     pending = await claim(ledger, send("mdr2-b", at=clock))
-    assert pending is not None and pending.state == "pending"
-    clock.now += timedelta(seconds=16)  # the process that took it died before its publish was confirmed
-    assert await claim(ledger, send("mdr2-c", at=clock)) is None
+    assert isinstance(pending, RelaySend) and pending.state == "pending"
+    clock.now += timedelta(seconds=16)  # the process that took it died before marking it queued
+    other = await claim(ledger, msgspec.structs.replace(send("mdr2-x", at=clock), request_hash="h2"))
+    assert isinstance(other, RelaySend) and other.bridge_id == "mdr2-a"  # a different request: 422
+    retaken = await claim(ledger, send("mdr2-c", at=clock))
+    assert isinstance(retaken, Retaken) and retaken.send.bridge_id == "mdr2-a"
+    assert retaken.send.created_at == clock.now  # its clock restarts: a twin now waits again
+    twin = await claim(ledger, send("mdr2-d", at=clock))
+    assert isinstance(twin, RelaySend) and (twin.bridge_id, twin.state) == ("mdr2-a", "pending")
+    assert await ledger.relay_send("acme", "mdr2-c") is None and await ledger.relay_send("acme", "mdr2-d") is None
+
+
+async def test_an_unconfirmed_send_is_retaken_under_its_first_id_per_tenant(ledger: Ledger) -> None:
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
+    for tenant, first in (("acme", "mdr2-a"), ("globex", "mdr2-g")):
+        assert await claim(ledger, send(first, tenant=tenant, at=clock)) is None
+    await ledger.relay_unconfirmed("mdr2-a")  # its publish failed: maybe stored, maybe not
+    row = await ledger.relay_send("acme", "mdr2-a")
+    assert row is not None and row.state == "unconfirmed"
+    retaken = await claim(ledger, send("mdr2-b", at=clock))
+    assert isinstance(retaken, Retaken) and retaken.send.bridge_id == "mdr2-a"
+    twin = await claim(ledger, send("mdr2-c", at=clock))  # while the retry publishes
+    assert isinstance(twin, RelaySend) and twin.state == "pending"
+    await ledger.relay_queued("mdr2-a")
+    done = await claim(ledger, send("mdr2-d", at=clock))
+    assert isinstance(done, RelaySend) and (done.bridge_id, done.state) == ("mdr2-a", "queued")
+    gx = await claim(ledger, send("mdr2-h", tenant="globex", at=clock))  # globex's own row, still pending
+    assert isinstance(gx, RelaySend) and (gx.bridge_id, gx.state) == ("mdr2-g", "pending")
+    await ledger.relay_queued("mdr2-a")
+    await ledger.relay_unconfirmed("mdr2-a")  # only a pending row becomes unconfirmed
+    row = await ledger.relay_send("acme", "mdr2-a")
+    assert row is not None and row.state == "queued"
 
 
 async def test_forgetting_a_failed_publish_frees_the_key(ledger: Ledger) -> None:

@@ -5,6 +5,6 @@ Core expressions, never SQL strings. `store` is what workers call, `ops` the tra
 `runner` how they reach the database, `schema` the tables and migrations.
 """
 
-from smsbridge.ledger.store import Claim, Ledger, MessageRow, RelaySend, Scope, StatusRow, open_from_settings
+from smsbridge.ledger.store import Claim, Ledger, MessageRow, RelaySend, Retaken, Scope, StatusRow, open_from_settings
 
-__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "open_from_settings"]
+__all__ = ["Claim", "Ledger", "MessageRow", "RelaySend", "Retaken", "Scope", "StatusRow", "open_from_settings"]

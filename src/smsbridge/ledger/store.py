@@ -20,7 +20,7 @@ from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, e
 from smsbridge.ledger import dispatch_ops, media_ops, ops, order, relay_ops, schema
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
 from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
-from smsbridge.ledger.relay_ops import RelaySend
+from smsbridge.ledger.relay_ops import RelaySend, Retaken
 from smsbridge.ledger.runner import (
     DEFAULT_TIMEOUT_S,
     OUTAGE,
@@ -36,7 +36,7 @@ from smsbridge.ledger.schema import messages
 
 log = structlog.get_logger("smsbridge.ledger")
 
-__all__ = ["OUTAGE", "Claim", "Ledger", "MessageRow", "RelaySend", "Scope", "StatusRow", "engine_url",
+__all__ = ["OUTAGE", "Claim", "Ledger", "MessageRow", "RelaySend", "Retaken", "Scope", "StatusRow", "engine_url",
            "open_from_settings"]
 
 
@@ -259,11 +259,14 @@ class Ledger:
                                     self._now())
 
     # ----- relay API (ledger/relay_ops.py) -------------------------------------------------------
-    async def claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> RelaySend | None:
-        """Record a relay send; or the earlier send with its idempotency key (None: recorded)."""
+    async def claim_relay(self, send: RelaySend, *, window_s: float,
+                          stale_s: float) -> RelaySend | Retaken | None:
+        """Record a relay send (None); or the earlier send with its idempotency key, to answer
+        from, or `Retaken` to publish again under its id (`relay_ops.claim`)."""
         return await self.start_claim_relay(send, window_s=window_s, stale_s=stale_s)
 
-    def start_claim_relay(self, send: RelaySend, *, window_s: float, stale_s: float) -> Awaitable[RelaySend | None]:
+    def start_claim_relay(self, send: RelaySend, *, window_s: float,
+                          stale_s: float) -> Awaitable[RelaySend | Retaken | None]:
         """`claim_relay` asked for now, awaited later: the row is written while the caller awaits
         something else (the relay API: the broker's confirm), without a task per send."""
         now = self._now()
@@ -272,6 +275,9 @@ class Ledger:
 
     async def relay_queued(self, bridge_id: str) -> None:
         await self._db.write(relay_ops.queued, bridge_id)
+
+    async def relay_unconfirmed(self, bridge_id: str) -> None:
+        await self._db.write(relay_ops.unconfirmed, bridge_id)
 
     async def forget_relay(self, bridge_id: str) -> None:
         await self._db.write(relay_ops.forget, bridge_id)
