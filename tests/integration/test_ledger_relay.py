@@ -4,6 +4,7 @@ first id, never replaced by a new one; a keyless send's failed publish removes i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -112,3 +113,15 @@ async def test_prune_forgets_old_sends(ledger: Ledger) -> None:
     clock.now += timedelta(days=31)
     await ledger.prune(timedelta(days=30))
     assert await ledger.relay_send("acme", "mdr2-a") is None
+
+
+async def test_two_concurrent_retries_of_an_abandoned_send_retake_it_once(ledger: Ledger) -> None:
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
+    assert await claim(ledger, send("mdr2-a", at=clock)) is None
+    clock.now += timedelta(seconds=16)
+    answers = await asyncio.gather(claim(ledger, send("mdr2-b", at=clock)), claim(ledger, send("mdr2-c", at=clock)))
+    retaken = [a for a in answers if isinstance(a, Retaken)]
+    assert len(retaken) == 1 and retaken[0].send.bridge_id == "mdr2-a"
+    (other,) = [a for a in answers if not isinstance(a, Retaken)]
+    assert isinstance(other, RelaySend) and (other.bridge_id, other.state) == ("mdr2-a", "pending")
