@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from smsbridge.events import DeliveryReceipt
 from smsbridge.flowroute.dlr import CODES, classify_dlr
+from smsbridge.workers.inbound import dlr_key
 
 # Flowroute's "Delivery Receipt Response Codes" page (flowroute-api.md §6.5): 50 codes.
 DOCUMENTED = [*range(1000, 1010), *range(1100, 1113), 1115, 1116, 1150, 1152, *range(1200, 1223)]
@@ -73,3 +75,17 @@ def test_failure_wording_without_code_is_a_failure() -> None:
     assert classify_dlr(2, "smsc reject", None).state == "failed"
     assert classify_dlr(2, "delivery failed", None, "Handset rejected").reason == \
         "carrier reported: delivery failed (Handset rejected)"
+
+
+def test_a_receipts_dedupe_key_is_its_configurations_whatever_the_id() -> None:
+    """Another configuration's webhook posting the same receipt (the same id, a replay) must not
+    pass for this one's resend: the key starts with the configuration, whose id has no `|`
+    (`config.Ident`), so no id, however long or whatever it holds, makes one configuration's key
+    another's, even cut to the column's 255 characters."""
+    acme = DeliveryReceipt(tenant="acme", config_id="main", mdr_id="mdr2-x", level=2, status="delivered",
+                           status_code=1004)
+    beta = DeliveryReceipt(tenant="beta", config_id="beta-main", mdr_id="mdr2-x", level=2, status="delivered",
+                           status_code=1004)
+    assert dlr_key(acme) != dlr_key(beta)
+    forged = DeliveryReceipt(tenant="acme", config_id="beta", mdr_id="main|mdr2-x" + "|" * 300, level=2)
+    assert dlr_key(forged)[:255].split("|", 1)[0] == "beta" and dlr_key(acme).split("|", 1)[0] == "main"
