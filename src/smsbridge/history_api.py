@@ -77,7 +77,7 @@ async def one_message(request: web.Request) -> web.Response:
         return _error(404, "not_found", "no such message (it may have been pruned)")
     detail: dict[str, Any] = {"message": row, "history": await ledger.history(row.id)}
     if row.direction == "inbound" and row.mdr_id:  # where it stands for each extension
-        detail["deliveries"] = await ledger.deliveries(row.mdr_id)
+        detail["deliveries"] = await ledger.deliveries(row.config_id, row.mdr_id)
     return _json(detail)
 
 

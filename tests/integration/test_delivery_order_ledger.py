@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from smsbridge.events import InboundDelivery, delivery_stage_decoder
-from smsbridge.ledger import Ledger
+from smsbridge.ledger import DeliveryKey, Ledger
 from smsbridge.ledger.order import Turn
 from tests.support.ledger import BACKENDS, open_ledger
 
@@ -41,6 +41,10 @@ def text(n: int, *, sender: str = "+12065550199", extension: str = "101", second
                            received_at=T0 + timedelta(seconds=n if second is None else second))
 
 
+def key(delivery: InboundDelivery) -> DeliveryKey:
+    return DeliveryKey.of(delivery)
+
+
 def bodies(due: list[bytes]) -> list[str]:
     return [delivery_stage_decoder.decode(b).body for b in due]
 
@@ -52,10 +56,10 @@ async def test_only_the_earliest_text_is_due_and_each_delivery_makes_the_next_on
     texts = [text(n) for n in range(3)]
     assert bodies(await store.enqueue_deliveries(texts)) == ["text 0"]
     assert bodies(await store.enqueue_deliveries(texts)) == ["text 0"]  # redone: published again, harmless
-    assert await store.claim_turn(texts[1].mdr_id, "101", LEASE_S) == (Turn.WAIT, [])
-    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])
-    assert bodies(await store.delivered_in_turn(texts[0].mdr_id, "101")) == ["text 1"]
-    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.DONE, [])  # a late copy
+    assert await store.claim_turn(key(texts[1]), LEASE_S) == (Turn.WAIT, [])
+    assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(key(texts[0]))) == ["text 1"]
+    assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.DONE, [])  # a late copy
 
 
 async def test_conversations_and_extensions_do_not_wait_for_each_other(ledger: tuple[Ledger, Clock]) -> None:
@@ -68,10 +72,10 @@ async def test_a_dead_lettered_text_releases_the_next_one(ledger: tuple[Ledger, 
     store, _ = ledger
     texts = [text(n) for n in range(2)]
     await store.enqueue_deliveries(texts)
-    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])
-    await store.release_delivery(texts[0].mdr_id, "101")  # the PBX said 400
-    assert bodies(await store.settle_turn(texts[0].mdr_id, "101")) == ["text 1"]
-    assert await store.settle_turn(texts[0].mdr_id, "101") == []  # settled once only
+    assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.GO, [])
+    await store.release_delivery(key(texts[0]))  # the PBX said 400
+    assert bodies(await store.settle_turn(key(texts[0]))) == ["text 1"]
+    assert await store.settle_turn(key(texts[0])) == []  # settled once only
 
 
 async def test_an_earlier_text_routed_later_goes_first(ledger: tuple[Ledger, Clock]) -> None:
@@ -81,10 +85,10 @@ async def test_an_earlier_text_routed_later_goes_first(ledger: tuple[Ledger, Clo
     late, early = text(5), text(1)
     assert bodies(await store.enqueue_deliveries([late])) == ["text 5"]
     assert bodies(await store.enqueue_deliveries([early])) == ["text 1"]
-    assert await store.claim_turn(late.mdr_id, "101", LEASE_S) == (Turn.WAIT, [])
-    assert await store.claim_turn(early.mdr_id, "101", LEASE_S) == (Turn.GO, [])
-    assert bodies(await store.delivered_in_turn(early.mdr_id, "101")) == ["text 5"]
-    assert await store.claim_turn(late.mdr_id, "101", LEASE_S) == (Turn.GO, [])
+    assert await store.claim_turn(key(late), LEASE_S) == (Turn.WAIT, [])
+    assert await store.claim_turn(key(early), LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(key(early))) == ["text 5"]
+    assert await store.claim_turn(key(late), LEASE_S) == (Turn.GO, [])
 
 
 async def test_a_head_that_made_no_progress_is_found_and_released(ledger: tuple[Ledger, Clock]) -> None:
@@ -96,16 +100,16 @@ async def test_a_head_that_made_no_progress_is_found_and_released(ledger: tuple[
     stale = timedelta(minutes=11)
     clock.now += timedelta(minutes=10)
     assert await store.stale_turns(stale) == []
-    assert await store.claim_turn(texts[0].mdr_id, "101", LEASE_S) == (Turn.GO, [])  # an attempt: fresh again
+    assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.GO, [])  # an attempt: fresh again
     clock.now += timedelta(minutes=10)
     assert await store.stale_turns(stale) == []  # waiting texts are not heads: never "stale" themselves
     clock.now += timedelta(minutes=2)
-    ((mdr_id, extension, body),) = await store.stale_turns(stale)
-    assert (mdr_id, extension, bodies([body])) == (texts[0].mdr_id, "101", ["text 0"])
-    assert bodies(await store.release_turn(mdr_id, extension, stale)) == ["text 1"]
-    assert await store.release_turn(mdr_id, extension, stale) == []
+    ((stale_key, body),) = await store.stale_turns(stale)
+    assert (stale_key, bodies([body])) == (DeliveryKey("main", texts[0].mdr_id, "101"), ["text 0"])
+    assert bodies(await store.release_turn(stale_key, stale)) == ["text 1"]
+    assert await store.release_turn(stale_key, stale) == []
     # The republished copy of the released text is still delivered once, out of turn.
-    assert await store.claim_turn(texts[0].mdr_id, "101", 0.0) == (Turn.GO, [])
+    assert await store.claim_turn(key(texts[0]), 0.0) == (Turn.GO, [])
 
 
 async def test_a_copy_target_keeps_its_own_order_and_an_accepted_text_counts_as_done(
@@ -118,12 +122,12 @@ async def test_a_copy_target_keeps_its_own_order_and_an_accepted_text_counts_as_
     mail = [msgspec.structs.replace(t, target=1) for t in phone]
     due = await store.enqueue_deliveries([*phone, *mail])
     assert sorted((d.target, d.body) for d in map(delivery_stage_decoder.decode, due)) == [(0, "text 0"), (1, "text 0")]
-    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.GO, [])  # the phone is away
-    assert await store.claim_turn(mail[0].mdr_id, mail[0].claim_key, LEASE_S) == (Turn.GO, [])
-    assert bodies(await store.delivered_in_turn(mail[0].mdr_id, mail[0].claim_key)) == ["text 1"]  # the copy's next
-    await store.release_delivery(phone[0].mdr_id, phone[0].claim_key)  # a retry, later: SIP 202 this time
-    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.GO, [])
-    assert bodies(await store.delivered_in_turn(phone[0].mdr_id, phone[0].claim_key, "accepted")) == ["text 1"]
-    states = {row.extension: row.state for row in await store.deliveries(phone[0].mdr_id)}
+    assert await store.claim_turn(key(phone[0]), LEASE_S) == (Turn.GO, [])  # the phone is away
+    assert await store.claim_turn(key(mail[0]), LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(key(mail[0]))) == ["text 1"]  # the copy's next
+    await store.release_delivery(key(phone[0]))  # a retry, later: SIP 202 this time
+    assert await store.claim_turn(key(phone[0]), LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(key(phone[0]), "accepted")) == ["text 1"]
+    states = {row.extension: row.state for row in await store.deliveries("main", phone[0].mdr_id)}
     assert states == {"101": "accepted", "101#1": "delivered"}
-    assert await store.claim_turn(phone[0].mdr_id, phone[0].claim_key, LEASE_S) == (Turn.DONE, [])
+    assert await store.claim_turn(key(phone[0]), LEASE_S) == (Turn.DONE, [])

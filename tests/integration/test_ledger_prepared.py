@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from smsbridge.ledger import ops, order, schema
+from smsbridge.ledger import claims, ops, order, schema
+from smsbridge.ledger.claims import DeliveryKey
 from smsbridge.ledger.prepared import execute
 from smsbridge.ledger.runner import _sqlite_connect
 
 NOW = datetime(2026, 11, 30, 15, 30, 1, 123456, tzinfo=UTC)
-ROW = {"mdr_id": "mdr2-a", "extension": "101", "conversation": "main|+12065550100|+12065550199",
+ROW = {"config_id": "main", "mdr_id": "mdr2-a", "extension": "101", "conversation": "main|+12065550100|+12065550199",
        "received_at": NOW, "state": "waiting", "body": b"\x00{\"body\":\"hi\"}", "updated_at": NOW}
+A = DeliveryKey("main", "mdr2-a", "101").params()
+B = DeliveryKey("main", "mdr2-b", "101")
 
 
 @pytest.fixture
@@ -36,26 +39,26 @@ def test_a_row_written_on_the_fast_path_reads_back_the_same_both_ways(connection
     fast = execute(connection, order._HEAD, {"conversation": ROW["conversation"]}).first()
     slow = connection.execute(order._HEAD, {"conversation": ROW["conversation"]}).first()
     assert fast is not None and slow is not None
-    assert (fast.mdr_id, fast.extension, fast.state, bytes(fast.body)) == tuple(slow) == (
-        "mdr2-a", "101", "waiting", ROW["body"])
+    assert (fast.config_id, fast.mdr_id, fast.extension, fast.state, bytes(fast.body)) == tuple(slow) == (
+        "main", "mdr2-a", "101", "waiting", ROW["body"])
     # a DateTime goes in and comes out as SQLAlchemy stores it (the text SQLite compares)
     stored = connection.exec_driver_sql("SELECT received_at FROM delivery_order").scalar()
     assert stored == "2026-11-30 15:30:01.123456"
-    back = execute(connection, order._ROW, order._key("mdr2-a", "101")).one()
-    assert back.updated_at == connection.execute(order._ROW, order._key("mdr2-a", "101")).one().updated_at
+    back = execute(connection, order._ROW, A).one()
+    assert back.updated_at == connection.execute(order._ROW, A).one().updated_at
     assert ops.utc(back.updated_at) == NOW
-    assert back._mapping == dict(connection.execute(order._ROW, order._key("mdr2-a", "101")).one()._mapping)
+    assert back._mapping == dict(connection.execute(order._ROW, A).one()._mapping)
 
 
 def test_literal_values_and_returning_work_as_through_sqlalchemy(connection: sa.Connection) -> None:
     lease = NOW + timedelta(seconds=30)
-    assert ops.claim_delivery(connection, "mdr2-b", "101", NOW, lease) is ops.Claim.NEW
-    assert ops.claim_delivery(connection, "mdr2-b", "101", NOW, lease) is ops.Claim.BUSY  # read back the lease
-    assert ops.claim_delivery(connection, "mdr2-b", "101", lease + timedelta(seconds=1),
-                              lease + timedelta(seconds=31)) is ops.Claim.NEW  # lease ran out: taken over
-    ops.delivered(connection, "mdr2-b", "101", NOW)
+    assert claims.claim_delivery(connection, B, NOW, lease) is claims.Claim.NEW
+    assert claims.claim_delivery(connection, B, NOW, lease) is claims.Claim.BUSY  # read back the lease
+    assert claims.claim_delivery(connection, B, lease + timedelta(seconds=1),
+                                 lease + timedelta(seconds=31)) is claims.Claim.NEW  # lease ran out: taken over
+    claims.delivered(connection, B, NOW)
     assert connection.exec_driver_sql("SELECT state FROM deliveries").scalar() == "delivered"  # `state` literal
-    assert ops.claim_delivery(connection, "mdr2-b", "101", NOW, lease) is ops.Claim.DONE
+    assert claims.claim_delivery(connection, B, NOW, lease) is claims.Claim.DONE
     assert execute(connection, order._HEAD, {"conversation": "nobody"}).first() is None
     assert execute(connection, order._HEAD, {"conversation": "nobody"}).scalar() is None
 

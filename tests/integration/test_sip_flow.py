@@ -21,7 +21,7 @@ from smsbridge.config import (
     SipTarget,
 )
 from smsbridge.flowroute.simulator import FlowrouteSimulator
-from smsbridge.ledger import Claim, Ledger
+from smsbridge.ledger import Claim, DeliveryKey, Ledger
 from smsbridge.secret import Secret
 from smsbridge.sip.message import uri_user
 from tests.conftest import StartBridge
@@ -88,12 +88,12 @@ async def test_an_offline_phone_gets_the_text_when_it_registers(
 async def test_a_relay_202_is_recorded_as_accepted_and_not_repeated(backend: str, tmp_path: Path) -> None:
     async with open_ledger(backend, tmp_path) as ledger:
         assert await claim(ledger) is Claim.NEW
-        await ledger.delivered("mdr2-y", "1001", "accepted")
+        await ledger.delivered(DeliveryKey("main", "mdr2-y", "1001"), "accepted")
         assert await claim(ledger) is Claim.DONE
 
 
 async def claim(ledger: Ledger) -> Claim:
-    return await ledger.claim_delivery("mdr2-y", "1001", lease_s=30)
+    return await ledger.claim_delivery(DeliveryKey("main", "mdr2-y", "1001"), lease_s=30)
 
 
 async def test_a_text_reaches_the_phone_and_its_reply_reaches_flowroute(

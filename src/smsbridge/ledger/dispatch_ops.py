@@ -84,9 +84,10 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
 
 def accept(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None, now: datetime) -> bool:
     """Flowroute took the send: its id, segments and `accepted`, in three statements. False, and
-    nothing written, when another message already has this Flowroute id."""
+    nothing written, when another outbound message already has this Flowroute id (an inbound
+    text's id is what a webhook said: it never stops a send's, `ops.OUTBOUND_BY_MDR`)."""
     if mdr_id is not None:
-        holder = run(c, ops.ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
+        holder = run(c, ops.OUTBOUND_BY_MDR, {"mdr_id": mdr_id}).scalar()
         if holder is not None and holder != message_id:
             return False
     run(c, _ACCEPT, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})

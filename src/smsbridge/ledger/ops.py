@@ -10,7 +10,6 @@ skips SQLAlchemy's per-execution machinery; the rest through `Connection.execute
 
 from __future__ import annotations
 
-import enum
 import functools
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -28,12 +27,6 @@ from smsbridge.ledger.schema import deliveries, dlrs_seen, messages, status_hist
 # Later states never give way to earlier ones (DLRs can arrive out of order).
 STATE_RANK = {"queued": 0, "received": 0, "accepted": 1, "sent": 2, "buffered": 3, "delivered": 4, "failed": 4}
 FINAL = ("delivered", "failed")
-
-
-class Claim(enum.Enum):
-    NEW = "new"  # yours: go ahead
-    DONE = "done"  # already delivered: skip
-    BUSY = "busy"  # another worker holds a live lease: try later
 
 
 class MessageRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -90,10 +83,13 @@ def insert_or_skip(table: sa.Table, *returning: sa.Column[Any]) -> dict[str, Any
 
 _p = sa.bindparam
 _NEW_MESSAGE = insert_or_skip(messages, messages.c.id)
-_NEW_CLAIM = insert_or_skip(deliveries)
 _NEW_DLR = insert_or_skip(dlrs_seen)
 _ADD_HISTORY = sa.insert(status_history)
-ID_BY_MDR = sa.select(messages.c.id).where(messages.c.mdr_id == _p("mdr_id"))  # the message holding a Flowroute id
+# The outbound message holding a Flowroute id, in any configuration: outbound ids come from
+# Flowroute's answers to the bridge, unique across accounts; an inbound id is what a webhook
+# said, and another configuration's webhook may say anything (migration 6).
+OUTBOUND_BY_MDR = sa.select(messages.c.id).where((messages.c.mdr_id == _p("mdr_id"))
+                                                 & (messages.c.direction == "outbound"))
 # What a webhook may look up: only its own configuration's (and so tenant's) messages, by
 # Flowroute id in one direction. Another tenant's id must find nothing, not its row.
 _WEBHOOK_SCOPE = ((messages.c.mdr_id == _p("mdr_id")) & (messages.c.tenant == _p("tenant"))
@@ -102,14 +98,6 @@ _SCOPED_ID = sa.select(messages.c.id).where(_WEBHOOK_SCOPE)
 _SCOPED_ROW = sa.select(messages).where(_WEBHOOK_SCOPE)
 _ROW_BY_CLIENT_ID = sa.select(messages).where(
     (messages.c.tenant == _p("tenant")) & (messages.c.client_message_id == _p("client_message_id")))
-# Keys in WHERE are named apart from the columns: an UPDATE's parameters named like a column are SET.
-_CLAIM_KEY = (deliveries.c.mdr_id == _p("key_mdr_id")) & (deliveries.c.extension == _p("key_extension"))
-_CLAIM = sa.select(deliveries.c.state, deliveries.c.lease_until).where(_CLAIM_KEY)
-_TAKE_OVER = (sa.update(deliveries).where(_CLAIM_KEY & (deliveries.c.lease_until == _p("old_lease")))
-              .values(lease_until=_p("lease"), updated_at=_p("now")))
-_DELIVERED = sa.update(deliveries).where(_CLAIM_KEY).values(state=_p("new_state"), updated_at=_p("now"))
-DONE_DELIVERY_STATES = frozenset({"delivered", "accepted"})
-_RELEASE = sa.delete(deliveries).where(_CLAIM_KEY & (deliveries.c.state == "delivering"))
 _UPDATE_MESSAGE = sa.update(messages).where(messages.c.id == _p("message_id"))
 _SENDING = _UPDATE_MESSAGE.values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
 _REQUEUED = _UPDATE_MESSAGE.values(dispatch_state="queued", reason=_p("new_reason"), updated_at=_p("now"))
@@ -146,45 +134,6 @@ def record_inbound(c: sa.Connection, event: InboundMessage, now: datetime) -> bo
     return True
 
 
-def claim_delivery(c: sa.Connection, mdr_id: str, extension: str, now: datetime, lease: datetime) -> Claim:
-    inserted = run(c, _NEW_CLAIM[c.dialect.name], {"mdr_id": mdr_id, "extension": extension,
-                                                      "state": "delivering", "lease_until": lease, "updated_at": now})
-    if inserted.rowcount == 1:
-        return Claim.NEW
-    key = {"key_mdr_id": mdr_id, "key_extension": extension}
-    row = run(c, _CLAIM, key).one()
-    if row.state in DONE_DELIVERY_STATES:
-        return Claim.DONE
-    if utc(row.lease_until) > now:  # type: ignore[operator]
-        return Claim.BUSY
-    taken = run(c, _TAKE_OVER, {**key, "old_lease": row.lease_until, "lease": lease, "now": now})
-    return Claim.NEW if taken.rowcount == 1 else Claim.BUSY
-
-
-_LAST_DID = (sa.select(messages.c.to_number)
-             .join(deliveries, deliveries.c.mdr_id == messages.c.mdr_id)
-             .where((messages.c.direction == "inbound") & (messages.c.tenant == _p("tenant"))
-                    & (messages.c.from_number == _p("number")) & (deliveries.c.extension == _p("extension")))
-             .order_by(messages.c.id.desc()).limit(1))
-
-
-def last_did(c: sa.Connection, tenant: str, number: str, extension: str) -> str | None:
-    """The DID on which `number` last texted `extension` (a reply should come from it)."""
-    did = c.execute(_LAST_DID, {"tenant": tenant, "number": number, "extension": extension}).scalar()
-    return None if did is None else str(did)
-
-
-def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> None:
-    run(c, _DELIVERED, {"key_mdr_id": mdr_id, "key_extension": extension, "now": now, "new_state": state})
-    message_id = run(c, ID_BY_MDR, {"mdr_id": mdr_id}).scalar()
-    if message_id is not None:
-        advance(c, message_id, "delivered", now, reason=f"delivered to extension {extension}")
-
-
-def release_delivery(c: sa.Connection, mdr_id: str, extension: str) -> None:
-    run(c, _RELEASE, {"key_mdr_id": mdr_id, "key_extension": extension})
-
-
 # ----- outbound -----------------------------------------------------------------------------------
 def record_request(c: sa.Connection, request: DispatchRequest, now: datetime) -> bool:
     message_id = c.execute(_NEW_MESSAGE[c.dialect.name], {
@@ -206,10 +155,12 @@ def outbound(c: sa.Connection, tenant: str, client_message_id: str) -> MessageRo
 
 
 def held_mdrs(c: sa.Connection, mdr_ids: list[str]) -> set[str]:
-    """Those of `mdr_ids` that a message in the ledger already has."""
+    """Those of `mdr_ids` that an outbound message in the ledger already has (`OUTBOUND_BY_MDR`
+    says why not an inbound one)."""
     if not mdr_ids:
         return set()
-    return set(c.execute(sa.select(messages.c.mdr_id).where(messages.c.mdr_id.in_(mdr_ids))).scalars())
+    query = sa.select(messages.c.mdr_id).where(messages.c.mdr_id.in_(mdr_ids) & (messages.c.direction == "outbound"))
+    return set(c.execute(query).scalars())
 
 
 def alike_in_doubt(c: sa.Connection, row: MessageRow, since: datetime) -> list[datetime]:
@@ -337,23 +288,6 @@ def message_rows(c: sa.Connection, query: sa.Select[Any]) -> list[MessageRow]:
 _HISTORY = (sa.select(status_history.c.state, status_history.c.reason_code, status_history.c.reason,
                       status_history.c.dlr_level, status_history.c.dlr_code, status_history.c.at)
             .where(status_history.c.message_id == _p("message_id")).order_by(status_history.c.id))
-
-
-class DeliveryRow(msgspec.Struct, frozen=True, kw_only=True):
-    """Where an inbound text stands for one extension (and target: `1001#1` is the second one)."""
-
-    extension: str
-    state: str  # delivering | delivered | accepted (a relay took it, e.g. SIP 202: not proof of a phone)
-    updated_at: datetime
-
-
-_DELIVERIES_OF = (sa.select(deliveries.c.extension, deliveries.c.state, deliveries.c.updated_at)
-                  .where(deliveries.c.mdr_id == _p("mdr_id")).order_by(deliveries.c.extension))
-
-
-def deliveries_of(c: sa.Connection, mdr_id: str) -> list[DeliveryRow]:
-    return [DeliveryRow(extension=row.extension, state=row.state, updated_at=utc(row.updated_at))  # type: ignore[arg-type]
-            for row in c.execute(_DELIVERIES_OF, {"mdr_id": mdr_id})]
 
 
 def history(c: sa.Connection, message_id: int) -> list[StatusRow]:

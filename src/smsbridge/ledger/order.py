@@ -36,7 +36,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from smsbridge.ledger import ops
+from smsbridge.ledger import claims, ops
+from smsbridge.ledger.claims import DeliveryKey
 from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import delivery_order as order
@@ -51,28 +52,29 @@ class Turn(enum.Enum):
     WAIT = "wait"  # an earlier text of its conversation is not done: drop this copy, the ledger keeps it
 
 
-_TURN_OF = {ops.Claim.NEW: Turn.GO, ops.Claim.DONE: Turn.DONE, ops.Claim.BUSY: Turn.BUSY}
+_TURN_OF = {claims.Claim.NEW: Turn.GO, claims.Claim.DONE: Turn.DONE, claims.Claim.BUSY: Turn.BUSY}
 
 
 @dataclass(frozen=True)
 class Entry:
-    mdr_id: str
-    extension: str
+    key: DeliveryKey
     conversation: str
     received_at: datetime
     body: bytes  # the encoded delivery, as published
 
 
-_KEY = (order.c.mdr_id == _p("key_mdr_id")) & (order.c.extension == _p("key_extension"))
+# The same key as a delivery claim's (`claims.DeliveryKey.params`).
+_KEY = ((order.c.config_id == _p("key_config_id")) & (order.c.mdr_id == _p("key_mdr_id"))
+        & (order.c.extension == _p("key_extension")))
 _NEW = ops.insert_or_skip(order)
 _ROW = sa.select(order.c.conversation, order.c.state, order.c.updated_at).where(_KEY)
-_HEAD = (sa.select(order.c.mdr_id, order.c.extension, order.c.state, order.c.body)
+_HEAD = (sa.select(order.c.config_id, order.c.mdr_id, order.c.extension, order.c.state, order.c.body)
          .where((order.c.conversation == _p("conversation")) & (order.c.state != "done"))
          .order_by(order.c.received_at, order.c.mdr_id, order.c.extension).limit(1))
 _SET_STATE = sa.update(order).where(_KEY).values(state=_p("new_state"), updated_at=_p("now"))
 _earlier = order.alias("earlier")
 _STALE_HEADS = (
-    sa.select(order.c.mdr_id, order.c.extension, order.c.body)
+    sa.select(order.c.config_id, order.c.mdr_id, order.c.extension, order.c.body)
     .where((order.c.state != "done") & (order.c.updated_at < _p("cutoff")))
     .where(~sa.exists().where(
         (_earlier.c.conversation == order.c.conversation) & (_earlier.c.state != "done")
@@ -83,10 +85,6 @@ _STALE_HEADS = (
 _PRUNE = sa.delete(order).where((order.c.state == "done") & (order.c.updated_at < _p("cutoff")))
 
 
-def _key(mdr_id: str, extension: str) -> dict[str, Any]:
-    return {"key_mdr_id": mdr_id, "key_extension": extension}
-
-
 _LOCK = sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(_p("conversation", type_=sa.Text))))
 
 
@@ -95,15 +93,19 @@ def _lock(c: sa.Connection, conversation: str) -> None:
         run(c, _LOCK, {"conversation": conversation}).first()
 
 
+def _head_key(head: Any) -> DeliveryKey:
+    return DeliveryKey(head.config_id, head.mdr_id, head.extension)
+
+
 def _promote(c: sa.Connection, conversation: str, now: datetime,
-             own: frozenset[tuple[str, str]] = frozenset()) -> list[bytes]:
+             own: frozenset[DeliveryKey] = frozenset()) -> list[bytes]:
     """Make the conversation's head `live` if it was waiting, and return it to publish. One of
     `own` (texts this call enqueues) is returned even when already live: a redone inbound step
     may have committed before its publish was confirmed."""
     head = run(c, _HEAD, {"conversation": conversation}).first()
-    if head is None or (head.state != "waiting" and (head.mdr_id, head.extension) not in own):
+    if head is None or (head.state != "waiting" and _head_key(head) not in own):
         return []
-    run(c, _SET_STATE, {**_key(head.mdr_id, head.extension), "new_state": "live", "now": now})
+    run(c, _SET_STATE, {**_head_key(head).params(), "new_state": "live", "now": now})
     return [bytes(head.body)]
 
 
@@ -113,57 +115,57 @@ def enqueue(c: sa.Connection, entries: Iterable[Entry], now: datetime) -> list[b
     for entry in entries:
         _lock(c, entry.conversation)
         run(c, _NEW[c.dialect.name], {
-            "mdr_id": entry.mdr_id, "extension": entry.extension, "conversation": entry.conversation,
-            "received_at": entry.received_at, "state": "waiting", "body": entry.body, "updated_at": now})
-    own = frozenset((e.mdr_id, e.extension) for e in entries)
+            "config_id": entry.key.config_id, "mdr_id": entry.key.mdr_id, "extension": entry.key.extension,
+            "conversation": entry.conversation, "received_at": entry.received_at, "state": "waiting",
+            "body": entry.body, "updated_at": now})
+    own = frozenset(e.key for e in entries)
     return [body for conversation in dict.fromkeys(e.conversation for e in entries)
             for body in _promote(c, conversation, now, own)]
 
 
-def claim(c: sa.Connection, mdr_id: str, extension: str, now: datetime,
-          lease: datetime) -> tuple[Turn, list[bytes]]:
-    """Its turn? Then the delivery claim too (`ops.claim_delivery`). Also returns texts that
+def claim(c: sa.Connection, key: DeliveryKey, now: datetime, lease: datetime) -> tuple[Turn, list[bytes]]:
+    """Its turn? Then the delivery claim too (`claims.claim_delivery`). Also returns texts that
     became due (publish them): none, unless the claim finds the text already delivered."""
-    row = run(c, _ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, key.params()).first()
     if row is not None and row.state != "done":
         _lock(c, row.conversation)
         head = run(c, _HEAD, {"conversation": row.conversation}).first()
-        if head is not None and (head.mdr_id, head.extension) != (mdr_id, extension):
-            run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "waiting", "now": now})
+        if head is not None and _head_key(head) != key:
+            run(c, _SET_STATE, {**key.params(), "new_state": "waiting", "now": now})
             return Turn.WAIT, []
         # Touched on every attempt: a head retrying while the PBX is down is not "stale".
-        run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "live", "now": now})
-    result = _TURN_OF[ops.claim_delivery(c, mdr_id, extension, now, lease)]
-    due = settle(c, mdr_id, extension, now) if result is Turn.DONE else []
+        run(c, _SET_STATE, {**key.params(), "new_state": "live", "now": now})
+    result = _TURN_OF[claims.claim_delivery(c, key, now, lease)]
+    due = settle(c, key, now) if result is Turn.DONE else []
     return result, due
 
 
-def settle(c: sa.Connection, mdr_id: str, extension: str, now: datetime) -> list[bytes]:
+def settle(c: sa.Connection, key: DeliveryKey, now: datetime) -> list[bytes]:
     """The text is done with (delivered, dead-lettered or released): return its successor if due."""
-    row = run(c, _ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, key.params()).first()
     if row is None or row.state == "done":
         return []
     _lock(c, row.conversation)
-    run(c, _SET_STATE, {**_key(mdr_id, extension), "new_state": "done", "now": now})
+    run(c, _SET_STATE, {**key.params(), "new_state": "done", "now": now})
     return _promote(c, row.conversation, now)
 
 
-def delivered(c: sa.Connection, mdr_id: str, extension: str, now: datetime, state: str = "delivered") -> list[bytes]:
-    ops.delivered(c, mdr_id, extension, now, state)
-    return settle(c, mdr_id, extension, now)
+def delivered(c: sa.Connection, key: DeliveryKey, now: datetime, state: str = "delivered") -> list[bytes]:
+    claims.delivered(c, key, now, state)
+    return settle(c, key, now)
 
 
-def stale_heads(c: sa.Connection, cutoff: datetime, limit: int = 100) -> list[tuple[str, str, bytes]]:
+def stale_heads(c: sa.Connection, cutoff: datetime, limit: int = 100) -> list[tuple[DeliveryKey, bytes]]:
     """Heads untouched since `cutoff`: lost, or dead-lettered by the broker (delivery limit)."""
-    return [(r.mdr_id, r.extension, bytes(r.body)) for r in c.execute(_STALE_HEADS, {"cutoff": cutoff, "limit": limit})]
+    return [(_head_key(r), bytes(r.body)) for r in c.execute(_STALE_HEADS, {"cutoff": cutoff, "limit": limit})]
 
 
-def release(c: sa.Connection, mdr_id: str, extension: str, cutoff: datetime, now: datetime) -> list[bytes]:
+def release(c: sa.Connection, key: DeliveryKey, cutoff: datetime, now: datetime) -> list[bytes]:
     """Stop holding the conversation for a stale head (already republished by the caller)."""
-    row = run(c, _ROW, _key(mdr_id, extension)).first()
+    row = run(c, _ROW, key.params()).first()
     if row is None or row.state == "done" or ops.utc(row.updated_at) >= cutoff:  # type: ignore[operator]
         return []  # it moved meanwhile
-    return settle(c, mdr_id, extension, now)
+    return settle(c, key, now)
 
 
 @unhurried

@@ -15,8 +15,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from smsbridge.ledger.runner import unhurried
+from smsbridge.ledger.scope_migration import scope_ids
 
 metadata = sa.MetaData()
+MESSAGES_IDS = "uq_messages_mdr_config_direction"
 When = sa.DateTime(timezone=True)
 
 schema_versions = sa.Table(
@@ -33,7 +35,7 @@ messages = sa.Table(
     sa.Column("tenant", sa.String(64), nullable=False),
     sa.Column("config_id", sa.String(64), nullable=False),
     sa.Column("client_message_id", sa.String(128)),
-    sa.Column("mdr_id", sa.String(80), unique=True),
+    sa.Column("mdr_id", sa.String(80)),
     sa.Column("from_number", sa.String(32), nullable=False),
     sa.Column("to_number", sa.String(32), nullable=False),
     sa.Column("from_extension", sa.String(64)),
@@ -48,6 +50,10 @@ messages = sa.Table(
     sa.Column("created_at", When, nullable=False),
     sa.Column("updated_at", When, nullable=False),
     sa.UniqueConstraint("tenant", "client_message_id", name="uq_messages_tenant_client_id"),
+    # A Flowroute id is unique within one configuration and direction only (migration 6): another
+    # configuration's webhook posting the same id (hostile, a replay, a buggy sender) is its own
+    # text. The id first, so that the index also serves look-ups by id across configurations.
+    sa.UniqueConstraint("mdr_id", "config_id", "direction", name=MESSAGES_IDS),
 )
 sa.Index("ix_messages_updated", messages.c.updated_at)
 sa.Index("ix_messages_tenant_id", messages.c.tenant, messages.c.id)
@@ -67,13 +73,18 @@ status_history = sa.Table(
 )
 sa.Index("ix_status_history_message", status_history.c.message_id)
 
+# Delivery claims and the order of deliveries are keyed within the configuration the text came in
+# for (migration 6): two configurations' texts with one Flowroute id, to extensions of the same
+# name, are two deliveries.
 deliveries = sa.Table(
     "deliveries", metadata,
-    sa.Column("mdr_id", sa.String(80), primary_key=True),
-    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("mdr_id", sa.String(80), nullable=False),
+    sa.Column("config_id", sa.String(64), nullable=False),
+    sa.Column("extension", sa.String(64), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),  # delivering | delivered | accepted (SIP 202)
     sa.Column("lease_until", When, nullable=False),
     sa.Column("updated_at", When, nullable=False),
+    sa.PrimaryKeyConstraint("mdr_id", "config_id", "extension", name="deliveries_pkey"),
 )
 sa.Index("ix_deliveries_updated", deliveries.c.updated_at)
 
@@ -94,13 +105,15 @@ sa.Index("ix_dlrs_seen_at", dlrs_seen.c.seen_at)
 # kept so that a text waiting for its turn need not sit in RabbitMQ.
 delivery_order = sa.Table(
     "delivery_order", metadata,
-    sa.Column("mdr_id", sa.String(80), primary_key=True),
-    sa.Column("extension", sa.String(64), primary_key=True),
+    sa.Column("mdr_id", sa.String(80), nullable=False),
+    sa.Column("config_id", sa.String(64), nullable=False),
+    sa.Column("extension", sa.String(64), nullable=False),
     sa.Column("conversation", sa.String(255), nullable=False),
     sa.Column("received_at", When, nullable=False),
     sa.Column("state", sa.String(8), nullable=False),  # waiting | live (in RabbitMQ) | done
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("updated_at", When, nullable=False),
+    sa.PrimaryKeyConstraint("mdr_id", "config_id", "extension", name="delivery_order_pkey"),
 )
 sa.Index("ix_delivery_order_turn", delivery_order.c.conversation, delivery_order.c.state,
          delivery_order.c.received_at)
@@ -180,12 +193,17 @@ def _v5_dlr_claimed_by(connection: sa.Connection) -> None:
         connection.execute(sa.text("ALTER TABLE dlrs_seen ADD COLUMN claimed_by VARCHAR(64)"))
 
 
+def _v6_ids_per_configuration(connection: sa.Connection) -> None:
+    scope_ids(connection, messages, status_history, deliveries, delivery_order)
+
+
 MIGRATIONS: list[tuple[int, str, Migration]] = [
     (1, "messages, status history, deliveries, DLR dedupe", _v1_initial),
     (2, "delivery order per conversation and extension", _v2_delivery_order),
     (3, "relay sends (Flowroute-compatible API)", _v3_relay_sends),
     (4, "media: MMS attachments kept by the bridge", _v4_media),
     (5, "DLR dedupe: the event that claimed each receipt", _v5_dlr_claimed_by),
+    (6, "Flowroute ids, delivery claims and order scoped per configuration", _v6_ids_per_configuration),
 ]
 LATEST = MIGRATIONS[-1][0]
 

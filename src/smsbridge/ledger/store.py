@@ -17,9 +17,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import DispatchRequest, InboundDelivery, InboundMessage, encoder
-from smsbridge.ledger import dispatch_ops, media_ops, ops, order, relay_ops, schema
+from smsbridge.ledger import claims, dispatch_ops, media_ops, ops, order, relay_ops, schema
+from smsbridge.ledger.claims import Claim, DeliveryKey
 from smsbridge.ledger.media_ops import MediaRecord, MediaRow
-from smsbridge.ledger.ops import Claim, MessageRow, Scope, StatusRow
+from smsbridge.ledger.ops import MessageRow, Scope, StatusRow
 from smsbridge.ledger.relay_ops import RelaySend, Retaken
 from smsbridge.ledger.runner import (
     DEFAULT_TIMEOUT_S,
@@ -36,8 +37,8 @@ from smsbridge.ledger.schema import messages
 
 log = structlog.get_logger("smsbridge.ledger")
 
-__all__ = ["OUTAGE", "Claim", "Ledger", "MessageRow", "RelaySend", "Retaken", "Scope", "StatusRow", "engine_url",
-           "open_from_settings"]
+__all__ = ["OUTAGE", "Claim", "DeliveryKey", "Ledger", "MessageRow", "RelaySend", "Retaken", "Scope", "StatusRow",
+           "engine_url", "open_from_settings"]
 
 
 def engine_url(url: str) -> str:
@@ -143,47 +144,48 @@ class Ledger:
         """Remember an inbound text (after its publish was confirmed); False if already known."""
         return await self._db.write(ops.record_inbound, event, self._now())
 
-    async def claim_delivery(self, mdr_id: str, extension: str, lease_s: float) -> Claim:
+    async def claim_delivery(self, key: DeliveryKey, lease_s: float) -> Claim:
         now = self._now()
-        return await self._db.write(ops.claim_delivery, mdr_id, extension, now, now + timedelta(seconds=lease_s))
+        return await self._db.write(claims.claim_delivery, key, now, now + timedelta(seconds=lease_s))
 
-    async def delivered(self, mdr_id: str, extension: str, state: str = "delivered") -> None:
+    async def delivered(self, key: DeliveryKey, state: str = "delivered") -> None:
         """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
-        await self._db.write(ops.delivered, mdr_id, extension, self._now(), state)
+        await self._db.write(claims.delivered, key, self._now(), state)
 
-    async def deliveries(self, mdr_id: str) -> list[ops.DeliveryRow]:
-        return await self._db.read(ops.deliveries_of, mdr_id)
+    async def deliveries(self, config_id: str, mdr_id: str) -> list[claims.DeliveryRow]:
+        """Where the inbound text `mdr_id` of this configuration stands for each extension."""
+        return await self._db.read(claims.deliveries_of, config_id, mdr_id)
 
     async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
-        return await self._db.read(ops.last_did, tenant, number, extension)
+        return await self._db.read(claims.last_did, tenant, number, extension)
 
-    async def release_delivery(self, mdr_id: str, extension: str) -> None:
-        await self._db.write(ops.release_delivery, mdr_id, extension)
+    async def release_delivery(self, key: DeliveryKey) -> None:
+        await self._db.write(claims.release_delivery, key)
 
     # ----- order of deliveries (see ledger/order.py): each returns the texts now due -------------
     async def enqueue_deliveries(self, deliveries: Sequence[InboundDelivery]) -> list[bytes]:
-        entries = [order.Entry(d.mdr_id, d.claim_key, d.conversation, d.received_at, encoder.encode(d))
+        entries = [order.Entry(DeliveryKey.of(d), d.conversation, d.received_at, encoder.encode(d))
                    for d in deliveries]
         return await self._db.write(order.enqueue, entries, self._now())
 
-    async def claim_turn(self, mdr_id: str, extension: str, lease_s: float) -> tuple[order.Turn, list[bytes]]:
+    async def claim_turn(self, key: DeliveryKey, lease_s: float) -> tuple[order.Turn, list[bytes]]:
         now = self._now()
-        return await self._db.write(order.claim, mdr_id, extension, now, now + timedelta(seconds=lease_s))
+        return await self._db.write(order.claim, key, now, now + timedelta(seconds=lease_s))
 
-    async def delivered_in_turn(self, mdr_id: str, extension: str, state: str = "delivered") -> list[bytes]:
+    async def delivered_in_turn(self, key: DeliveryKey, state: str = "delivered") -> list[bytes]:
         """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
-        return await self._db.write(order.delivered, mdr_id, extension, self._now(), state)
+        return await self._db.write(order.delivered, key, self._now(), state)
 
-    async def settle_turn(self, mdr_id: str, extension: str) -> list[bytes]:
+    async def settle_turn(self, key: DeliveryKey) -> list[bytes]:
         """The text was dead-lettered: the conversation's next text may go."""
-        return await self._db.write(order.settle, mdr_id, extension, self._now())
+        return await self._db.write(order.settle, key, self._now())
 
-    async def stale_turns(self, older_than: timedelta) -> list[tuple[str, str, bytes]]:
+    async def stale_turns(self, older_than: timedelta) -> list[tuple[DeliveryKey, bytes]]:
         return await self._db.read(order.stale_heads, self._now() - older_than)
 
-    async def release_turn(self, mdr_id: str, extension: str, older_than: timedelta) -> list[bytes]:
+    async def release_turn(self, key: DeliveryKey, older_than: timedelta) -> list[bytes]:
         now = self._now()
-        return await self._db.write(order.release, mdr_id, extension, now - older_than, now)
+        return await self._db.write(order.release, key, now - older_than, now)
 
     # ----- outbound -----------------------------------------------------------------------------
     async def record_request(self, request: DispatchRequest) -> bool:
@@ -194,7 +196,8 @@ class Ledger:
         return await self._db.read(ops.outbound, tenant, client_message_id)
 
     async def held_mdrs(self, mdr_ids: list[str]) -> set[str]:
-        """Those of `mdr_ids` that some message in the ledger already has."""
+        """Those of `mdr_ids` that some outbound message in the ledger already has (an inbound
+        text's id is what a webhook said, `ops.OUTBOUND_BY_MDR`)."""
         return await self._db.read(ops.held_mdrs, mdr_ids)
 
     async def alike_in_doubt(self, row: MessageRow, within: timedelta) -> list[datetime]:
@@ -225,7 +228,7 @@ class Ledger:
         await self._db.write(ops.mark_queued, message_id, reason, self._now())
 
     async def record_accepted(self, message_id: int, mdr_id: str | None, segments: int | None) -> bool:
-        """False (nothing written) when another message already has `mdr_id`."""
+        """False (nothing written) when another outbound message already has `mdr_id`."""
         return await self._db.write(dispatch_ops.accept, message_id, mdr_id, segments, self._now())
 
     async def record_failed(self, message_id: int, code: str, reason: str) -> None:

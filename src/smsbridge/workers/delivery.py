@@ -10,7 +10,7 @@ import structlog
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.errors import PermanentError, RetryableError
 from smsbridge.events import InboundDelivery
-from smsbridge.ledger import Ledger
+from smsbridge.ledger import DeliveryKey, Ledger
 from smsbridge.ledger.order import Turn
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.base import DeliveryAdapter
@@ -44,8 +44,10 @@ class DeliveryHandler:
         adapter = self._adapters.get(adapter_key(delivery.tenant, delivery.target))
         if adapter is None:
             raise PermanentError(f"no PBX target for tenant '{delivery.tenant}'", code="no_target")
-        # Keyed by the target too (`claim_key`): a fallback or copy of a text is its own delivery.
-        turn, due = await self._ledger.claim_turn(delivery.mdr_id, delivery.claim_key, self._lease_s)
+        # Keyed by the target too (`claim_key`): a fallback or copy of a text is its own delivery;
+        # and by the configuration: another's text with the same Flowroute id is another delivery.
+        key = DeliveryKey.of(delivery)
+        turn, due = await self._ledger.claim_turn(key, self._lease_s)
         await self._turns.publish_or_leave(due)
         if turn is Turn.WAIT:
             log.info("an earlier text of this conversation goes first: this one waits in the ledger",
@@ -59,9 +61,9 @@ class DeliveryHandler:
         try:
             state = await adapter.deliver(delivery) or "delivered"
         except BaseException:
-            await self._ledger.release_delivery(delivery.mdr_id, delivery.claim_key)
+            await self._ledger.release_delivery(key)
             raise
-        due = await self._ledger.delivered_in_turn(delivery.mdr_id, delivery.claim_key, state)
+        due = await self._ledger.delivered_in_turn(key, state)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
         self._metrics.inbound_latency.observe((datetime.now(UTC) - delivery.received_at).total_seconds())
         log.info("delivered to PBX", adapter=adapter.kind, state=state)
@@ -74,7 +76,7 @@ class DeliveryHandler:
         if self._fallback is not None:
             await self._fallback(event, reason, code)
         try:
-            due = await self._ledger.settle_turn(event.mdr_id, event.claim_key)
+            due = await self._ledger.settle_turn(DeliveryKey.of(event))
         except Exception as exc:  # the ledger is down: the order sweep releases the conversation later
             log.warning("could not release the conversation after a dead letter", error=repr(exc))
             return

@@ -59,11 +59,12 @@ class OrderSweeper:
 
     async def sweep(self) -> int:
         stale = await self._ledger.stale_turns(self._stale)
-        for mdr_id, extension, body in stale:
+        for key, body in stale:
             await self._turns.publish([body])  # first: released or not, it must not be lost
-            due = await self._ledger.release_turn(mdr_id, extension, self._stale)
-            log.error("conversation released: its earliest text made no progress", mdr_id=mdr_id,
-                      extension=extension, stale_s=self._stale.total_seconds(), outcome="released")
+            due = await self._ledger.release_turn(key, self._stale)
+            log.error("conversation released: its earliest text made no progress", mdr_id=key.mdr_id,
+                      config=key.config_id, extension=key.extension, stale_s=self._stale.total_seconds(),
+                      outcome="released")
             await self._turns.publish(due)
         return len(stale)
 
