@@ -171,6 +171,8 @@ async def test_a_ledger_release_5_left_with_rows_in_it_migrates_to_ids_per_confi
             assert await ledger.version() == 5
             assert await ledger.upgrade() == [6]
             assert await ledger._db.read(shape) == fresh
+            async with open_ledger(backend, tmp_path / "after") as new:  # the migration left the metadata whole
+                assert await new._db.read(shape) == fresh
             migrated = await ledger._db.read(contents)
             assert migrated == {
                 "claims": [("", "mdr2-gone", "101", "delivered"), ("beta-main", "mdr2-b", "101", "delivering"),

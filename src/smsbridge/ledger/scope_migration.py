@@ -44,7 +44,7 @@ def _messages(c: sa.Connection, messages: sa.Table, history: sa.Table) -> None:
                 c.execute(sa.text(f'ALTER TABLE {messages.name} DROP CONSTRAINT "{unique["name"]}"'))
         (scoped,) = [u for u in messages.constraints
                      if isinstance(u, sa.UniqueConstraint) and u.columns.keys()[0] == "mdr_id"]
-        c.execute(sa.schema.AddConstraint(scoped))
+        _add_constraint(c, messages, scoped, "UNIQUE")
         return
     kept = f"{history.name}_kept_v5"
     c.execute(sa.text(f"CREATE TEMP TABLE {kept} AS SELECT * FROM {history.name}"))
@@ -65,7 +65,16 @@ def _add_config(c: sa.Connection, table: sa.Table, config: Any) -> None:
     c.execute(sa.text(f"ALTER TABLE {table.name} ALTER COLUMN config_id DROP DEFAULT"))
     old_key = sa.inspect(c).get_pk_constraint(table.name)["name"]
     c.execute(sa.text(f'ALTER TABLE {table.name} DROP CONSTRAINT "{old_key}"'))
-    c.execute(sa.schema.AddConstraint(table.primary_key))
+    _add_constraint(c, table, table.primary_key, "PRIMARY KEY")
+
+
+def _add_constraint(c: sa.Connection, table: sa.Table, constraint: sa.UniqueConstraint | sa.PrimaryKeyConstraint,
+                    kind: str) -> None:
+    """ALTER TABLE … ADD CONSTRAINT, written out: SQLAlchemy's `AddConstraint` would mark the
+    table's own constraint as added separately, and every later CREATE TABLE of it in this
+    process (a new ledger) would leave it out."""
+    columns = ", ".join(constraint.columns.keys())
+    c.execute(sa.text(f"ALTER TABLE {table.name} ADD CONSTRAINT {constraint.name} {kind} ({columns})"))
 
 
 def _rebuild_sqlite(c: sa.Connection, table: sa.Table, new_values: dict[str, Any]) -> None:
