@@ -29,7 +29,8 @@ SECRET_KEYS = frozenset({"token", "secret", "secret_key", "access_key", "passwor
 NUMBER_KEYS = frozenset({"from", "to", "from_", "number", "did"})
 BODY_KEYS = frozenset({"body", "text"})
 # Identifiers that are not free text: masking a digit run in them would only mangle them.
-ID_KEYS = frozenset({"timestamp", "event_id", "amqp_message_id", "mdr_id", "client_message_id"})
+ID_KEYS = frozenset({"timestamp", "event_id", "amqp_message_id", "mdr_id", "client_message_id", "id", "first_id",
+                     "bridge_id"})
 
 
 def redactor(show_pii: bool) -> structlog.types.Processor:

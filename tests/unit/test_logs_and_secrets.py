@@ -59,6 +59,15 @@ def test_timestamps_are_utc_to_the_microsecond() -> None:
     assert stamps == sorted(stamps)
 
 
+def test_message_ids_keep_their_digits_under_every_id_key() -> None:
+    """A Flowroute or bridge id such as mdr2-1234567890abcdef has digit runs a phone number could
+    have: masked, the id could no longer be looked up in the logs (the sandbox PBX logs `id`)."""
+    ident = "mdr2-2065550199abcdef0123456789"
+    line = capture(False, id=ident, first_id=ident, bridge_id=ident, mdr_id=ident, reason=f"for {ident}")
+    assert line["id"] == line["first_id"] == line["bridge_id"] == line["mdr_id"] == ident
+    assert "2065550199" not in str(line["reason"])
+
+
 def test_numbers_in_reasons_errors_and_tracebacks_are_masked() -> None:
     """Issue 16 point 5: a full number quoted in free text (a dead-letter reason, an exception)."""
     stream = io.StringIO()
