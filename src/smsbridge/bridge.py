@@ -27,8 +27,9 @@ from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.liveness import BrokerLiveness
-from smsbridge.broker.publisher import Publisher, Route
+from smsbridge.broker.publisher import Publisher
 from smsbridge.broker.renewal import Renewal
+from smsbridge.broker.routes import Route
 from smsbridge.config import (
     AmqpTarget,
     EmailTarget,

@@ -16,7 +16,8 @@ from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.header import ContentHeader
 
-from smsbridge.broker.publisher import LAG_S, Basic, Publisher, Route
+from smsbridge.broker.publisher import Basic, Publisher
+from smsbridge.broker.routes import LAG_S, Route
 from smsbridge.errors import BrokerUnavailable
 from tests.support.wait import eventually
 

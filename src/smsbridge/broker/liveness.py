@@ -33,7 +33,8 @@ import time
 import structlog
 
 from smsbridge.broker import names
-from smsbridge.broker.publisher import Basic, Publisher, Route
+from smsbridge.broker.publisher import Basic, Publisher
+from smsbridge.broker.routes import Route
 from smsbridge.errors import BrokerUnavailable
 
 log = structlog.get_logger("smsbridge.broker")

@@ -19,7 +19,8 @@ the timeout. An unroutable return is an answer and is not retried.
 A route can also go quiet without failing: a node cut off from its peers still confirms what
 needs no queue (the liveness probe) but not what its quorum queues must commit, and a silent
 network partition confirms nothing, while the connection looks open until heartbeats give up.
-So each route keeps its publishes that wait for a confirm, oldest first. A route is *lagging*
+So each route keeps its publishes that wait for a confirm, oldest first (`broker/routes.py`
+holds that bookkeeping and the checks below). A route is *lagging*
 when its oldest has waited `LAG_S` and nothing it carried was confirmed since that one went (a
 busy broker confirms late but keeps confirming; a stuck route confirms nothing). When a route
 lags while the other one confirmed something sent after that oldest publish (and is not lagging
@@ -45,135 +46,29 @@ a lagging route for new publishes.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiormq
-import structlog
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
+from smsbridge.broker.routes import LAG_S, STALE_AFTER_S, Message, Route, Waiting, watch
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.redact import header_text
 
-log = structlog.get_logger("smsbridge.broker")
 Headers = Mapping[str, Any]
 Basic = aiormq.spec.Basic
-Message = tuple[str, str, bytes, Basic.Properties, bool]  # exchange, routing key, body, properties, mandatory
 MIN_RETRY_S = 0.5  # a retry on the second route gets at least this, even past the deadline
 RETRY_PAUSE_S = 0.05  # between two rounds over every route, doubling...
 MAX_RETRY_PAUSE_S = 0.8  # ...up to this, until the publish timeout
 PERSISTENT = 2  # AMQP delivery mode: written to disk (quorum queues keep everything on disk anyway)
-# A route whose oldest waiting publish is this old, with nothing confirmed since it went, lags.
-# Well above a confirm's usual time (milliseconds; tens on a busy host), and low enough that a
-# hedged webhook is still answered within a second.
-LAG_S = 0.5
-SUSPECT_S = 10.0  # a route found lagging takes no new publishes first for this long...
-RECHECK_S = 0.1  # ...and while it lags, whether the other route answers is looked at this often
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-class Waiting:
-    """One publish waiting for its confirm on a route, and what a second copy needs."""
-
-    __slots__ = ("sent", "deadline", "message", "window", "hedge", "hedged")
-
-    def __init__(self, sent: float, deadline: float, message: Message | None) -> None:
-        self.sent = sent
-        self.deadline = deadline
-        self.message = message  # None: this caller does not allow a second copy
-        self.window: asyncio.Timeout | None = None  # ended early once the second copy is confirmed
-        self.hedge: asyncio.Task[bool] | None = None
-        self.hedged = False  # the second copy was confirmed
-
-
-class Route:
-    """One way to the broker: a confirm channel on one connection, when it last answered, and the
-    publishes waiting on it."""
-
-    def __init__(self, channel: AbstractChannel, *, connected: Callable[[], bool] | None = None,
-                 name: str = "primary", clock: Callable[[], float] = time.monotonic) -> None:
-        self.channel = channel
-        self.name = name
-        self._connected = connected
-        self.clock = clock
-        self.last_ok = clock()  # created once the topology is declared, itself a round trip
-        self.last_ok_sent = self.last_ok  # when the latest confirmed publish (probe or not) was sent
-        self.last_real_ok = self.last_ok  # the latest confirm of a publish that was not a probe
-        self.last_failed = float("-inf")
-        # Publishes (not probes) refused or lost with none confirmed since: when the first and the
-        # latest of them failed. A nack ends a publish's wait at once, so `waiting` never shows it.
-        self.failing_since = float("inf")
-        self.last_real_failed = float("-inf")
-        self.on_nack: Callable[[object], None] | None = None  # a publish on this channel was nacked: broker/renewal.py
-        self.waiting: dict[Waiting, None] = {}  # insertion-ordered: the oldest first
-        self.set_aside_until = float("-inf")  # found lagging: new publishes go elsewhere first
-        self.starting: set[Waiting] = set()  # second copies bound for this route, not yet confirmed or failed
-        self.started = asyncio.Event()  # set while `starting` is empty
-        self.started.set()
-        self.timer: asyncio.TimerHandle | None = None
-
-    def connected(self) -> bool:
-        up = not self.channel.is_closed and (self._connected is None or self._connected())
-        if not up:  # a new connection (to another node, or the same one healed) starts afresh
-            self.set_aside_until = float("-inf")
-        return up
-
-    def confirmed(self, sent: float, *, probe: bool = False) -> None:
-        now = self.clock()
-        self.last_ok = now
-        self.last_ok_sent = max(self.last_ok_sent, sent)
-        if not probe:
-            self.last_real_ok = now
-            self.failing_since = float("inf")
-
-    def failed(self, *, nacked: bool = False, probe: bool = False, channel: object = None) -> None:
-        """`channel`: the one the publish went on (the route's may have been replaced since)."""
-        now = self.clock()
-        self.last_failed = now
-        if not probe:
-            self.failing_since = min(self.failing_since, now)
-            self.last_real_failed = now
-        if nacked and self.on_nack is not None:
-            self.on_nack(self.channel if channel is None else channel)
-
-    def fresh(self, stale_after_s: float) -> bool:
-        """Confirmed something in the last `stale_after_s` seconds."""
-        return self.clock() - self.last_ok <= stale_after_s
-
-    def answering(self, stale_after_s: float) -> bool:
-        """Connected, confirmed something lately, and not failed since."""
-        return self.connected() and self.last_ok >= self.last_failed and self.fresh(stale_after_s)
-
-    def oldest(self) -> float:
-        """When the oldest publish still waiting for its confirm went (infinity: none waits)."""
-        for waiting in self.waiting:
-            return waiting.sent
-        return float("inf")
-
-    def lagging(self, after_s: float, now: float) -> bool:
-        """Its oldest waiting publish went `after_s` ago, and no publish was confirmed since."""
-        oldest = self.oldest()
-        return now - oldest >= after_s and self.last_real_ok < oldest
-
-    def refusing(self, after_s: float, now: float) -> bool:
-        """Its publishes have failed (nacked, lost) for `after_s`, lately too, and none was
-        confirmed since the first of them failed: a probe may still pass."""
-        return now - self.failing_since >= after_s and now - self.last_real_failed <= after_s
-
-
-def _done(route: Route, waiting: Waiting, _: object) -> None:
-    """A second copy's task ended (confirmed, finally failed, cancelled, or never started)."""
-    route.starting.discard(waiting)
-    if not route.starting:
-        route.started.set()
 
 
 class RouteDown(BrokerUnavailable):
@@ -184,7 +79,7 @@ class Publisher:
     """Publishes on the channel underneath aio-pika's robust channel, with AMQP properties built
     directly: no aio-pika `Message` or `Exchange` per publish (about 5% of the receiver's CPU)."""
 
-    STALE_AFTER_S = 3.0  # a route that confirmed nothing for this long is tried last
+    STALE_AFTER_S = STALE_AFTER_S  # a route that confirmed nothing for this long is tried last
 
     def __init__(self, channel: AbstractChannel, *, timeout: float,
                  connected: Callable[[], bool] | None = None) -> None:
@@ -269,11 +164,11 @@ class Publisher:
 
     async def _attempt(self, route: Route, message: Message, left: float, deadline: float, *, hedge: bool) -> None:
         """One publish on one route, counted among the route's waiting ones; with `hedge`, it ends
-        early once a second copy sent on another route (`_hedge_all`) is confirmed."""
+        early once a second copy sent on another route (`routes.hedge_all`) is confirmed."""
         waiting = Waiting(route.clock(), deadline, message if hedge else None)
         route.waiting[waiting] = None
         if route.timer is None and len(self.routes) > 1:
-            self._watch(route, LAG_S)
+            watch(self.routes, route, LAG_S, self._hedge)
         try:
             if not hedge:
                 await self.publish_on(route, *message, left)
@@ -295,52 +190,6 @@ class Publisher:
             del route.waiting[waiting]
             if waiting.hedge is not None and not waiting.hedge.done():
                 waiting.hedge.cancel()  # this copy was confirmed first: the other need not wait
-
-    def _watch(self, route: Route, delay: float) -> None:
-        # In a context of its own: not the log context (stage, message ids) of the publish that armed it.
-        route.timer = asyncio.get_running_loop().call_later(delay, self._check, route, context=contextvars.Context())
-
-    def _check(self, route: Route) -> None:
-        """Runs `LAG_S` after the oldest publish waiting on `route` went, then every `RECHECK_S`
-        while it lags: sets the route aside and sends every waiting publish again on the other
-        route if that one is demonstrably answering faster."""
-        route.timer = None
-        if not route.waiting:
-            return
-        now, oldest = route.clock(), route.oldest()
-        if now - oldest < LAG_S:
-            self._watch(route, oldest + LAG_S - now)
-            return
-        if route.lagging(LAG_S, now):
-            other = self._faster_than(route, oldest, now)
-            if other is not None:
-                if now >= route.set_aside_until:  # one line per episode, not per check
-                    log.warning("broker route not confirming: new publishes go through the other route first",
-                                route=route.name, other=other.name, waited_s=round(now - oldest, 2),
-                                waiting=len(route.waiting), set_aside_s=SUSPECT_S)
-                route.set_aside_until = now + SUSPECT_S
-                self._hedge_all(route, other)
-        self._watch(route, RECHECK_S)
-
-    def _faster_than(self, route: Route, since: float, now: float) -> Route | None:
-        """Another route that confirmed something sent after `since`, and is not lagging itself."""
-        for other in self.routes:
-            if (other is not route and other.answering(self.STALE_AFTER_S) and now >= other.set_aside_until
-                    and other.last_ok_sent > since and not other.lagging(LAG_S, now)):
-                return other
-        return None
-
-    def _hedge_all(self, route: Route, other: Route) -> None:
-        """A second copy of each waiting publish that allows one, in the order they first went:
-        tasks start in the order they are created, and nothing newer goes to `other` while one
-        of them is not yet confirmed or finally failed (`Route.starting`)."""
-        for waiting in route.waiting:
-            if waiting.message is None or waiting.hedge is not None:
-                continue
-            other.starting.add(waiting)
-            other.started.clear()
-            waiting.hedge = asyncio.create_task(self._hedge(waiting, other))
-            waiting.hedge.add_done_callback(functools.partial(_done, other, waiting))  # also if never started
 
     async def _hedge(self, waiting: Waiting, route: Route) -> bool:
         """The second copy: True once confirmed, and the first copy's wait is ended. Refused, it

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aio_pika.abc import AbstractChannel
 
-from smsbridge.broker.publisher import Route
+from smsbridge.broker.routes import Route
 
 log = structlog.get_logger("smsbridge.broker")
 RENEW_EVERY_S = 0.5
