@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 
 from smsbridge.app_keys import LEDGER_USABLE
-from smsbridge.broker import names, topology
+from smsbridge.broker import flows, names, topology
 from smsbridge.broker.consumer import StageConsumer
 from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
@@ -161,6 +161,7 @@ class Bridge:
             second = await self._channel(publisher_confirms=True, on_return_raises=True, on=self.standby)
             self.publisher.add_route(second, connected=self.standby.connected.is_set, name="standby")
             self._renewed(self.publisher.routes[-1], self.standby)
+        self.publisher.flows.watch(flows.essential(broker.prefix, self.roles, self.settings.accounts()))
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
         self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer
         self._background(self.liveness.run(), "broker-liveness")

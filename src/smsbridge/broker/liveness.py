@@ -16,9 +16,12 @@ rest of its cluster) still answers it. The publishes themselves tell: for readin
 with a publish that has waited `stale_after_s` for its confirm, with nothing confirmed since it
 went, is not answering either, however its probes fare; nor is one whose publishes the broker
 has refused (nacked) for `stale_after_s`, still lately, with none confirmed since the first
-refusal (a nacked publish waits no more, so only the failures show it). The gate does not refuse for that
-alone: the same happens while a queue's leader is re-elected (5-6 s after a partition in `make
-faults`), and a webhook that waits may then still be taken.
+refusal (a nacked publish waits no more, so only the failures show it). A single queue can stop
+committing while the others confirm on the same routes (its leader on the cut-off node), so
+readiness also watches the destinations the process's roles exist to publish to, each on its
+own (`broker/flows.py`). The gate does not refuse for that alone: the same happens while a
+queue's leader is re-elected (5-6 s after a partition in `make faults`), and a webhook that waits
+may then still be taken.
 
 With two routes (a connection to a second node, see `broker/publisher.py`), each is probed on
 its own: the broker answers while either route does, and the publisher tries the answering
@@ -72,10 +75,12 @@ class BrokerLiveness:
     def committing(self) -> bool:
         """Readiness: some route is responsive, has no publish that has waited `stale_after_s`
         with nothing confirmed since, and has not had its publishes refused for `stale_after_s`
-        with none confirmed since (the probe alone does not show that a route's queues can commit)."""
+        with none confirmed since (the probe alone does not show that a route's queues can commit);
+        and no destination the process's roles exist to publish to is stalled (`broker/flows.py`:
+        one queue can stop committing while the others confirm on the same routes)."""
         now, stale = time.monotonic(), self._stale_after_s
         return any(r.fresh(stale) and not r.lagging(stale, now) and not r.refusing(stale, now)
-                   for r in self._publisher.routes)
+                   for r in self._publisher.routes) and not self._publisher.flows.stalled(stale)
 
     async def probe(self) -> bool:
         """Probe every route at once; True if any answered."""
@@ -104,6 +109,7 @@ class BrokerLiveness:
                 log.warning("broker answering again" if all(now)
                             else "broker not answering: readiness false, webhooks answered 503 at once"
                             if not now[0] else "broker not confirming publishes: readiness false",
-                            stale_after_s=self._stale_after_s)
+                            stale_after_s=self._stale_after_s,
+                            stalled=self._publisher.flows.stalled(self._stale_after_s))
                 was = now
             await asyncio.sleep(self._interval_s)

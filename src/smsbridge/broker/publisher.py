@@ -55,6 +55,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
+from smsbridge.broker.flows import Flows
 from smsbridge.broker.routes import LAG_S, STALE_AFTER_S, Message, Route, Waiting, watch
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.redact import header_text
@@ -86,6 +87,7 @@ class Publisher:
         self.routes = [Route(channel, connected=connected)]
         self._timeout = timeout
         self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
+        self.flows = Flows()  # the destinations readiness watches (broker/flows.py)
 
     def add_route(self, channel: AbstractChannel, *, connected: Callable[[], bool], name: str) -> None:
         """A second way to the broker (a connection to another node), used when the first fails."""
@@ -125,6 +127,26 @@ class Publisher:
         budget = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         message: Message = (exchange, routing_key, body, properties, mandatory)
+        flow = self.flows.get(exchange, routing_key)
+        if flow is None:
+            await self._send(message, budget, deadline, hedge)
+            return
+        token = flow.went()
+        confirmed: bool | None = None  # None: cancelled, says nothing about the destination
+        try:
+            await self._send(message, budget, deadline, hedge)
+            confirmed = True
+        except RouteDown:
+            confirmed = False
+            raise
+        except BrokerUnavailable:
+            confirmed = True  # unroutable: the broker answered
+            raise
+        finally:
+            flow.ended(token, confirmed=confirmed)
+
+    async def _send(self, message: Message, budget: float, deadline: float, hedge: bool) -> None:
+        """Through the first route that takes it, trying them all again until the deadline."""
         if len(self.routes) == 1:
             await self._attempt(self.routes[0], message, budget, deadline, hedge=False)
             return
