@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -15,7 +14,7 @@ import pytest
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
-from smsbridge.config import InboundRule, LedgerSettings, RetryPolicy
+from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable, RetryableError
 from smsbridge.events import DispatchRequest, OutboundRequest
 from smsbridge.flowroute.simulator import FlowrouteSimulator
@@ -28,12 +27,11 @@ from smsbridge.pbx_client import publish_request, watch
 from smsbridge.sandbox.flowroute_pbx import send_jsonapi
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
-from tests.integration.test_delivery_order import out_of_order, text
-from tests.support.ledger import PG_URL, pg_schema
+from tests.support.held_texts import HeldTexts, proxied_schema
 from tests.support.media import LINK_KEY, start_receiver
 from tests.support.pg_starting import StartingPostgres
 from tests.support.relay import FREEPBX, relay_queue, relay_settings
-from tests.support.settings import DID_MAIN, TOKEN, settings, with_flowroute
+from tests.support.settings import DID_MAIN, settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
 
@@ -42,18 +40,8 @@ __all__ = ["relay_queue"]  # the fixture, used by name
 
 @pytest.fixture
 async def proxied_pg() -> AsyncIterator[tuple[TcpProxy, LedgerSettings]]:
-    parts = urlsplit(PG_URL)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    async with pg_schema() as schema:
-        url = PG_URL.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{proxy.port}")
-        ledger = Ledger.open(url, schema_name=schema)
-        await ledger.upgrade()
-        await ledger.close()
-        try:
-            yield proxy, LedgerSettings(url=url, schema=schema)
-        finally:
-            await proxy.cut()
+    async with proxied_schema() as (proxy, url, schema):
+        yield proxy, LedgerSettings(url=url, schema=schema)
 
 
 def request(client_id: str) -> DispatchRequest:
@@ -135,36 +123,19 @@ async def test_texts_offered_while_the_ledger_is_away_reach_the_pbx_in_arrival_o
     The inbound retry wait is long here, so a text sent round a delay queue comes back after the
     later texts were delivered: what the old inbound stage did."""
     proxy, location = proxied_pg
-    base = settings(prefix=prefix, pbx_url=pbx.url, ledger=location,
-                    rules=[InboundRule(config="main", did=DID_MAIN, extensions=["101"])])
-    slow = RetryPolicy(max_attempts=5, base_delay_s=3.0, max_delay_s=3.0, max_age_s=60)
-    front = await start_bridge(msgspec.structs.replace(base, retry=msgspec.structs.replace(base.retry, inbound=slow)))
-    hook = f"{front.receiver_url}/webhooks/flowroute/main/{TOKEN}"
-
-    async def post(sender: int, seq: int) -> None:
-        async with http.post(hook, data=text(sender, seq), headers={"Content-Type": "application/json"}) as r:
-            assert r.status == 200  # the receiver does not need the ledger
-
+    texts = await HeldTexts.start(start_bridge, http, pbx, prefix=prefix, ledger=location, max_age_s=60)
     with structlog.testing.capture_logs() as logs:
-        for sender in range(3):
-            await post(sender, 0)
-        # Recorded as delivered too (logged after the ledger write), so no repeat muddles the count.
-        await eventually(lambda: [e["event"] for e in logs].count("delivered to PBX") == 3, timeout=30,
-                         what="the first texts delivered")
+        await texts.first_delivered(logs)
         await proxy.cut()
-        for sender in range(3):
-            await post(sender, 1)
+        await texts.round(1)
         deadline = asyncio.get_running_loop().time() + 30
         while [e["event"] for e in logs].count("ledger unavailable: messages are retried until it is back") < 1:
             assert asyncio.get_running_loop().time() < deadline, logs
             await asyncio.sleep(0.05)
         await proxy.restore()
         for seq in (2, 3):
-            for sender in range(3):
-                await post(sender, seq)
-        await eventually(lambda: len({d["mdr_id"] for d in pbx.received}) == 12, timeout=60, what="every text")
-    first = list({d["mdr_id"]: d for d in reversed(pbx.received)}.values())[::-1]  # a repeat keeps its key
-    assert out_of_order(first) == 0, [d["body"] for d in pbx.received]
+            await texts.round(seq)
+        await texts.all_in_arrival_order(rounds=4, timeout=60)
 
 
 async def test_a_media_link_while_the_ledger_is_down_is_503_then_serves(

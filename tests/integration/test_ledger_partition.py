@@ -10,24 +10,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 import aiohttp
-import msgspec
 import pytest
 import sqlalchemy as sa
 import structlog
 
-from smsbridge.config import InboundRule, LedgerSettings, RetryPolicy
+from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable
 from smsbridge.ledger import Ledger
 from smsbridge.ledger.order import _lock as conversation_lock
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
-from tests.integration.test_delivery_order import out_of_order, text
 from tests.integration.test_ledger_outage import request
-from tests.support.ledger import PG_URL, pg_schema
-from tests.support.settings import DID_MAIN, TOKEN, settings
+from tests.support.held_texts import HeldTexts, proxied_schema
+from tests.support.ledger import PG_URL
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
 
@@ -38,19 +35,11 @@ OUTER_S = 60.0  # what the old code would have waited for instead: TCP's retrans
 
 @pytest.fixture
 async def partitioned_pg() -> AsyncIterator[tuple[TcpProxy, LedgerSettings]]:
-    parts = urlsplit(PG_URL)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    async with pg_schema() as schema:
-        url = PG_URL.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{proxy.port}")
-        ledger = Ledger.open(url, schema_name=schema)
-        await ledger.upgrade()
-        await ledger.close()
+    async with proxied_schema() as (proxy, url, schema):
         try:
             yield proxy, LedgerSettings(url=url, schema=schema, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S)
         finally:
             proxy.heal()  # what a blackholed connection held goes through: the server ends its sessions
-            await proxy.cut()
 
 
 def open_ledger(location: LedgerSettings) -> Ledger:
@@ -158,24 +147,11 @@ async def test_texts_held_during_a_silent_partition_reach_the_pbx_after_it_in_or
     silent partition that took the deadline (before: the handler waited, nothing was held or
     logged, and the stage stalled until TCP gave up)."""
     proxy, location = partitioned_pg
-    base = settings(prefix=prefix, pbx_url=pbx.url, ledger=location,
-                    rules=[InboundRule(config="main", did=DID_MAIN, extensions=["101"])])
-    slow = RetryPolicy(max_attempts=5, base_delay_s=3.0, max_delay_s=3.0, max_age_s=120)
-    front = await start_bridge(msgspec.structs.replace(base, retry=msgspec.structs.replace(base.retry, inbound=slow)))
-    hook = f"{front.receiver_url}/webhooks/flowroute/main/{TOKEN}"
-
-    async def post(sender: int, seq: int) -> None:
-        async with http.post(hook, data=text(sender, seq), headers={"Content-Type": "application/json"}) as r:
-            assert r.status == 200  # the receiver does not need the ledger
-
+    texts = await HeldTexts.start(start_bridge, http, pbx, prefix=prefix, ledger=location, max_age_s=120)
     with structlog.testing.capture_logs() as logs:
-        for sender in range(3):
-            await post(sender, 0)
-        await eventually(lambda: [e["event"] for e in logs].count("delivered to PBX") == 3, timeout=30,
-                         what="the first texts delivered")
+        await texts.first_delivered(logs)
         proxy.blackhole()
-        for sender in range(3):
-            await post(sender, 1)
+        await texts.round(1)
         try:
             await eventually(lambda: any(e["event"] == "message held in place until it can go on" for e in logs),
                              timeout=OUTER_S, what="a text held (the ledger call failed instead of hanging)")
@@ -184,9 +160,6 @@ async def test_texts_held_during_a_silent_partition_reach_the_pbx_after_it_in_or
         held = [e for e in logs if e["event"] == "message held in place until it can go on"]
         assert all(e["reason"].startswith("ledger unavailable") for e in held), held
         for seq in (2, 3):
-            for sender in range(3):
-                await post(sender, seq)
-        await eventually(lambda: len({d["mdr_id"] for d in pbx.received}) == 12, timeout=OUTER_S, what="every text")
-    first = list({d["mdr_id"]: d for d in reversed(pbx.received)}.values())[::-1]  # a repeat keeps its key
-    assert out_of_order(first) == 0, [d["body"] for d in pbx.received]
+            await texts.round(seq)
+        await texts.all_in_arrival_order(rounds=4, timeout=OUTER_S)
     assert not [e for e in logs if e["event"] == "handler crashed"]

@@ -9,11 +9,9 @@ opened later work: the bridge must go on taking and delivering texts within abou
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -26,42 +24,30 @@ from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import text
 from tests.support.nacking_proxy import NackingProxy
-from tests.support.settings import ACCOUNT, TOKEN, settings
+from tests.support.nodes import bridge_on, nodes_of, timed_post
+from tests.support.settings import ACCOUNT
 from tests.support.wait import eventually
 
 WEBHOOK_S = 2.0  # the target is well under a second; slack for a host with both cores busy
 
 
 @pytest.fixture
-async def nodes() -> AsyncIterator[tuple[NackingProxy, NackingProxy]]:
-    first, second = NackingProxy("127.0.0.1", 5672), NackingProxy("127.0.0.1", 5672)
-    await first.start()
-    await second.start()
-    yield first, second
-    for proxy in (first, second):
-        await proxy.cut()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, float]:
-    started = time.monotonic()
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
-        return response.status, time.monotonic() - started
+async def nodes() -> AsyncIterator[tuple[NackingProxy, ...]]:
+    async with nodes_of(NackingProxy) as proxies:
+        yield proxies
 
 
 async def test_texts_go_on_when_every_channel_the_bridge_publishes_on_is_nacked(
-    start_bridge: StartBridge, nodes: tuple[NackingProxy, NackingProxy], pbx: FakePbx, http: aiohttp.ClientSession,
+    start_bridge: StartBridge, nodes: tuple[NackingProxy, ...], pbx: FakePbx, http: aiohttp.ClientSession,
     prefix: str,
 ) -> None:
     first, second = nodes
-    base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[first.url, second.url], publish_timeout_s=5.0)))
-    url = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}"
-    assert (await post(http, url, text(1, 0)))[0] == 200
+    _, url = await bridge_on(start_bridge, nodes, prefix=prefix, pbx_url=pbx.url)
+    assert (await timed_post(http, url, text(1, 0)))[0] == 200
     await pbx.wait_for(2, timeout=30)  # extensions 101 and 102
     stuck = first.stick() + second.stick()  # the receiver's, the inbound and delivery stages' channels
     assert stuck >= 4
-    answers = [await post(http, url, text(1, seq)) for seq in range(1, 6)]
+    answers = [await timed_post(http, url, text(1, seq)) for seq in range(1, 6)]
     assert [code for code, _ in answers] == [200] * 5
     slowest = max(seconds for _, seconds in answers)
     print(f"5 webhooks after the channels stuck: slowest {slowest * 1000:.0f} ms; "
@@ -73,7 +59,7 @@ async def test_texts_go_on_when_every_channel_the_bridge_publishes_on_is_nacked(
 
 
 async def test_a_nacked_route_gets_a_fresh_channel_at_most_once_per_interval_and_the_old_one_closes(
-    nodes: tuple[NackingProxy, NackingProxy], channel: AbstractChannel, prefix: str,
+    nodes: tuple[NackingProxy, ...], channel: AbstractChannel, prefix: str,
 ) -> None:
     first, _ = nodes
     await topology.declare(channel, prefix, delivery_limit=20, accounts=[ACCOUNT])

@@ -17,7 +17,6 @@ import msgspec
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from smsbridge.bridge import Bridge
 from smsbridge.broker import names, topology
 from smsbridge.broker.consumer import MessageContext, StageConsumer
 from smsbridge.broker.publisher import Publisher
@@ -28,7 +27,8 @@ from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import text
 from tests.support.broker import take
-from tests.support.settings import ACCOUNT, TOKEN, settings
+from tests.support.nodes import bridge_on, nodes_of, readiness, timed_post
+from tests.support.settings import ACCOUNT
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
 
@@ -37,46 +37,27 @@ SLOW_WEBHOOK_S = 1.0
 
 
 @pytest.fixture
-async def nodes() -> AsyncIterator[tuple[TcpProxy, TcpProxy]]:
-    first, second = TcpProxy("127.0.0.1", 5672), TcpProxy("127.0.0.1", 5672)
-    await first.start()
-    await second.start()
-    yield first, second
-    for proxy in (first, second):
-        proxy.heal()
-        await proxy.cut()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, float]:
-    started = time.monotonic()
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
-        return response.status, time.monotonic() - started
-
-
-async def ready(http: aiohttp.ClientSession, bridge: Bridge) -> int:
-    async with http.get(f"{bridge.receiver_url}/readyz") as response:
-        return response.status
+async def nodes() -> AsyncIterator[tuple[TcpProxy, ...]]:
+    async with nodes_of(TcpProxy) as proxies:
+        yield proxies
 
 
 async def test_killing_the_connected_node_refuses_no_webhook_and_consumers_move_within_seconds(
-    start_bridge: StartBridge, nodes: tuple[TcpProxy, TcpProxy], pbx: FakePbx, http: aiohttp.ClientSession,
+    start_bridge: StartBridge, nodes: tuple[TcpProxy, ...], pbx: FakePbx, http: aiohttp.ClientSession,
     prefix: str,
 ) -> None:
     first, second = nodes
-    base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[first.url, second.url], publish_timeout_s=5.0)))
+    bridge, url = await bridge_on(start_bridge, nodes, prefix=prefix, pbx_url=pbx.url)
     assert bridge.connection is not None and bridge.standby is not None
     assert node(str(bridge.connection.url))[1] == first.port and node(str(bridge.standby.url))[1] == second.port
-    url = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}"
     answers: list[tuple[int, float]] = []
-    readiness: list[int] = []
+    ready: list[int] = []
 
     async def steady(count: int, offset: int) -> None:
         """One webhook every 25 ms (40/s), each a new text, plus a readiness check each."""
         for seq in range(offset, offset + count):
-            answers.append(await post(http, url, text(1, seq)))
-            readiness.append(await ready(http, bridge))
+            answers.append(await timed_post(http, url, text(1, seq)))
+            ready.append((await readiness(http, bridge))[0])
             await asyncio.sleep(0.025)  # pacing the offered load, not synchronisation
 
     await steady(20, 0)
@@ -93,7 +74,7 @@ async def test_killing_the_connected_node_refuses_no_webhook_and_consumers_move_
     slowest = max(seconds for _, seconds in answers)
     print(f"{len(answers)} webhooks: {codes.count(200)} × 200, slowest {slowest * 1000:.0f} ms")
     assert codes == [200] * 120, f"refused: {[c for c in codes if c != 200]}"
-    assert set(readiness) == {200}, "readiness said not ready while webhooks were taken"
+    assert set(ready) == {200}, "readiness said not ready while webhooks were taken"
     assert slowest < SLOW_WEBHOOK_S * 3, f"a webhook waited {slowest:.2f} s"
     delivered = await pbx.wait_for(2 * 120, timeout=60)  # extensions 101 and 102 each get every text
     assert len({(d["mdr_id"], d["extension"]) for d in delivered}) == 240
@@ -123,7 +104,7 @@ class Held:
 
 
 async def test_work_in_flight_when_the_node_dies_finishes_and_its_redelivery_follows(
-    nodes: tuple[TcpProxy, TcpProxy], channel: AbstractChannel, prefix: str,
+    nodes: tuple[TcpProxy, ...], channel: AbstractChannel, prefix: str,
 ) -> None:
     """aiormq cancels a channel's consumer callbacks when the channel closes: a delivery cut off
     after the PBX took the text, before the ledger knew, reached the PBX again a lease later."""

@@ -8,14 +8,14 @@ import time
 from collections.abc import AsyncIterator
 
 import aiohttp
-import msgspec
 import pytest
 
 from smsbridge.bridge import Bridge
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.support.fixtures import raw_payload
-from tests.support.settings import TOKEN, settings
+from tests.support.nodes import on_nodes, readiness, running, timed_post, webhook_url
+from tests.support.settings import settings
 from tests.support.tcpproxy import TcpProxy
 
 READY_WITHIN_S = 6.0  # liveness: 3 s without a confirmed round trip, plus slack for a busy machine
@@ -24,16 +24,8 @@ FAST_503_S = 1.0  # a webhook during the partition: its 503 without waiting for 
 
 @pytest.fixture
 async def proxy() -> AsyncIterator[TcpProxy]:
-    node = TcpProxy("127.0.0.1", 5672)
-    await node.start()
-    yield node
-    node.heal()
-    await node.cut()
-
-
-async def readiness(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict[str, bool]]:
-    async with http.get(f"{bridge.receiver_url}/readyz") as response:
-        return response.status, (await response.json())["checks"]
+    async with running(TcpProxy("127.0.0.1", 5672)) as (node,):
+        yield node
 
 
 async def wait_for_readiness(http: aiohttp.ClientSession, bridge: Bridge, status: int, timeout: float) -> float:
@@ -45,19 +37,12 @@ async def wait_for_readiness(http: aiohttp.ClientSession, bridge: Bridge, status
     return time.monotonic() - started
 
 
-async def timed_post(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, float]:
-    started = time.monotonic()
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
-        return response.status, time.monotonic() - started
-
-
 async def test_silent_partition_turns_readyz_503_within_seconds_and_webhooks_fail_fast(
     start_bridge: StartBridge, proxy: TcpProxy, pbx: FakePbx, http: aiohttp.ClientSession, prefix: str
 ) -> None:
     base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[proxy.url], publish_timeout_s=5.0)))
-    url, raw = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}", raw_payload("legacy_flat_mdr1")
+    bridge = await start_bridge(on_nodes(base, [proxy.url]))
+    url, raw = webhook_url(bridge), raw_payload("legacy_flat_mdr1")
     assert (await readiness(http, bridge))[0] == 200
 
     proxy.blackhole()
@@ -84,9 +69,8 @@ async def test_a_partition_longer_than_the_heartbeat_drops_the_connection_and_it
     """Heartbeats end the dead connection (here every 2 s, from the URL: dropped after 9 s of
     silence); the reconnect attempt made while the partition lasts succeeds after it."""
     base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[f"{proxy.url}?heartbeat=2"], publish_timeout_s=5.0)))
-    url, raw = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}", raw_payload("legacy_flat_mdr1")
+    bridge = await start_bridge(on_nodes(base, [f"{proxy.url}?heartbeat=2"]))
+    url, raw = webhook_url(bridge), raw_payload("legacy_flat_mdr1")
     proxy.blackhole()
     started = time.monotonic()
     while (await readiness(http, bridge))[1]["broker_connected"]:

@@ -24,6 +24,7 @@ from smsbridge.broker import names
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import text
 from tests.support.confirm_proxy import ConfirmHoldingProxy
+from tests.support.nodes import nodes_of, on_nodes, readiness, timed_post, webhook_url
 from tests.support.relay import GLOBEX, GLOBEX_DID, relay_queue, relay_settings
 from tests.support.settings import TOKEN
 
@@ -33,31 +34,21 @@ STALE_S = 3.0
 
 
 @pytest.fixture
-async def nodes() -> AsyncIterator[list[ConfirmHoldingProxy]]:
-    proxies = [ConfirmHoldingProxy("127.0.0.1", 5672) for _ in range(2)]
-    for proxy in proxies:
-        await proxy.start()
-    yield proxies
-    for proxy in proxies:
-        await proxy.release()
-        await proxy.cut()
+async def nodes() -> AsyncIterator[tuple[ConfirmHoldingProxy, ...]]:
+    async with nodes_of(ConfirmHoldingProxy) as proxies:
+        yield proxies
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: bytes, **kwargs: object) -> int:
-    async with http.post(url, data=body, **kwargs) as response:  # type: ignore[arg-type]
-        return response.status
-
-
-async def readiness(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict[str, bool]]:
-    async with http.get(f"{bridge.receiver_url}/readyz") as response:
-        return response.status, (await response.json())["checks"]
+async def webhook(http: aiohttp.ClientSession, url: str, body: bytes) -> int:
+    return (await timed_post(http, url, body))[0]
 
 
 async def globex_send(http: aiohttp.ClientSession, bridge: Bridge) -> int:
     """Tenant globex's PBX sends through the relay API: 202 once the outbound queue has it."""
     body = msgspec.json.encode({"to": "2065550199", "from": GLOBEX_DID, "body": "table ready"})
-    return await post(http, f"{bridge.receiver_url}/flowroute/v2.2/messages", body,
-                      headers={"Authorization": aiohttp.encode_basic_auth(*GLOBEX)})
+    auth = {"Authorization": aiohttp.encode_basic_auth(*GLOBEX)}
+    async with http.post(f"{bridge.receiver_url}/flowroute/v2.2/messages", data=body, headers=auth) as response:
+        return response.status
 
 
 def routes_answer(bridge: Bridge) -> bool:
@@ -70,21 +61,20 @@ def routes_answer(bridge: Bridge) -> bool:
 
 @pytest.mark.parametrize("listed", [1, 2])
 async def test_readiness_turns_false_while_the_inbound_queue_confirms_nothing_though_another_queue_does(
-    start_bridge: StartBridge, nodes: list[ConfirmHoldingProxy], relay_queue: str, http: aiohttp.ClientSession,
+    start_bridge: StartBridge, nodes: tuple[ConfirmHoldingProxy, ...], relay_queue: str, http: aiohttp.ClientSession,
     prefix: str, listed: int,
 ) -> None:
     base = relay_settings(prefix)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[node.url for node in nodes[:listed]], publish_timeout_s=15.0)), ["receiver"])
-    hook = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}"
-    json = {"Content-Type": "application/json"}
-    assert await post(http, hook, text(1, 0), headers=json) == 200
+    bridge = await start_bridge(on_nodes(base, [node.url for node in nodes[:listed]], publish_timeout_s=15.0),
+                                ["receiver"])
+    hook = webhook_url(bridge)
+    assert await webhook(http, hook, text(1, 0)) == 200
     assert (await readiness(http, bridge))[0] == 200
 
     inbound = names.stage_queue(prefix, "inbound")
     for node in nodes:
         node.hold(lambda key: key == inbound)
-    waiting = asyncio.create_task(post(http, hook, text(1, 1), headers=json))
+    waiting = asyncio.create_task(webhook(http, hook, text(1, 1)))
     started = time.monotonic()
     sends = 0
     while (await readiness(http, bridge))[0] != 503:
@@ -100,8 +90,8 @@ async def test_readiness_turns_false_while_the_inbound_queue_confirms_nothing_th
     assert await globex_send(http, bridge) == 202  # the relay API still takes sends
     assert not waiting.done()
     # Hostile input meanwhile is answered at once, and changes nothing.
-    assert await post(http, hook, b"{not json", headers=json) == 400
-    assert await post(http, hook.replace(TOKEN, "x" * len(TOKEN)), text(9, 0), headers=json) == 404
+    assert await webhook(http, hook, b"{not json") == 400
+    assert await webhook(http, hook.replace(TOKEN, "x" * len(TOKEN)), text(9, 0)) == 404
     assert (await readiness(http, bridge))[0] == 503
     print(f"{listed} node(s): readyz 503 after {took:.2f} s of unconfirmed webhooks, {sends} sends confirmed meanwhile")
 
@@ -112,4 +102,4 @@ async def test_readiness_turns_false_while_the_inbound_queue_confirms_nothing_th
     while (await readiness(http, bridge))[0] != 200:
         assert time.monotonic() - started < READY_WITHIN_S, "readiness not back once the webhooks were confirmed"
         await asyncio.sleep(0.1)
-    assert await post(http, hook, text(1, 2), headers=json) == 200
+    assert await webhook(http, hook, text(1, 2)) == 200

@@ -17,16 +17,15 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
-import msgspec
 import pytest
 
-from smsbridge.bridge import Bridge
 from smsbridge.broker.liveness import probe_key
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.integration.test_delivery_order import text
 from tests.support.confirm_proxy import ConfirmHoldingProxy
-from tests.support.settings import TOKEN, settings
+from tests.support.nodes import bridge_on, on_nodes, readiness, running, timed_post, webhook_url
+from tests.support.settings import settings
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
 
@@ -37,31 +36,14 @@ CONVERSATIONS, TEXTS = 4, 5
 
 @pytest.fixture
 async def first() -> AsyncIterator[ConfirmHoldingProxy]:
-    proxy = ConfirmHoldingProxy("127.0.0.1", 5672)
-    await proxy.start()
-    yield proxy
-    await proxy.release()
-    await proxy.cut()
+    async with running(ConfirmHoldingProxy("127.0.0.1", 5672)) as (proxy,):
+        yield proxy
 
 
 @pytest.fixture
 async def second() -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy("127.0.0.1", 5672)
-    await proxy.start()
-    yield proxy
-    proxy.heal()
-    await proxy.cut()
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: bytes) -> tuple[int, float]:
-    started = time.monotonic()
-    async with http.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
-        return response.status, time.monotonic() - started
-
-
-async def readiness(http: aiohttp.ClientSession, bridge: Bridge) -> tuple[int, dict[str, bool]]:
-    async with http.get(f"{bridge.receiver_url}/readyz") as response:
-        return response.status, (await response.json())["checks"]
+    async with running(TcpProxy("127.0.0.1", 5672)) as (proxy,):
+        yield proxy
 
 
 def out_of_order(delivered: list[dict[str, object]]) -> int:
@@ -80,13 +62,10 @@ async def test_a_route_that_stops_confirming_is_passed_by_within_seconds_and_lat
     start_bridge: StartBridge, first: ConfirmHoldingProxy, second: TcpProxy, pbx: FakePbx,
     http: aiohttp.ClientSession, prefix: str, stuck: str,
 ) -> None:
-    base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[first.url, second.url], publish_timeout_s=5.0)))
+    bridge, url = await bridge_on(start_bridge, [first, second], prefix=prefix, pbx_url=pbx.url)
     assert bridge.publisher is not None
     primary = bridge.publisher.routes[0]
-    url = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}"
-    assert (await post(http, url, text(0, 0)))[0] == 200
+    assert (await timed_post(http, url, text(0, 0)))[0] == 200
     await pbx.wait_for(2, timeout=30)
 
     if stuck == "blackhole":
@@ -98,7 +77,7 @@ async def test_a_route_that_stops_confirming_is_passed_by_within_seconds_and_lat
 
     async def conversation(sender: int) -> None:  # a customer texting: each text once the last got its 200
         for seq in range(TEXTS):
-            answers.append(await post(http, url, text(sender, seq)))
+            answers.append(await timed_post(http, url, text(sender, seq)))
             ready.append((await readiness(http, bridge))[0])
 
     await asyncio.gather(*(conversation(c) for c in range(1, CONVERSATIONS + 1)))
@@ -117,7 +96,7 @@ async def test_a_route_that_stops_confirming_is_passed_by_within_seconds_and_lat
     # After the heal each conversation's last text: the delivery stages take a conversation's texts
     # in queue order, so once it is delivered every earlier copy (late ones included) was handled.
     for sender in range(1, CONVERSATIONS + 1):
-        assert (await post(http, url, text(sender, TEXTS)))[0] == 200
+        assert (await timed_post(http, url, text(sender, TEXTS)))[0] == 200
     expected = 2 * (1 + CONVERSATIONS * (TEXTS + 1))  # extensions 101 and 102 each get every text
     delivered = await pbx.wait_for(expected, timeout=60)
     await eventually(lambda: all(any(d["body"] == f"c{s} n{TEXTS}" and d["extension"] == ext for d in pbx.received)
@@ -136,13 +115,12 @@ async def test_readiness_turns_false_when_publishes_stop_being_confirmed_though_
     """One node, cut off from its peers: the probe, which needs no queue, is confirmed at once,
     the webhooks' publishes never. Readiness must not believe the probe."""
     base = settings(prefix=prefix, pbx_url=pbx.url)
-    bridge = await start_bridge(msgspec.structs.replace(base, broker=msgspec.structs.replace(
-        base.broker, urls=[first.url], publish_timeout_s=10.0)))
-    url = f"{bridge.receiver_url}/webhooks/flowroute/main/{TOKEN}"
+    bridge = await start_bridge(on_nodes(base, [first.url], publish_timeout_s=10.0))
+    url = webhook_url(bridge)
     assert (await readiness(http, bridge))[0] == 200
 
     first.hold(lambda key: key != probe_key(prefix))
-    waiting = asyncio.create_task(post(http, url, text(1, 0)))
+    waiting = asyncio.create_task(timed_post(http, url, text(1, 0)))
     started = time.monotonic()
     while (await readiness(http, bridge))[0] != 503:
         assert time.monotonic() - started < READY_WITHIN_S, "readiness still true while nothing is confirmed"
@@ -160,5 +138,5 @@ async def test_readiness_turns_false_when_publishes_stop_being_confirmed_though_
     while (await readiness(http, bridge))[0] != 200:
         assert time.monotonic() - started < READY_WITHIN_S, "readiness not back once confirms came"
         await asyncio.sleep(0.1)
-    assert (await post(http, url, text(1, 1)))[0] == 200
+    assert (await timed_post(http, url, text(1, 1)))[0] == 200
     assert len(await pbx.wait_for(4, timeout=30)) == 4
