@@ -53,6 +53,25 @@ def test_a_publish_waiting_3_s_with_none_confirmed_since_stalls_its_destination_
     assert not flow.waiting
 
 
+def test_an_older_publish_still_waiting_does_not_hide_that_nothing_sent_since_the_last_confirm_is_confirmed() -> None:
+    # make faults, the inbound queue's leader cut off: a webhook sent just before the cut waits on,
+    # one sent just after it is confirmed, then nothing is; readiness turned false only when the
+    # first one finally failed, 5 s after the cut, instead of 3 s after the last confirm.
+    clock = Clock()
+    flow = Flow("x.work/x.inbound", clock)
+    stuck_before = flow.went()
+    clock.now += 0.05
+    flow.ended(flow.went(), confirmed=True)  # confirmed out of order
+    clock.now += 0.05
+    flow.went()  # the first of those that wait for good
+    clock.now += 2.9
+    assert not flow.stalled(STALE_S, clock.now)
+    clock.now += 0.1
+    assert flow.stalled(STALE_S, clock.now)
+    flow.ended(stuck_before, confirmed=True)
+    assert not flow.stalled(STALE_S, clock.now)
+
+
 def test_publishes_that_fail_for_good_stall_it_until_one_is_confirmed_or_3_s_pass_without_one() -> None:
     clock = Clock()
     flow = Flow("x.requests", clock)
