@@ -7,10 +7,11 @@ stuck publishes then look like a busy broker's: something is confirmed after the
 publisher also keeps, for each destination a role's readiness rests on, the publishes waiting for
 it (from the caller's first attempt to its answer, second copies and retries included), when one
 was last confirmed, and when they last failed for good. A destination is *stalled* (`Flow.stalled`)
-when one of its publishes has waited `after_s` with none of its publishes confirmed since that one
-went (whatever older ones still wait: a publish confirmed just after the cut must not hide the
-ones sent after it), or its publishes have failed for good (refused or unconfirmed until their deadline) for
-`after_s`, lately too, with none confirmed since the first failure. Ready again at its next
+when one of its publishes has waited `after_s` with none of its publishes confirmed since that
+one went (whatever older ones still wait: confirms can come out of order, and one confirmed just
+after the cut must not hide the publishes sent after it), or its publishes have failed for good
+(refused, or unconfirmed until their deadline) for `after_s`, lately too, with none confirmed
+since the first failure. Ready again at its next
 confirm, or `after_s` after its last failure once nothing waits (the traffic may have stopped
 because it was refused: the next publishes find out).
 
@@ -22,8 +23,8 @@ confirmed late, 1-5 s on a busy broker in `make bench`, waits up to 30 s and is 
 the delivery stage's retries and fallbacks.
 
 The threshold is the liveness probe's 3 s (`broker/liveness.py`). A busy broker confirms late
-but keeps confirming: as long as one publish to a destination is confirmed within `after_s` of
-the oldest waiting one's sending, it is not stalled, however late each confirm comes. Measured
+but keeps confirming: as long as some publish to a destination is confirmed within `after_s` of
+the sending of each one still waiting, it is not stalled, however late each confirm comes. Measured
 on the shared 2-core host with 4,000 publishes to one quorum queue always in flight: confirms
 up to 3.5 s late, but never more than 0.3 s with one waiting and none confirmed since it went
 (docs/operations.md has the figures).
