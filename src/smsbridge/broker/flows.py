@@ -66,14 +66,18 @@ class Flow:
         elif confirmed is False:
             self.failing_since, self.last_failed = min(self.failing_since, now), now
 
-    def stalled(self, after_s: float, now: float) -> bool:
+    def unconfirmed_s(self, now: float) -> float:
+        """How long the oldest publish sent since the latest confirm has waited (0: none waits)."""
         for sent in self.waiting.values():  # oldest first
-            if sent > self.last_ok:  # the oldest sent since the latest confirm: has it waited too long?
-                if now - sent >= after_s:
-                    return True
-                break
+            if sent > self.last_ok:
+                return now - sent
             # Sent before the latest confirm and still waiting: confirms may come out of order (a
             # publish that reached its queue just before the cut), so it excuses nothing sent later.
+        return 0.0
+
+    def stalled(self, after_s: float, now: float) -> bool:
+        if self.unconfirmed_s(now) >= after_s:
+            return True
         return now - self.failing_since >= after_s and now - self.last_failed <= after_s
 
 
@@ -98,6 +102,11 @@ class Flows:
         """The names of the destinations stalled now."""
         now = self._clock()
         return [flow.name for flow in self._flows.values() if flow.stalled(after_s, now)]
+
+    def unconfirmed_s(self) -> dict[str, float]:
+        """For the log: per destination, how long its publishes have gone without a confirm."""
+        now = self._clock()
+        return {flow.name: round(flow.unconfirmed_s(now), 2) for flow in self._flows.values()}
 
 
 def essential(prefix: str, roles: Iterable[str], accounts: Iterable[str]) -> list[Destination]:

@@ -110,6 +110,7 @@ class BrokerLiveness:
                             else "broker not answering: readiness false, webhooks answered 503 at once"
                             if not now[0] else "broker not confirming publishes: readiness false",
                             stale_after_s=self._stale_after_s,
-                            stalled=self._publisher.flows.stalled(self._stale_after_s))
+                            stalled=self._publisher.flows.stalled(self._stale_after_s),
+                            unconfirmed_s=self._publisher.flows.unconfirmed_s())
                 was = now
             await asyncio.sleep(self._interval_s)
