@@ -26,9 +26,7 @@ from typing import Any
 
 from faults.netns import Host
 
-SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the script itself: the sbin wrapper would change user
-CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-EPMD = "epmd"
+EPMD = "epmd"  # the machine's own epmd program (its protocol has not changed), one per node's host
 AMQP_PORT = 5672
 # RabbitMQ's default is 60 s (a peer that stops answering is declared down 60-75 s later):
 # longer than the suite's 15 s partition, which would then go unnoticed. 8 s: declared down
@@ -41,6 +39,38 @@ NET_TICKTIME_S = 8
 # kept because 1000 elected sooner but clients waited as long (faults/README.md, "The
 # partition"). Set in advanced.config: RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
 ATEN_POLL_INTERVAL_MS: int | None = None
+
+
+@dataclass(frozen=True)
+class Broker:
+    """Which RabbitMQ the nodes run: `/`, the installed packages, or a directory that the Debian
+    packages of another version and its Erlang were unpacked into (`dpkg -x`; faults/README.md,
+    "Another RabbitMQ"), run from there without touching the machine's own."""
+
+    home: Path = Path("/")
+
+    @property
+    def server(self) -> str:
+        return str(self.home / "usr/lib/rabbitmq/bin/rabbitmq-server")  # not the sbin wrapper: it changes user
+
+    @property
+    def ctl(self) -> str:
+        return str(self.home / "usr/lib/rabbitmq/bin/rabbitmqctl")
+
+    def path(self, path: str) -> str:
+        """PATH for the broker's scripts, which start `erl` and `escript` from it: this home's first."""
+        bin_dir = str(self.home / "usr/bin")
+        return path if bin_dir == "/usr/bin" else f"{bin_dir}:{path}"
+
+    def missing(self) -> list[str]:
+        """What this home lacks to start a node, each named."""
+        if not self.home.is_absolute() or ":" in str(self.home):  # PATH takes it whole, from any directory
+            return [f"--rabbitmq-home {self.home}: give an absolute directory without ':'"]
+        return [f"{file} not found (--rabbitmq-home {self.home})" for file in (self.server, self.ctl)
+                if not Path(file).is_file()]
+
+
+INSTALLED = Broker()
 
 
 @dataclass
@@ -58,8 +88,9 @@ class Node:
 
 class Cluster:
     def __init__(self, root: Path, hosts: list[Host], aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
-                 net_ticktime_s: int = NET_TICKTIME_S) -> None:
+                 net_ticktime_s: int = NET_TICKTIME_S, broker: Broker = INSTALLED) -> None:
         self.root = root
+        self.broker = broker
         self.aten_poll_ms = aten_poll_ms
         self.net_ticktime_s = net_ticktime_s
         self.nodes = [Node(f"sbf{i + 1}@{host.address}", host, root / f"sbf{i + 1}") for i, host in enumerate(hosts)]
@@ -68,6 +99,7 @@ class Cluster:
         base = node.base
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+            "PATH": self.broker.path(os.environ.get("PATH", os.defpath)),
             "HOME": str(base / "home"),  # this node's copy of the cluster's .erlang.cookie
             "RABBITMQ_CONF_ENV_FILE": str(base / "rabbitmq-env.conf"),  # not /etc/rabbitmq's
             "RABBITMQ_USE_LONGNAME": "true",  # name@address: nothing to resolve
@@ -105,7 +137,7 @@ class Cluster:
 
     async def ctl(self, node: Node, *args: str, timeout: float = 120) -> str:
         proc = await asyncio.create_subprocess_exec(
-            *node.host.command(CTL, "-n", node.name, *args), env=self.env(node),
+            *node.host.command(self.broker.ctl, "-n", node.name, *args), env=self.env(node),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         text = out.decode(errors="replace")
@@ -123,7 +155,7 @@ class Cluster:
                 *node.host.command(EPMD, "-address", f"127.0.0.1,{node.host.address}"),
                 stdout=out, stderr=out, start_new_session=True)
         node.process = await asyncio.create_subprocess_exec(
-            *node.host.command(SERVER), env=self.env(node), stdout=out, stderr=out, start_new_session=True,
+            *node.host.command(self.broker.server), env=self.env(node), stdout=out, stderr=out, start_new_session=True,
             cwd=node.base)
         # `wait` waits for the PID file and then for the app: `await_startup` fails at once if the
         # VM has not registered with epmd yet.
@@ -172,6 +204,12 @@ class Cluster:
         expr = (f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, <<"{queue}">>)), '
                 f"rabbit_quorum_queue:transfer_leadership(Q, '{to.name}').")
         return (await self.ctl(to, "eval", expr)).strip()
+
+    async def version(self) -> str:
+        """The broker's and Erlang's versions, asked of the first node (for the run's header)."""
+        expr = ('list_to_binary(["RabbitMQ ", rabbit_misc:version(), '
+                '" on Erlang/OTP ", erlang:system_info(otp_release)]).')
+        return (await self.ctl(self.nodes[0], "eval", expr)).strip().strip('<>"')
 
     def logs(self) -> dict[str, Path]:
         """Each node's main log file (its leader elections: faults/elections.py)."""

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from faults import elections
-from faults.cluster import AMQP_PORT, ATEN_POLL_INTERVAL_MS, NET_TICKTIME_S, Cluster, Node
+from faults.cluster import AMQP_PORT, ATEN_POLL_INTERVAL_MS, INSTALLED, NET_TICKTIME_S, Broker, Cluster, Node
 from faults.load import Load, outcome, readiness_note
 from faults.netns import GATEWAY, Host, Network, missing_requirements, plan
 from faults.postgres import Postgres
@@ -121,11 +121,11 @@ class Bridge:
 
 class Run:
     def __init__(self, root: Path, seconds: float, network: Network, aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
-                 leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S) -> None:
+                 leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S, broker: Broker = INSTALLED) -> None:
         self.root = root
         self.seconds = seconds
         self.network = network
-        self.cluster = Cluster(root / "rabbitmq", list(NODES.values()), aten_poll_ms, net_ticktime_s)
+        self.cluster = Cluster(root / "rabbitmq", list(NODES.values()), aten_poll_ms, net_ticktime_s, broker)
         self.leader_on_cut = leader_on_cut  # partition: move the inbound queue's leader to the cut node first
         self.fault_windows: list[tuple[float, float]] = []  # wall clock, each fault until the cluster was whole
         self.postgres = Postgres(root, DATABASE)
@@ -142,6 +142,7 @@ class Run:
     async def start(self) -> None:
         await self.network.create({**NODES, "pg": DATABASE, **PROCESSES})
         await asyncio.gather(self.cluster.start(), self.postgres.start())
+        print(f"broker: {await self.cluster.version()}", flush=True)
         await self.postgres.psql("CREATE SCHEMA IF NOT EXISTS faults")
         await self.pbx.start(host=GATEWAY)
         self.pbx_port = int(self.pbx.url.split(":")[2].split("/")[0])
@@ -358,8 +359,8 @@ def table(rows: list[tuple[str, str, dict[str, object]]]) -> str:
 
 
 async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
-               leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S) -> int:
-    problems = missing_requirements()
+               leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S, broker: Broker = INSTALLED) -> int:
+    problems = missing_requirements() + broker.missing()
     if problems:
         print("make faults cannot run here:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
         return 2
@@ -367,7 +368,7 @@ async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_
     print(f"faults: everything under {root}", flush=True)
     started = time.monotonic()
     network = Network()
-    run = Run(root, seconds, network, aten_poll_ms, leader_on_cut, net_ticktime_s)
+    run = Run(root, seconds, network, aten_poll_ms, leader_on_cut, net_ticktime_s, broker)
     watcher: asyncio.Task[None] | None = None
     main_task = asyncio.current_task()
     assert main_task is not None
@@ -415,6 +416,9 @@ if __name__ == "__main__":
                         help="partition: move the inbound queue's leader to the node cut off first (the hard case)")
     parser.add_argument("--net-ticktime", type=int, default=NET_TICKTIME_S,
                         help="the nodes' net_ticktime in seconds (default: %(default)s)")
+    parser.add_argument("--rabbitmq-home", type=Path, default=Path("/"),
+                        help="where the RabbitMQ and Erlang to run were unpacked (default: / , the installed "
+                             "ones; faults/README.md, \"Another RabbitMQ\")")
     args = parser.parse_args()
     sys.exit(asyncio.run(main(args.only, args.seconds, args.aten_poll_ms or None, args.leader_on_cut_node,
-                              args.net_ticktime)))
+                              args.net_ticktime, Broker(args.rabbitmq_home))))
