@@ -38,6 +38,20 @@ _ACCEPT = sa.update(messages).where(messages.c.id == _p("message_id")).values(
     dispatch_state="done", mdr_id=_p("new_mdr_id"), segments=_p("new_segments"), reason=None, updated_at=_p("now"),
     state=sa.case((_MOVES, "accepted"), else_=messages.c.state),
     reason_code=sa.case((_MOVES, None), else_=messages.c.reason_code))
+# The same UPDATE, only while no other outbound message holds the Flowroute id (no match then:
+# `accept` reads who does). The common case is one statement instead of a read and then the UPDATE.
+_OTHER = messages.alias("other")
+_ACCEPT_UNHELD = _ACCEPT.where(~sa.exists().where((_OTHER.c.mdr_id == _p("new_mdr_id"))
+                                                  & (_OTHER.c.direction == "outbound")
+                                                  & (_OTHER.c.id != _p("message_id"))))
+# The claim's common case in one statement: the request's row, queued and due, marked `sending`
+# and read back. Keys in WHERE are named apart from the columns (a parameter named like a column is SET).
+_CLAIM_DUE = (sa.update(messages)
+              .where((messages.c.tenant == _p("key_tenant")) & (messages.c.client_message_id == _p("key_client_id"))
+                     & (messages.c.dispatch_state == "queued")
+                     & (messages.c.send_started_at.is_(None) | (messages.c.updated_at <= _p("ended_before"))))
+              .values(dispatch_state="sending", send_started_at=_p("now"), updated_at=_p("now"))
+              .returning(*messages.c))
 _TOUCH = (sa.update(messages).where((messages.c.id == _p("message_id")) & (messages.c.dispatch_state == "sending"))
           .values(updated_at=_p("now")))
 
@@ -68,7 +82,15 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
     send now: queued and never tried, or tried last before `last_ended_before`; or still `sending`
     right after a lookup found it not sent (`after_lookup`). Otherwise (False) the row as it is:
     settled (a repeat), `sending` (look it up first) or tried too recently (wait, then claim
-    again). Recorded first if absent (pruned, or written elsewhere)."""
+    again). Recorded first if absent (pruned, or written elsewhere).
+
+    The common case (queued and due) is one UPDATE that returns the row; only when it matches
+    nothing is the row read and looked at, as the docstring says."""
+    if not after_lookup:
+        claimed = run(c, _CLAIM_DUE, {"key_tenant": request.tenant, "key_client_id": request.client_message_id,
+                                      "ended_before": last_ended_before, "now": now}).first()
+        if claimed is not None:
+            return ops.message_row(claimed._mapping), True
     row = ops.outbound(c, request.tenant, request.client_message_id)
     if row is None:
         ops.record_request(c, request, now)
@@ -83,13 +105,15 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
 
 
 def accept(c: sa.Connection, message_id: int, mdr_id: str | None, segments: int | None, now: datetime) -> bool:
-    """Flowroute took the send: its id, segments and `accepted`, in three statements. False, and
-    nothing written, when another outbound message already has this Flowroute id (an inbound
-    text's id is what a webhook said: it never stops a send's, `ops.OUTBOUND_BY_MDR`)."""
-    if mdr_id is not None:
+    """Flowroute took the send: its id, segments and `accepted`, in two statements (the UPDATE
+    guarded against an id another outbound message holds, and the history). False, and nothing
+    written, when another outbound message already has this Flowroute id (an inbound text's id is
+    what a webhook said: it never stops a send's, `ops.OUTBOUND_BY_MDR`)."""
+    updated = run(c, _ACCEPT_UNHELD, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments,
+                                      "now": now})
+    if updated.rowcount == 0 and mdr_id is not None:  # held elsewhere, or no such message
         holder = run(c, ops.OUTBOUND_BY_MDR, {"mdr_id": mdr_id}).scalar()
         if holder is not None and holder != message_id:
             return False
-    run(c, _ACCEPT, {"message_id": message_id, "new_mdr_id": mdr_id, "new_segments": segments, "now": now})
     ops.add_history(c, message_id, "accepted", now)
     return True
