@@ -21,6 +21,7 @@ they would in transactions of their own; none of them sees its result before the
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import math
 import queue
@@ -90,7 +91,10 @@ class SqliteRunner:
         self._broken: str | None = None  # why the thread stopped, if it stopped on an error
         self._lock = threading.Lock()  # a call is queued before the thread fails what is queued, or refused
         self.transactions = 0  # how many it has begun: fewer than operations, under load
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        # Each item is one hand-over's jobs (`_hand_over`), or None to stop: one `put`, and so at
+        # most one wake-up of the thread, per hand-over rather than per job.
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self._backlog: collections.deque[_Job | None] = collections.deque()  # taken off `_queue`; the thread's own
         # what each event loop asked for since its last hand-over (`_hand_over`), under `_lock`
         self._waiting: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
         self._thread = threading.Thread(target=self._serve, name="ledger", daemon=True)
@@ -134,8 +138,8 @@ class SqliteRunner:
             if self._broken is not None:
                 _settle([(None, RuntimeError(self._broken)) for _ in jobs], jobs)
                 return
-            for job in jobs:
-                self._queue.put(job)
+            if jobs:
+                self._queue.put(jobs)
 
     async def close(self) -> None:
         """Finish what is queued, then close the connection and the thread."""
@@ -148,7 +152,7 @@ class SqliteRunner:
         group: list[_Job] = []
         try:
             while True:
-                jobs = self._take_queued([self._queue.get()], self._batch)
+                jobs = self._take_queued(self._batch)
                 stop = jobs[-1] is None
                 group = [job for job in jobs if job is not None]
                 if group:
@@ -160,22 +164,35 @@ class SqliteRunner:
         except BaseException as exc:  # noqa: BLE001 - nobody would ever answer the callers
             self._fail_all(group, exc)
 
-    def _take_queued(self, jobs: list[_Job | None], limit: float) -> list[_Job | None]:
-        """`jobs` and then what is queued now, without waiting, up to `limit` in all and never past
-        the stop mark (None)."""
-        while (not jobs or jobs[-1] is not None) and len(jobs) < limit:
+    def _take_queued(self, limit: float, *, wait: bool = True) -> list[_Job | None]:
+        """What is queued, oldest first, up to `limit` and never past the stop mark (None), which
+        ends the list when reached; with `wait`, waits for something if nothing is queued. What
+        is past `limit` stays in `_backlog` for the next group."""
+        backlog = self._backlog
+        if wait and not backlog:
+            self._receive(self._queue.get())
+        while True:
             try:
-                jobs.append(self._queue.get_nowait())
+                self._receive(self._queue.get_nowait())
             except queue.Empty:
                 break
+        jobs: list[_Job | None] = []
+        while backlog and len(jobs) < limit and (not jobs or jobs[-1] is not None):
+            jobs.append(backlog.popleft())
         return jobs
+
+    def _receive(self, item: list[_Job] | None) -> None:
+        if item is None:
+            self._backlog.append(None)
+        else:
+            self._backlog.extend(item)
 
     def _fail_all(self, group: list[_Job], cause: BaseException) -> None:
         """The thread is stopping on an error: fail the group it held and everything queued."""
         log.critical("ledger thread stopped; every ledger call will fail", error=repr(cause))
         with self._lock:
             self._broken = f"the ledger thread stopped: {cause!r}"
-            group += [job for job in self._take_queued([], math.inf) if job is not None]
+            group += [job for job in self._take_queued(math.inf, wait=False) if job is not None]
         _settle([(None, RuntimeError(self._broken)) for _ in group], group)
         self._dispose()
 
