@@ -25,3 +25,39 @@ async def test_no_key_means_no_serialisation() -> None:
     locks = KeyedLocks()
     async with locks.hold(None), locks.hold(None):
         assert len(locks) == 0
+
+
+async def test_a_waiter_cancelled_in_line_lets_the_next_go_in_order_and_leaves_nothing_behind() -> None:
+    locks = KeyedLocks()
+    log: list[str] = []
+    first_in = asyncio.Event()
+    release = asyncio.Event()
+
+    async def work(name: str) -> None:
+        async with locks.hold("a"):
+            log.append(name)
+            first_in.set()
+            await release.wait()
+
+    first = asyncio.create_task(work("first"))
+    await first_in.wait()
+    cancelled = asyncio.create_task(work("cancelled"))
+    last = asyncio.create_task(work("last"))
+    await asyncio.sleep(0)  # both wait in line
+    cancelled.cancel()
+    release.set()
+    await asyncio.gather(first, last)
+    assert cancelled.cancelled() and log == ["first", "last"]
+    assert len(locks) == 0
+
+
+async def test_an_error_in_the_block_releases_the_key() -> None:
+    locks = KeyedLocks()
+    try:
+        async with locks.hold("a"):
+            raise ValueError("refused")
+    except ValueError:
+        pass
+    async with locks.hold("a"):  # not held for ever
+        assert len(locks) == 1
+    assert len(locks) == 0
