@@ -78,7 +78,7 @@ async def test_a_running_bridge_logs_no_secret_number_or_body_and_only_json(
         await pbx.wait_for(1)
         await wait_logged(log, event="message dead-lettered", reason_code="invalid_field")
         await wait_logged(log, event="message dead-lettered", reason_code="invalid_number")
-        await wait_logged(log, event="Flowroute accepted the message")
+        await wait_logged(log, event="message processed", stage="dispatch.test", outcome="done")
     finally:
         await processes.stop(proc)
     lines = read_lines(log)

@@ -235,7 +235,9 @@ class DispatchHandler:
         status = StatusEvent(tenant=request.tenant, config_id=request.config_id, state="accepted",
                              client_message_id=request.client_message_id, mdr_id=outcome.mdr_id, segments=segments)
         self._metrics.dispatch_latency.observe((datetime.now(UTC) - request.occurred_at).total_seconds())
-        log.info("Flowroute accepted the message", mdr_id=outcome.mdr_id, segments=segments)
+        # No line of its own: the message's one outcome line ("message processed", or "requeued" if
+        # its status cannot be published) carries the Flowroute id and segments from here on.
+        structlog.contextvars.bind_contextvars(mdr_id=outcome.mdr_id, segments=segments)
         await publish_status_after_send(self._publisher, self._prefix, status)
 
     async def given_up(self, request: DispatchRequest, reason: str, code: str) -> None:
