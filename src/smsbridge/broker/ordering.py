@@ -37,8 +37,8 @@ class KeyedLocks:
 
 
 class _Held:
-    """A plain class, not `@asynccontextmanager`: its generator, frames and wrapper cost the
-    dispatcher some 5% of its CPU per message (bench/README.md)."""
+    """A plain class, not `@asynccontextmanager`: no generator, wrapper and extra frames per
+    message (py-spy put up to 5% of the dispatcher's samples in their enter and exit, 2026-12-01)."""
 
     __slots__ = ("_locks", "_key", "_lock")
 

@@ -84,8 +84,8 @@ def claim_send(c: sa.Connection, request: DispatchRequest, now: datetime, last_e
     settled (a repeat), `sending` (look it up first) or tried too recently (wait, then claim
     again). Recorded first if absent (pruned, or written elsewhere).
 
-    The common case (queued and due) is one UPDATE that returns the row; only when it matches
-    nothing is the row read and looked at, as the docstring says."""
+    The common case (queued and due, not after a lookup) is one UPDATE that returns the row;
+    only when it matches nothing is the row read and decided on as above."""
     if not after_lookup:
         claimed = run(c, _CLAIM_DUE, {"key_tenant": request.tenant, "key_client_id": request.client_message_id,
                                       "ended_before": last_ended_before, "now": now}).first()
