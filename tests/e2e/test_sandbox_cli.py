@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -38,8 +39,10 @@ async def test_sandbox_round_trip(tmp_path: Path, amqp_url: str, prefix: str, ch
     receiver, pbx, flowroute_pbx = free_port(), free_port(), free_port()
     sample = (ROOT / "deploy" / "sample.toml").read_text()
     config = tmp_path / "sample.toml"
+    # in one pass: replaced in turn, a free port such as 48090 would be rewritten again
+    ports = {"8080": str(receiver), "8090": str(pbx), "8091": str(flowroute_pbx)}
+    sample = re.sub(r"\b(8080|8090|8091)\b", lambda match: ports[match.group(1)], sample)
     config.write_text(sample.replace('prefix = "smsbridge"', f'prefix = "{prefix}"')
-                      .replace("8080", str(receiver)).replace("8090", str(pbx)).replace("8091", str(flowroute_pbx))
                       .replace('urls = ["amqp://guest:guest@127.0.0.1:5672/"]', f'urls = ["{amqp_url}"]')
                       .replace("sqlite:///.smsbridge/ledger.sqlite3", f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
                       .replace('".smsbridge/media"', f'"{tmp_path / "media"}"'))
