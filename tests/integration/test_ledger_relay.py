@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from smsbridge.ledger import Ledger, RelaySend, Retaken
+from smsbridge.ledger import Ledger, RelaySend, Retaken, relay_ops
 from tests.integration.test_ledger import Clock
 from tests.support.ledger import BACKENDS, open_ledger
 
@@ -125,3 +125,43 @@ async def test_two_concurrent_retries_of_an_abandoned_send_retake_it_once(ledger
     assert len(retaken) == 1 and retaken[0].send.bridge_id == "mdr2-a"
     (other,) = [a for a in answers if not isinstance(a, Retaken)]
     assert isinstance(other, RelaySend) and (other.bridge_id, other.state) == ("mdr2-a", "pending")
+
+
+async def test_a_retry_that_read_the_abandoned_row_before_another_retook_it_does_not_retake_it_again(
+    ledger: Ledger,
+) -> None:
+    """The interleaving the concurrent test above cannot force: two retries both read the stale row,
+    then one retakes it; the second's retake must find the row no longer stale (a second `Retaken`
+    would publish the request twice under one id: harmless for the dispatcher, but not what the
+    guard promises)."""
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
+    first = send("mdr2-a", at=clock)
+    assert await claim(ledger, first) is None
+    clock.now += timedelta(seconds=16)
+    stale_before = clock.now - timedelta(seconds=15)
+    seen_by_both = msgspec.structs.replace(first)  # the row as both retries read it: pending and stale
+    one = await ledger._db.write(relay_ops._retake, seen_by_both, clock.now, stale_before)
+    two = await ledger._db.write(relay_ops._retake, seen_by_both, clock.now, stale_before)
+    assert isinstance(one, Retaken) and one.send.bridge_id == "mdr2-a"
+    assert isinstance(two, RelaySend) and (two.bridge_id, two.state) == ("mdr2-a", "pending")
+
+
+async def test_a_retry_that_read_an_expired_row_after_another_replaced_it_gets_the_new_holder(
+    ledger: Ledger,
+) -> None:
+    """Two retries once the key's window is over both read the expired row; one replaces it. The
+    other must be answered from the new row (409 while pending), never recorded under a second id
+    (was: its insert was skipped unseen and it got 202 with an id of its own: two texts)."""
+    clock = Clock()
+    ledger._now = clock  # type: ignore[method-assign]
+    assert await claim(ledger, send("mdr2-a", at=clock)) is None
+    expired = await ledger.relay_send("acme", "mdr2-a")
+    assert expired is not None
+    clock.now += timedelta(seconds=DAY + 1)
+    assert await claim(ledger, send("mdr2-b", at=clock)) is None  # the key is free again: a new send
+    holder = await ledger._db.write(relay_ops._replace, expired, send("mdr2-c", at=clock))
+    assert isinstance(holder, RelaySend) and (holder.bridge_id, holder.state) == ("mdr2-b", "pending")
+    assert await ledger.relay_send("acme", "mdr2-c") is None
+    # globex's key of the same name is its own
+    assert await ledger._db.write(relay_ops._replace, None, send("mdr2-g", tenant="globex", at=clock)) is None

@@ -92,6 +92,11 @@ async def test_an_inbound_texts_id_never_stands_for_or_stops_a_send(ledger: Ledg
     assert row is not None
     assert await ledger.record_accepted(row.id, "mdr2-out-1", 1)  # was: False, failed as "send_in_doubt"
     assert await ledger.held_mdrs(["mdr2-out-1"]) == {"mdr2-out-1"}
+    # A lookup by that id (`GET /v1/messages/{id}`, `smsbridge messages`) shows the send, though
+    # the inbound text holding it was recorded first (was: whichever row the database met first).
+    for tenant in (None, "acme"):
+        shown = await ledger.find("mdr2-out-1", tenant=tenant)
+        assert shown is not None and (shown.tenant, shown.direction) == ("acme", "outbound")
     beta = DeliveryKey("beta-main", "mdr2-out-1", "101")
     assert await ledger.claim_delivery(beta, 30) is Claim.NEW
     await ledger.delivered(beta)  # beta's text delivered: acme's send is not (was: "delivered to extension 101")
@@ -123,7 +128,9 @@ def rows_at_version_5(c: sa.Connection) -> None:
     c.execute(sa.insert(v5.delivery_order), [
         dict(mdr_id=m, extension=e, conversation=f"{conf}:{DID[MAIN]}:{MOBILE}:{e}", received_at=T0, state=s,
              body=b"x", updated_at=T0)
-        for m, e, conf, s in [(MDR, "101", "main", "done"), ("mdr2-b", "101", "beta-main", "live"),
+        # beta's text with acme's id to another extension: release 5 keyed order rows by (id, extension)
+        for m, e, conf, s in [(MDR, "100", "beta-main", "live"), (MDR, "101", "main", "done"),
+                              ("mdr2-b", "101", "beta-main", "live"),
                               ("mdr2-orphan", "102", "main", "waiting")]])
     c.execute(sa.insert(v5.deliveries), [
         dict(mdr_id=m, extension=e, state=s, lease_until=T0 + timedelta(seconds=30), updated_at=T0)
@@ -178,7 +185,8 @@ async def test_a_ledger_release_5_left_with_rows_in_it_migrates_to_ids_per_confi
                 "claims": [("", "mdr2-gone", "101", "delivered"), ("beta-main", "mdr2-b", "101", "delivering"),
                            ("main", MDR, "101", "delivered"), ("main", "mdr2-c", "101", "delivered"),
                            ("main", "mdr2-orphan", "102", "delivering")],
-                "order": [("beta-main", "mdr2-b", "101", "live"), ("main", MDR, "101", "done"),
+                "order": [("beta-main", MDR, "100", "live"), ("beta-main", "mdr2-b", "101", "live"),
+                          ("main", MDR, "101", "done"),
                           ("main", "mdr2-orphan", "102", "waiting")],
                 "messages": [(1, "main", "inbound", MDR), (2, "main", "outbound", "mdr2-out"),
                              (3, "beta-main", "inbound", "mdr2-b"), (4, "main", "inbound", "mdr2-c")],

@@ -105,9 +105,22 @@ def claim(c: sa.Connection, send: RelaySend, window_start: datetime,
             return existing
         if decided == "retake":
             return _retake(c, existing, send.created_at, stale_before)
-        run(c, _DELETE, {"id": existing.bridge_id})
-    run(c, _INSERT[c.dialect.name], msgspec.structs.asdict(send))
-    return None
+        return _replace(c, existing, send)
+    return _replace(c, None, send)  # the row that held the key went meanwhile
+
+
+def _replace(c: sa.Connection, expired: RelaySend | None, send: RelaySend) -> RelaySend | None:
+    """Record `send` in place of `expired` (a row from before the window, as read); None when
+    recorded. A concurrent retry that replaced it first holds the key now: its row, as for any
+    twin (never a second id for the key: both would be published)."""
+    if expired is not None:
+        run(c, _DELETE, {"id": expired.bridge_id})
+    if run(c, _INSERT[c.dialect.name], msgspec.structs.asdict(send)).rowcount == 1:
+        return None
+    holder = run(c, _BY_KEY, {"tenant": send.tenant, "key": send.idempotency_key}).first()
+    if holder is None:  # skipped for its bridge id: ids are random, so this is a caller's bug
+        raise RuntimeError(f"relay send {send.bridge_id} not recorded: its id is taken")
+    return _row(holder._mapping)
 
 
 def _retake(c: sa.Connection, existing: RelaySend, now: datetime, stale_before: datetime) -> RelaySend | Retaken:

@@ -109,7 +109,10 @@ def _config_of_claim(deliveries: sa.Table, order: sa.Table, messages: sa.Table) 
     order table or outliving both rows, stops nothing; the text's redelivery claims anew)."""
     # the claim's own id, in the statement these subqueries are part of
     mdr_id: sa.ColumnElement[str] = sa.literal_column(f"{deliveries.name}.mdr_id")
-    from_order = sa.select(order.c.config_id).where(order.c.mdr_id == mdr_id).limit(1).scalar_subquery()
+    extension: sa.ColumnElement[str] = sa.literal_column(f"{deliveries.name}.extension")
+    # (id, extension) was the order table's key: one id could be two configurations' to two extensions
+    from_order = (sa.select(order.c.config_id).where((order.c.mdr_id == mdr_id) & (order.c.extension == extension))
+                  .scalar_subquery())
     from_message = (sa.select(messages.c.config_id)
                     .where((messages.c.mdr_id == mdr_id) & (messages.c.direction == "inbound"))
                     .limit(1).scalar_subquery())

@@ -308,7 +308,9 @@ class Ledger:
         return await self._db.read(ops.message_rows, query)
 
     async def find(self, ref: str, tenant: str | None = None) -> MessageRow | None:
-        """A message by ledger id, Flowroute id (`mdr…`) or client message id."""
+        """A message by ledger id, Flowroute id (`mdr…`) or client message id. A Flowroute id is
+        unique per configuration and direction only (migration 6): a send's row comes before an
+        inbound text's holding the same id, then the first recorded."""
         if ref.isdigit():
             condition = messages.c.id == int(ref)
         elif ref.startswith("mdr"):
@@ -317,7 +319,9 @@ class Ledger:
             condition = messages.c.client_message_id == ref
         if tenant:
             condition = condition & (messages.c.tenant == tenant)
-        rows = await self._db.read(ops.message_rows, sa.select(messages).where(condition).limit(1))
+        sends_first = sa.case((messages.c.direction == "outbound", 0), else_=1)
+        query = sa.select(messages).where(condition).order_by(sends_first, messages.c.id).limit(1)
+        rows = await self._db.read(ops.message_rows, query)
         return rows[0] if rows else None
 
     async def history(self, message_id: int) -> list[StatusRow]:
