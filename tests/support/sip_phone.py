@@ -40,11 +40,13 @@ class Phone:
     registrar_port: int
     domain: str = "sms.test"
     status: int = 200  # the answer to every MESSAGE
+    delay_s: float = 0.0  # a slow phone: how long it takes to answer a MESSAGE
     received: list[Received] = field(default_factory=list)
     port: int = 0
     _udp: asyncio.DatagramTransport | None = None
     _tcp: asyncio.Server | None = None
     _answers: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    _transactions: set[tuple[str, str]] = field(default_factory=set)
 
     async def start(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -135,6 +137,10 @@ class Phone:
             return None
         status = self.status
         if start.startswith("MESSAGE"):
+            transaction = (_vias(data)[0], headers["cseq"])
+            if transaction in self._transactions:
+                return None  # the proxy's retransmission while we are slow: one request, one answer
+            self._transactions.add(transaction)
             self.received.append(Received(start, headers, body, proto))
         else:
             status = 405
@@ -153,6 +159,7 @@ class Phone:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 answer = self.handle(head + body, "tcp")
                 if answer is not None:
+                    await asyncio.sleep(self.delay_s)
                     writer.write(answer)
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -176,4 +183,4 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         answer = self.phone.handle(data, "udp")
         if answer is not None and self.transport is not None:
-            self.transport.sendto(answer, addr)
+            asyncio.get_running_loop().call_later(self.phone.delay_s, self.transport.sendto, answer, addr)
