@@ -62,6 +62,12 @@ _TAKE_OVER = (sa.update(deliveries).where(_KEY & (deliveries.c.lease_until == _p
               .values(lease_until=_p("lease"), updated_at=_p("now")))
 _DELIVERED = sa.update(deliveries).where(_KEY).values(state=_p("new_state"), updated_at=_p("now"))
 _RELEASE = sa.delete(deliveries).where(_KEY & (deliveries.c.state == "delivering"))
+# A renewal or a release by the worker holding a claim names the leases it set (`workers/held.py`):
+# a claim whose lease is none of them is another worker's.
+_HELD = deliveries.c.lease_until.in_(_p("held", expanding=True))
+_RENEW = (sa.update(deliveries).where(_KEY & (deliveries.c.state == "delivering") & _HELD)
+          .values(lease_until=_p("lease"), updated_at=_p("now")))
+_RELEASE_HELD = _RELEASE.where(_HELD)
 # The inbound message a delivery belongs to: its configuration's, never another's with the same id.
 _MESSAGE_ID = sa.select(messages.c.id).where(
     (messages.c.mdr_id == _p("key_mdr_id")) & (messages.c.config_id == _p("key_config_id"))
@@ -99,8 +105,21 @@ def delivered(c: sa.Connection, key: DeliveryKey, now: datetime, state: str = "d
         advance(c, message_id, "delivered", now, reason=f"delivered to extension {key.extension}")
 
 
-def release_delivery(c: sa.Connection, key: DeliveryKey) -> None:
-    run(c, _RELEASE, key.params())
+def renew_delivery(c: sa.Connection, key: DeliveryKey, held: frozenset[datetime], now: datetime,
+                   lease: datetime) -> bool:
+    """Extend a claim to `lease` if it still holds one of the leases in `held` (a renewal whose
+    answer was lost may have committed, so the caller names every lease it may hold): False when
+    it was delivered, released or taken over meanwhile (then it is not the caller's any more)."""
+    return c.execute(_RENEW, {**key.params(), "held": sorted(held), "lease": lease, "now": now}).rowcount == 1
+
+
+def release_delivery(c: sa.Connection, key: DeliveryKey, held: frozenset[datetime] | None = None) -> None:
+    """Drop a claim not delivered; with `held`, only while its lease is one of those (the
+    caller's: a claim another worker took over stays that worker's)."""
+    if held is None:
+        run(c, _RELEASE, key.params())
+    else:
+        c.execute(_RELEASE_HELD, {**key.params(), "held": sorted(held)})
 
 
 def deliveries_of(c: sa.Connection, config_id: str, mdr_id: str) -> list[DeliveryRow]:

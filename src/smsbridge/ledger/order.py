@@ -140,6 +140,18 @@ def claim(c: sa.Connection, key: DeliveryKey, now: datetime, lease: datetime) ->
     return result, due
 
 
+def renew(c: sa.Connection, key: DeliveryKey, held: frozenset[datetime], now: datetime, lease: datetime) -> bool:
+    """Extend a held claim (`claims.renew_delivery`) and touch its order row: a head whose long
+    delivery is still running is not stale (the sweep would release its conversation)."""
+    if not claims.renew_delivery(c, key, held, now, lease):
+        return False
+    row = run(c, _ROW, key.params()).first()
+    if row is not None and row.state != "done":
+        _lock(c, row.conversation)
+        run(c, _SET_STATE, {**key.params(), "new_state": "live", "now": now})
+    return True
+
+
 def settle(c: sa.Connection, key: DeliveryKey, now: datetime) -> list[bytes]:
     """The text is done with (delivered, dead-lettered or released): return its successor if due."""
     row = run(c, _ROW, key.params()).first()

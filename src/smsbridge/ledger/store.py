@@ -159,8 +159,9 @@ class Ledger:
     async def last_did(self, tenant: str, number: str, extension: str) -> str | None:
         return await self._db.read(claims.last_did, tenant, number, extension)
 
-    async def release_delivery(self, key: DeliveryKey) -> None:
-        await self._db.write(claims.release_delivery, key)
+    async def release_delivery(self, key: DeliveryKey, held: frozenset[datetime] | None = None) -> None:
+        """With `held`: only while the claim's lease is one of those (`claims.release_delivery`)."""
+        await self._db.write(claims.release_delivery, key, held)
 
     # ----- order of deliveries (see ledger/order.py): each returns the texts now due -------------
     async def enqueue_deliveries(self, deliveries: Sequence[InboundDelivery]) -> list[bytes]:
@@ -169,8 +170,19 @@ class Ledger:
         return await self._db.write(order.enqueue, entries, self._now())
 
     async def claim_turn(self, key: DeliveryKey, lease_s: float) -> tuple[order.Turn, list[bytes]]:
-        now = self._now()
-        return await self._db.write(order.claim, key, now, now + timedelta(seconds=lease_s))
+        return await self.claim_turn_until(key, self.lease_until(lease_s))
+
+    def lease_until(self, lease_s: float) -> datetime:
+        """When a lease of `lease_s` taken now ends, on the ledger's clock."""
+        return self._now() + timedelta(seconds=lease_s)
+
+    async def claim_turn_until(self, key: DeliveryKey, until: datetime) -> tuple[order.Turn, list[bytes]]:
+        """`claim_turn` with the lease's end given (`lease_until`): the caller renews it by that value."""
+        return await self._db.write(order.claim, key, self._now(), until)
+
+    async def renew_delivery(self, key: DeliveryKey, held: frozenset[datetime], until: datetime) -> bool:
+        """Extend a claim whose lease is one of `held` to `until`; False when it is not held any more."""
+        return await self._db.write(order.renew, key, held, self._now(), until)
 
     async def delivered_in_turn(self, key: DeliveryKey, state: str = "delivered") -> list[bytes]:
         """`state` "accepted": a relay took the text (SIP 202), not proof that it reached a phone."""
