@@ -37,14 +37,16 @@ def adapter_key(tenant: str, index: int) -> str:
     return tenant if index == 0 else f"{tenant}#{index}"
 
 
-# How many of a target's `timeout_s` one delivery attempt can take at the most.
+# How many of a target's `timeout_s` one request to it can take at the most: the lease is sized
+# by these, and renewed while an attempt of several requests (a long SIP text's parts) runs.
 SIP_ATTEMPT_TIMEOUTS = 2  # a part may be challenged once: two transactions
 EMAIL_SMTP_TIMEOUTS = 2  # the SMTP conversation (aiosmtplib's own timeout is per command)
 EMAIL_ATTEMPT_TIMEOUTS = 1 + EMAIL_SMTP_TIMEOUTS  # the pictures, all within one timeout, then SMTP
 
 
 def attempt_bound_s(target: PbxTarget) -> float:
-    """The longest one delivery attempt to `target` can take (AMQP: bounded by the publish timeout)."""
+    """The longest one request to `target` can take (SIP: one part; AMQP: bounded by the publish
+    timeout). A whole attempt may take longer: its claim is renewed meanwhile (`workers/held.py`)."""
     if isinstance(target, HttpTarget | FlowrouteTarget):
         return target.timeout_s
     if isinstance(target, SipTarget):
@@ -55,7 +57,10 @@ def attempt_bound_s(target: PbxTarget) -> float:
 
 
 def delivery_lease_s(settings: Settings) -> float:
-    """How long a delivery claim lasts: twice the longest attempt any target (or a publish) can
-    take, plus 10 s, so that a live claim is never taken over by another worker."""
+    """How long a delivery claim lasts unless renewed: twice the longest request any target (or a
+    publish) can take, plus 10 s. The worker holding it renews it every third of that while its
+    attempt runs and stops the attempt a quarter of a lease before the lease it last renewed
+    ends (`lease.py`), so a live claim is never taken over by another worker, and a claim whose
+    worker died is free again within one lease."""
     longest = max([attempt_bound_s(t) for t in settings.pbx_targets] + [settings.broker.publish_timeout_s])
     return 2 * longest + 10

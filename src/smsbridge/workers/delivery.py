@@ -15,6 +15,7 @@ from smsbridge.ledger.order import Turn
 from smsbridge.metrics import Metrics
 from smsbridge.pbx.base import DeliveryAdapter
 from smsbridge.targets import adapter_key
+from smsbridge.workers.held import HeldClaim, within_lease
 from smsbridge.workers.turns import Turns
 
 log = structlog.get_logger("smsbridge.delivery")
@@ -25,8 +26,11 @@ class DeliveryHandler:
     """Each (text, extension) is claimed in the ledger before the PBX is called, so two workers
     holding copies of one delivery never both hand it over, and a success is not repeated by
     the bridge (a worker that dies after the PBX stored a text but before the ledger heard of
-    it repeats it, with the same Idempotency-Key). The same claim keeps each conversation in
-    arrival order (`ledger/order.py`): a text waits while an earlier one is still retrying."""
+    it repeats it, with the same Idempotency-Key). The claim's lease is renewed while the PBX
+    is called and the call stops before the lease ends (`workers/held.py`), so a slow attempt
+    (a long SIP text in many parts) is never overlapped by another worker's. The same claim
+    keeps each conversation in arrival order (`ledger/order.py`): a text waits while an
+    earlier one is still retrying."""
 
     def __init__(self, adapters: Mapping[str, DeliveryAdapter], metrics: Metrics, ledger: Ledger,
                  lease_s: float, turns: Turns, fallback: GiveUp | None = None) -> None:
@@ -47,7 +51,8 @@ class DeliveryHandler:
         # Keyed by the target too (`claim_key`): a fallback or copy of a text is its own delivery;
         # and by the configuration: another's text with the same Flowroute id is another delivery.
         key = DeliveryKey.of(delivery)
-        turn, due = await self._ledger.claim_turn(key, self._lease_s)
+        claim = HeldClaim(self._ledger, key, self._lease_s)
+        turn, due = await claim.take()
         await self._turns.publish_or_leave(due)
         if turn is Turn.WAIT:
             log.info("an earlier text of this conversation goes first: this one waits in the ledger",
@@ -59,9 +64,10 @@ class DeliveryHandler:
         if turn is Turn.BUSY:
             raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
         try:
-            state = await adapter.deliver(delivery) or "delivered"
+            attempt = adapter.deliver(delivery)
+            state = await within_lease(attempt, claim.renew, self._lease_s, claim.held_from) or "delivered"
         except BaseException:
-            await self._ledger.release_delivery(key)
+            await claim.release()
             raise
         due = await self._ledger.delivered_in_turn(key, state)
         self._metrics.delivered.labels(delivery.tenant, adapter.kind).inc()
