@@ -61,7 +61,7 @@ async def open_at(where: tuple[str, str | None], ahead_s: float = 0.0) -> Ledger
 
 
 def text(tenant: str = "acme", mdr_id: str = "mdr2-long", **overrides: Any) -> InboundDelivery:
-    body = "".join(f"{i:03d} Привет, the table is ready 👋 " for i in range(20))
+    body = "".join(f"{i:03d} Привет, the table is ready 👋 " for i in range(24))
     fields: dict[str, Any] = dict(tenant=tenant, config_id="main", mdr_id=mdr_id, from_="+12065550199",
                                   to="+12065550100", extension="1001", body=body, received_at=datetime.now(UTC))
     fields.update(overrides)
@@ -126,7 +126,7 @@ async def test_a_renewal_keeps_a_long_running_head_from_being_swept(ledger: Ledg
 async def slow_phone(tmp_path: Path) -> AsyncIterator[tuple[Any, Phone]]:
     kamailio = await start_kamailio(tmp_path)
     phone = await phone_on(kamailio)
-    phone.delay_s = 2.0  # each part takes 2 s to be answered: 5 parts, 10 s
+    phone.delay_s = 2.0  # each part takes 2 s to be answered: 6 parts, 12 s
     try:
         yield kamailio, phone
     finally:
@@ -137,17 +137,17 @@ async def slow_phone(tmp_path: Path) -> AsyncIterator[tuple[Any, Phone]]:
 async def test_a_redelivery_while_a_slow_phone_takes_a_long_text_does_not_repeat_or_interleave_parts(
         ledger: Ledger, slow_phone: tuple[Any, Phone]) -> None:
     kamailio, phone = slow_phone
-    lease_s = 4.0
+    lease_s = 6.0
     sip = target(kamailio, body_budget_bytes=BUDGET, timeout_s=5.0)
     first, second = SipAdapter(sip), SipAdapter(sip)
     delivery = text()
     parts = len(split_text(compose(delivery), BUDGET))
-    assert parts == 5
+    assert parts == 6
     loop = asyncio.get_running_loop()
     try:
         started = loop.time()
         sending = asyncio.create_task(worker(ledger, first, lease_s).handle(delivery, CONTEXT))
-        await eventually(lambda: len(phone.received) >= 4, what="four parts on the phone")
+        await eventually(lambda: len(phone.received) >= 5, what="five parts on the phone")
         assert loop.time() - started > lease_s  # the first claim's own lease has ended by now
         redelivered = worker(ledger, second, lease_s)
         with pytest.raises(RetryableError, match="another worker"):  # the redelivery finds the claim live
