@@ -161,6 +161,8 @@ class Bridge:
             second = await self._channel(publisher_confirms=True, on_return_raises=True, on=self.standby)
             self.publisher.add_route(second, connected=self.standby.connected.is_set, name="standby")
             self._renewed(self.publisher.routes[-1], self.standby)
+        self.publisher.warmup.on_copy = lambda route: self.metrics.warmup_copies.labels(route=route).inc()
+        stack.push_async_callback(self.publisher.close)  # runs before the channels close
         self.publisher.flows.watch(flows.essential(broker.prefix, self.roles, self.settings.accounts()))
         self.liveness = BrokerLiveness(self.publisher, broker.prefix)
         self.publisher.gate = self.liveness.responsive  # refuse at once while the broker does not answer

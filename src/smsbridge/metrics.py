@@ -51,6 +51,11 @@ class Metrics:
         self.processed = Counter(
             "smsbridge_messages_total", "Messages finished by stage and outcome", ["stage", "outcome"], registry=r
         )
+        self.warmup_copies = Counter(
+            "smsbridge_broker_warmup_copies_total",
+            "Copies of a confirmed webhook sent on another route to warm its channel (broker/warmup.py)",
+            ["route"], registry=r,
+        )
         self.retried = Counter("smsbridge_retries_total", "Messages scheduled for retry", ["stage"], registry=r)
         self.held = Counter("smsbridge_held_total",
                             "Messages held unacked and retried in place, once each (inbound: ledger unavailable)",

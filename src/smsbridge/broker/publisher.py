@@ -41,6 +41,11 @@ Not the others: a repeated outbound request (relay API, SIP intake) is answered 
 status again, a parked webhook would sit twice in the dead-letter queue, and a worker's publish
 (next stage, status, AMQP delivery to a PBX, retry) has nobody waiting on it; they still avoid
 a lagging route for new publishes.
+
+Hedged destinations are also warmed on every route (`broker/warmup.py`): once a hedged publish is
+confirmed, a route whose channel has not yet carried one to that queue gets one copy, so that in
+a partition it is already an enqueuer that hears of a new leader, not a first publisher waiting
+on the old one.
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ from aio_pika.abc import AbstractChannel
 from smsbridge.broker import names
 from smsbridge.broker.flows import Flows
 from smsbridge.broker.routes import LAG_S, STALE_AFTER_S, Message, Route, Waiting, watch
+from smsbridge.broker.warmup import Warmup
 from smsbridge.errors import BrokerUnavailable
 from smsbridge.redact import header_text
 
@@ -88,6 +94,7 @@ class Publisher:
         self._timeout = timeout
         self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
         self.flows = Flows()  # the destinations readiness watches (broker/flows.py)
+        self.warmup = Warmup(self.routes, self._warm)  # hedged destinations on every route (broker/warmup.py)
 
     def add_route(self, channel: AbstractChannel, *, connected: Callable[[], bool], name: str) -> None:
         """A second way to the broker (a connection to another node), used when the first fails."""
@@ -129,13 +136,17 @@ class Publisher:
         message: Message = (exchange, routing_key, body, properties, mandatory)
         flow = self.flows.get(exchange, routing_key)
         if flow is None:
-            await self._send(message, budget, deadline, hedge)
+            carrier = await self._send(message, budget, deadline, hedge)
+            if hedge:
+                self.warmup.confirmed(carrier, message)
             return
         token = flow.went()
         confirmed: bool | None = None  # None: cancelled, says nothing about the destination
         try:
-            await self._send(message, budget, deadline, hedge)
+            carrier = await self._send(message, budget, deadline, hedge)
             confirmed = True
+            if hedge:
+                self.warmup.confirmed(carrier, message)
         except RouteDown:
             confirmed = False
             raise
@@ -145,15 +156,17 @@ class Publisher:
         finally:
             flow.ended(token, confirmed=confirmed)
 
-    async def _send(self, message: Message, budget: float, deadline: float, hedge: bool) -> None:
-        """Through the first route that takes it, trying them all again until the deadline."""
+    async def _send(self, message: Message, budget: float, deadline: float, hedge: bool) -> Route:
+        """Through the first route that takes it, trying them all again until the deadline; the
+        route it went on."""
         if len(self.routes) == 1:
             await self._attempt(self.routes[0], message, budget, deadline, hedge=False)
-            return
+            return self.routes[0]
         for rounds in itertools.count():
-            failure = await self._each_route(message, deadline, hedge)
-            if failure is None:
-                return
+            outcome = await self._each_route(message, deadline, hedge)
+            if isinstance(outcome, Route):
+                return outcome
+            failure = outcome
             # Every route failed: a node dying takes its queues' leaders with it, and until their
             # elections end (well under a second) the broker nacks what is routed to them.
             pause = min(RETRY_PAUSE_S * 2 ** rounds, MAX_RETRY_PAUSE_S)
@@ -162,8 +175,8 @@ class Publisher:
             await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def _each_route(self, message: Message, deadline: float, hedge: bool) -> RouteDown | None:
-        """Try the routes in turn; None once one confirmed, else the last route's failure."""
+    async def _each_route(self, message: Message, deadline: float, hedge: bool) -> Route | RouteDown:
+        """Try the routes in turn; the route once one confirmed, else the last route's failure."""
         failure: RouteDown | None = None
         for route in self._in_order():
             left = max(deadline - time.monotonic(), MIN_RETRY_S)
@@ -179,9 +192,10 @@ class Publisher:
                     continue
             try:
                 await self._attempt(route, message, left, deadline, hedge=hedge)
-                return None
+                return route
             except RouteDown as exc:  # the node went away under this publish: the other route may work
                 failure = exc
+        assert failure is not None  # there is always a route
         return failure
 
     async def _attempt(self, route: Route, message: Message, left: float, deadline: float, *, hedge: bool) -> None:
@@ -270,6 +284,17 @@ class Publisher:
         if not isinstance(confirmation, Basic.Ack):  # the message came back unroutable: final
             raise BrokerUnavailable(f"publish to {exchange}/{routing_key} not acknowledged: {confirmation!r}")
         route.confirmed(sent, probe=probe)  # any confirmed publish shows the route answers, not only the probe's
+        if len(self.routes) > 1 and not probe:
+            self.warmup.carried(route, channel, (exchange, routing_key))
+
+    async def _warm(self, route: Route, message: Message) -> None:
+        """One warm-up copy (broker/warmup.py): a plain confirmed publish, not among the route's
+        waiting ones (it is nobody's answer) nor retried."""
+        await self.publish_on(route, *message, self._timeout)
+
+    async def close(self) -> None:
+        """Cancel the warm-up copies under way (before the channels close)."""
+        await self.warmup.close()
 
     async def to_stage(self, prefix: str, stage: str, body: bytes, *, message_id: str | None = None,
                        hedge: bool = False) -> None:
