@@ -35,10 +35,12 @@ AMQP_PORT = 5672
 NET_TICKTIME_S = 8
 # Ra's failure detector (aten) polls every this many ms; RabbitMQ sets 5000 (aten's own default is
 # 1000), so a queue whose leader is cut off waits up to ~5 s before its followers elect another
-# (unless the distribution link drops first, after net_ticktime). None: the broker's default,
-# kept because 1000 elected sooner but clients waited as long (faults/README.md, "The
-# partition"). Set in advanced.config: RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
-ATEN_POLL_INTERVAL_MS: int | None = None
+# (unless the distribution link drops first, after net_ticktime). 1000: with each route's channel
+# warmed (src/smsbridge/broker/warmup.py) clients are confirmed as soon as the election is over,
+# so an election before the link drop is what ends the partition's hard case (faults/README.md,
+# "Warmed routes"). None (`--aten-poll-ms 0`): the broker's default. Set in advanced.config:
+# RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
+ATEN_POLL_INTERVAL_MS: int | None = 1000
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,16 @@ class Run:
                 break
             await asyncio.sleep(0.5)
         row = outcome(load, self.pbx, self.flowroute, (fault_start, fault_end), self.delivered_at)
-        await self.wait_cluster_whole()
+        what = "; ".join([what, readiness_note(load.figures.readiness)])
+        try:
+            await self.wait_cluster_whole()
+        except RuntimeError as exc:  # the run stops here: the scenario's figures are still worth having
+            self._record(name, "; ".join([what, *self._notes, str(exc)]), row)
+            raise
         self.fault_windows.append((fault_wall, time.time()))
-        what = "; ".join([what, readiness_note(load.figures.readiness), *self._notes])
+        self._record(name, "; ".join([what, *self._notes]), row)
+
+    def _record(self, name: str, what: str, row: dict[str, object]) -> None:
         self._notes.clear()
         self.rows.append((name, what, row))
         print(f"{name}: {what}: {row}", flush=True)
