@@ -15,6 +15,11 @@ background: the caller does not wait for it. Once per (underlying channel, excha
 key): a channel renewed after a nack (`broker/renewal.py`) or restored by aio-pika after a
 reconnect is a new channel, and is warmed again by the next hedged publish. A copy that fails
 is logged and forgotten, and the next hedged publish tries again. With one route, nothing.
+
+The inbound stage drops the copy of a text as a Flowroute resend (the ledger has its Flowroute id
+in its configuration; a conversation's texts are handled in order, so the copy comes after its
+original). The copy of a delivery receipt changes nothing in the ledger but forwards its status
+again with the same `event_id`, as a hedged second copy does (`broker/publisher.py`).
 """
 
 from __future__ import annotations
