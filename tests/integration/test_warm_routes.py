@@ -5,6 +5,7 @@ one real RabbitMQ stand for two nodes (tests/support/nodes.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -78,7 +79,7 @@ async def test_each_route_is_warmed_once_per_channel_and_again_after_a_reconnect
     assert await posted(http, hook, text(1, 1), bridge) == 200
     assert await stored(channel, prefix) == 1, "the standby route's channel is warm already"
     # A second tenant's webhook goes to the same queue: nothing to warm.
-    assert await posted(http, bridge.receiver_url + GX_HOOK, gx_text(0), bridge) == 200
+    assert await posted(http, f"{bridge.receiver_url}{GX_HOOK}", gx_text(0), bridge) == 200
     assert await stored(channel, prefix) == 1 and copies(bridge) == 1, "globex's webhook, no copy"
     # Hostile input is refused before any publish, and warms nothing.
     assert await posted(http, hook, b"{not json", bridge) == 400
@@ -88,11 +89,14 @@ async def test_each_route_is_warmed_once_per_channel_and_again_after_a_reconnect
     # The standby node drops its connections; aio-pika reconnects: a new channel, cold again.
     assert bridge.publisher is not None and bridge.standby is not None
     standby = bridge.publisher.routes[1]
+    old = await standby.channel.get_underlay_channel()
     await nodes[1].cut()
-    await eventually(lambda: not bridge.standby.connected.is_set(), what="the standby connection dropped")
+    # Not `connected` turning false: the standby may be pointed at the other node and back at once.
+    await eventually(lambda: old.is_closed, what="the standby's AMQP channel closed")
     await nodes[1].restore()
     await eventually(lambda: standby.connected() and not standby.channel.is_closed, timeout=30,
                      what="the standby route back")
+    assert await asyncio.wait_for(standby.channel.get_underlay_channel(), 30) is not old
     assert await posted(http, hook, text(1, 2), bridge) == 200
     assert await stored(channel, prefix) == 2, "the webhook, and one copy on the reconnected channel"
     assert copies(bridge) == 2
@@ -127,7 +131,7 @@ async def test_a_bridge_with_one_route_sends_no_copy(
     hook = webhook_url(bridge)
     for seq in range(3):
         assert await posted(http, hook, text(1, seq), bridge) == 200
-    assert await posted(http, bridge.receiver_url + GX_HOOK, gx_text(0), bridge) == 200
+    assert await posted(http, f"{bridge.receiver_url}{GX_HOOK}", gx_text(0), bridge) == 200
     assert await stored(channel, prefix) == 4
     assert copies(bridge) == 0
 
