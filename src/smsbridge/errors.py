@@ -14,12 +14,15 @@ class BridgeError(Exception):
 
 
 class RetryableError(BridgeError):
-    """Try again later; `retry_after` is the delay the other side asked for, in seconds."""
+    """Try again later; `retry_after` is the delay the other side asked for, in seconds.
+    `counted=False`: this try was not an attempt at the work (another worker holds it right
+    now), so it does not use up `max_attempts`; the maximum age still bounds it."""
 
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, counted: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.counted = counted
 
 
 class LedgerUnavailable(RetryableError):

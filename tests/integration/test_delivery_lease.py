@@ -150,8 +150,9 @@ async def test_a_redelivery_while_a_slow_phone_takes_a_long_text_does_not_repeat
         await eventually(lambda: len(phone.received) >= 5, what="five parts on the phone")
         assert loop.time() - started > lease_s  # the first claim's own lease has ended by now
         redelivered = worker(ledger, second, lease_s)
-        with pytest.raises(RetryableError, match="another worker"):  # the redelivery finds the claim live
+        with pytest.raises(RetryableError, match="another worker") as busy:  # the redelivery finds the claim live
             await redelivered.handle(delivery, CONTEXT)
+        assert not busy.value.counted  # waiting on another worker uses up none of the copy's attempts
         await sending
         await redelivered.handle(delivery, CONTEXT)  # its retry: already delivered, not repeated
     finally:

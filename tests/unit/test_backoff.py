@@ -72,3 +72,10 @@ def test_no_overflow_however_many_attempts(attempt: int) -> None:
 
 def test_cap_below_base_is_the_cap() -> None:
     assert compute_backoff(50, base=20.0, cap=10.0, rand=lambda: 1.0) == 10.0
+
+
+def test_a_try_that_was_not_an_attempt_never_uses_up_the_attempts_but_still_ages_out() -> None:
+    """Another worker holding the text (a claim found busy) is not an attempt at it."""
+    assert retry_decision(Attempt(2, 0), POLICY, now=0, requested=None, rand=lambda: 1.0, counted=False) == 4.0
+    decision = retry_decision(Attempt(2, 0), POLICY, now=99_500, requested=None, rand=lambda: 1.0, counted=False)
+    assert isinstance(decision, str) and "maximum age" in decision

@@ -93,6 +93,16 @@ async def test_the_last_attempt_is_dead_lettered_and_the_handler_told() -> None:
     assert handler.gave_up == [(1, dead.headers[names.H_REASON], "exhausted")]
 
 
+async def test_a_retry_that_was_not_an_attempt_keeps_the_attempt_count_even_at_the_last_attempt() -> None:
+    """A delivery whose claim another worker holds: however long that worker takes (a long SIP
+    text), the copy waiting for it is never dead-lettered for attempts it did not make."""
+    handler, publisher = Scripted(RetryableError("another worker has it", counted=False)), InMemoryPublisher()
+    delivered = await (await consumer(handler, publisher)).deliver(message(1, **{names.H_ATTEMPT: 2}))
+    (retry,) = publisher.published
+    assert delivered.settled == "ack" and retry.exchange == names.delay_exchange(PREFIX)
+    assert retry.headers[names.H_ATTEMPT] == 2 and handler.gave_up == []
+
+
 async def test_a_permanent_error_is_dead_lettered_at_once_with_its_code() -> None:
     handler, publisher = Scripted(PermanentError("no rule for +1206555", code="no_route")), InMemoryPublisher()
     await (await consumer(handler, publisher)).deliver(message(1))

@@ -91,9 +91,10 @@ class Attempt:
 
 
 def retry_decision(attempt: Attempt, policy: RetryPolicy, *, now: int, requested: float | None,
-                   rand: Callable[[], float]) -> float | str:
-    """Seconds to wait before the next try, or why there is no next try."""
-    if attempt.number + 1 >= policy.max_attempts:
+                   rand: Callable[[], float], counted: bool = True) -> float | str:
+    """Seconds to wait before the next try, or why there is no next try (a try that was not
+    `counted` as an attempt is bounded by the maximum age alone)."""
+    if counted and attempt.number + 1 >= policy.max_attempts:
         return f"gave up after {attempt.number + 1} attempts"
     delay = compute_backoff(
         attempt.number, base=policy.base_delay_s, cap=policy.max_delay_s, requested=requested, rand=rand
@@ -254,7 +255,7 @@ class StageConsumer(Generic[T]):
             except PermanentError as exc:
                 await self._dead_letter(message, attempt, exc.reason, exc.code, event)
             except RetryableError as exc:
-                await self._retry(message, attempt, exc.reason, exc.retry_after, event)
+                await self._retry(message, attempt, exc.reason, exc.retry_after, event, counted=exc.counted)
             except BrokerUnavailable as exc:
                 await self._requeue(message, f"broker unavailable: {exc}")
             except Exception as exc:  # a bug must not lose the message: retry, then dead-letter
@@ -291,12 +292,14 @@ class StageConsumer(Generic[T]):
                 return
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: Attempt, reason: str,
-                     requested: float | None, event: T) -> None:
-        decision = retry_decision(attempt, self._policy, now=now_ms(), requested=requested, rand=self._rand)
+                     requested: float | None, event: T, *, counted: bool = True) -> None:
+        decision = retry_decision(attempt, self._policy, now=now_ms(), requested=requested, rand=self._rand,
+                                  counted=counted)
         if isinstance(decision, str):
             await self._dead_letter(message, attempt, f"{reason} ({decision})", "exhausted", event)
             return
-        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_ATTEMPT: attempt.number + 1,
+        number = attempt.number + 1 if counted else attempt.number
+        headers = {**carried(message.headers, names.CARRIED_HEADERS), names.H_ATTEMPT: number,
                    names.H_FIRST_SEEN: attempt.first_seen_ms, names.H_DELAY_TIER: str(names.delay_tier(decision)),
                    names.H_ORIGIN_KEY: self._origin_key(message)}
         try:

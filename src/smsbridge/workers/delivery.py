@@ -62,7 +62,10 @@ class DeliveryHandler:
             log.info("already delivered to this extension: not repeated", outcome="duplicate")
             return
         if turn is Turn.BUSY:
-            raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s)
+            # not an attempt: a long delivery must not use up this copy's attempts (dead-lettered,
+            # it would go to the fallback and free the conversation while the text is still going)
+            raise RetryableError("another worker is delivering this text right now", retry_after=self._lease_s,
+                                 counted=False)
         try:
             attempt = adapter.deliver(delivery)
             state = await within_lease(attempt, claim.renew, self._lease_s, claim.held_from) or "delivered"
