@@ -33,31 +33,14 @@ MDR = "mdr2-out-dlr"
 
 class FailsOnce:
     """The real ledger, but `method` raises LedgerUnavailable the first time (the database went
-    away at that step), as the runner raises it."""
+    away at that step), as the runner raises it. With `after_commit`, only once its transaction
+    committed: the COMMIT went through and its answer was lost (a reset connection, or the
+    runner's deadline firing just after the server committed), as the caller sees it; `committed`
+    is then what that call returned."""
 
-    def __init__(self, ledger: Ledger, method: str) -> None:
-        self._ledger, self._method, self.failed = ledger, method, False
-
-    def __getattr__(self, name: str) -> Any:
-        real = getattr(self._ledger, name)
-        if name != self._method:
-            return real
-
-        async def once(*args: Any, **kwargs: Any) -> Any:
-            if not self.failed:
-                self.failed = True
-                raise LedgerUnavailable("ledger unavailable: OSError")
-            return await real(*args, **kwargs)
-        return once
-
-
-class CommitsThenFails:
-    """The real ledger, but `method` raises LedgerUnavailable the first time *after* its
-    transaction committed: the COMMIT went through and its answer was lost (a reset connection,
-    or the runner's deadline firing just after the server committed), as the caller sees it."""
-
-    def __init__(self, ledger: Ledger, method: str) -> None:
-        self._ledger, self._method, self.committed = ledger, method, None
+    def __init__(self, ledger: Ledger, method: str, *, after_commit: bool = False) -> None:
+        self._ledger, self._method, self._after_commit = ledger, method, after_commit
+        self.failed, self.committed = False, None
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._ledger, name)
@@ -65,10 +48,12 @@ class CommitsThenFails:
             return real
 
         async def once(*args: Any, **kwargs: Any) -> Any:
-            if self.committed is None:
+            if self.failed:
+                return await real(*args, **kwargs)
+            self.failed = True
+            if self._after_commit:
                 self.committed = await real(*args, **kwargs)
-                raise LedgerUnavailable("ledger unavailable: TransactionTimeout")
-            return await real(*args, **kwargs)
+            raise LedgerUnavailable(f"ledger unavailable: {'TransactionTimeout' if self._after_commit else 'OSError'}")
         return once
 
 
@@ -124,7 +109,7 @@ async def history_states(ledger: Ledger) -> list[str]:
 
 async def test_a_receipt_whose_claim_committed_unseen_is_forwarded_when_the_same_event_comes_again(
         ledger: Ledger) -> None:
-    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    in_doubt = FailsOnce(ledger, "claim_and_record_dlr", after_commit=True)
     publisher = InMemoryPublisher()
     handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
     receipt = receipt_for()
@@ -150,7 +135,7 @@ async def test_a_receipt_whose_claim_committed_unseen_is_forwarded_when_the_same
 
 
 async def test_a_flowroute_resend_while_the_first_claim_is_in_doubt_is_still_ignored(ledger: Ledger) -> None:
-    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    in_doubt = FailsOnce(ledger, "claim_and_record_dlr", after_commit=True)
     publisher = InMemoryPublisher()
     handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
     first = receipt_for()
@@ -163,7 +148,7 @@ async def test_a_flowroute_resend_while_the_first_claim_is_in_doubt_is_still_ign
 
 
 async def test_another_tenants_receipt_with_the_same_id_is_its_own_claim(ledger: Ledger) -> None:
-    in_doubt = CommitsThenFails(ledger, "claim_and_record_dlr")
+    in_doubt = FailsOnce(ledger, "claim_and_record_dlr", after_commit=True)
     publisher = InMemoryPublisher()
     handler = InboundHandler(settings(prefix="unit"), publisher, in_doubt, Metrics())  # type: ignore[arg-type]
     ours = receipt_for()
