@@ -19,12 +19,15 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import IO
 
 from faults import elections
 from faults.cluster import AMQP_PORT, ATEN_POLL_INTERVAL_MS, INSTALLED, NET_TICKTIME_S, Broker, Cluster, Node
 from faults.load import Load, outcome, readiness_note
 from faults.netns import GATEWAY, Host, Network, missing_requirements, plan
 from faults.postgres import Postgres
+from smsbridge import logs
+from smsbridge.config import LoggingSettings
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.pbx import FakePbx
 from smsbridge.testing.config import bridge_document, merge, secrets_env, write
@@ -365,6 +368,15 @@ def table(rows: list[tuple[str, str, dict[str, object]]]) -> str:
     return "\n".join(lines)
 
 
+def log_to_file(root: Path) -> IO[str]:
+    """The runner's own log lines (its fake PBX, simulator and load clients; the bridge's
+    processes log to files of their own) go to `runner.log` under `root`, as JSON with numbers and
+    bodies masked, as any smsbridge process logs; the terminal keeps the progress and the table."""
+    stream = (root / "runner.log").open("a", encoding="utf-8")
+    logs.configure(LoggingSettings(format="json"), stream=stream)
+    return stream
+
+
 async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_POLL_INTERVAL_MS,
                leader_on_cut: bool = False, net_ticktime_s: int = NET_TICKTIME_S, broker: Broker = INSTALLED) -> int:
     problems = missing_requirements() + broker.missing()
@@ -373,6 +385,7 @@ async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_
         return 2
     root = Path(tempfile.mkdtemp(prefix="smsbridge-faults-"))
     print(f"faults: everything under {root}", flush=True)
+    runner_log = log_to_file(root)
     started = time.monotonic()
     network = Network()
     run = Run(root, seconds, network, aten_poll_ms, leader_on_cut, net_ticktime_s, broker)
@@ -399,6 +412,7 @@ async def main(only: list[str], seconds: float, aten_poll_ms: int | None = ATEN_
             await asyncio.shield(run.stop())
         finally:
             await asyncio.shield(network.remove())  # whatever is still running in our namespaces too
+            runner_log.flush()
     print(f"\nmake faults: {time.monotonic() - started:.0f} s, logs in {root}\n")
     print(table(run.rows))
     poll = f"{aten_poll_ms} ms" if aten_poll_ms is not None else "the broker's default"
