@@ -35,12 +35,13 @@ AMQP_PORT = 5672
 NET_TICKTIME_S = 8
 # Ra's failure detector (aten) polls every this many ms; RabbitMQ sets 5000 (aten's own default is
 # 1000), so a queue whose leader is cut off waits up to ~5 s before its followers elect another
-# (unless the distribution link drops first, after net_ticktime). 1000: with each route's channel
-# warmed (src/smsbridge/broker/warmup.py) clients are confirmed as soon as the election is over,
-# so an election before the link drop is what ends the partition's hard case (faults/README.md,
-# "Warmed routes"). None (`--aten-poll-ms 0`): the broker's default. Set in advanced.config:
+# (unless the distribution link drops first, after net_ticktime). With each route's channel warmed
+# (src/smsbridge/broker/warmup.py) clients are confirmed as soon as the election is over, so the
+# election is what bounds the partition's hard case (faults/README.md, "Warmed routes"): 1000 gave
+# elections 1.5-2.3 s after the cut (p99 1.0-1.9 s), 500 gives 0.8-1.0 s (faults/README.md, "Ra's
+# poll at 500 ms"). None (`--aten-poll-ms 0`): the broker's default. Set in advanced.config:
 # RabbitMQ 3.10.8 has no rabbitmq.conf key for it.
-ATEN_POLL_INTERVAL_MS: int | None = 1000
+ATEN_POLL_INTERVAL_MS: int | None = 500
 
 
 @dataclass(frozen=True)
