@@ -330,6 +330,10 @@ class RelaySettings(_Section, frozen=True, kw_only=True):
     path_prefix: Annotated[str, msgspec.Meta(pattern=r"^(/[A-Za-z0-9_.-]+)+$")] = "/flowroute"
     idempotency_window_s: PositiveFloat = 24 * 3600.0
     max_body_chars: PositiveInt = 5000
+    # Signs the ids of relayed sends (`relay_ids.py`). Set, a send without an Idempotency-Key is
+    # answered once RabbitMQ confirms it and the outbound stage writes its row; unset, the
+    # receiver writes that row itself. The same key on every receiver and outbound worker.
+    id_key: Secret | None = None
 
 
 class SipPeer(_Section, frozen=True, kw_only=True):

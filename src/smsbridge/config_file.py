@@ -23,6 +23,7 @@ from smsbridge.media.check import media_problems
 from smsbridge.secret import Secret
 
 MIN_TOKEN_LENGTH = 24
+MIN_ID_KEY_LENGTH = 32  # an HMAC key, as `[media] link_key`
 
 
 class Problem(NamedTuple):
@@ -271,4 +272,7 @@ def relay_problems(settings: Settings) -> list[Problem]:
             problems.append(Problem(where, "relay credentials must not be Flowroute's own keys: issue new ones"))
         problems += [Problem(at, what) for at, what in
                      network_problems(client.dlr_callback_networks, f"{where}.dlr_callback_networks")]
+    id_key = settings.relay.id_key
+    if id_key is not None and len(id_key.reveal()) < MIN_ID_KEY_LENGTH:
+        problems.append(Problem("relay.id_key", f"too short: use at least {MIN_ID_KEY_LENGTH} random characters"))
     return problems

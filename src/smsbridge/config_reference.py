@@ -166,6 +166,11 @@ MEANING: dict[str, str] = {
                                   "counts from that retry.",
     "relay.max_body_chars": "Relayed sends with a longer body are refused with 422 (the segment limit of "
                             "`[outbound]` applies too).",
+    "relay.id_key": "The HMAC key that signs the ids of relayed sends, as a secret reference; at least 32 "
+                    "characters, the same on every receiver and outbound worker. Set, a send without an "
+                    "`Idempotency-Key` is answered once RabbitMQ confirms it and the outbound stage records it "
+                    "(the faster path); unset, the receiver records it first. Changing it makes a lookup of a "
+                    "send not yet recorded answer 404.",
     "relay_clients.tenant": "The tenant this PBX sends for; it may send from that tenant's DIDs only.",
     "relay_clients.access_key": "The Basic user name the PBX uses in place of Flowroute's Access Key (not a "
                                 "Flowroute key).",

@@ -142,6 +142,17 @@ class StatusEvent(Event, frozen=True, kw_only=True, tag="status"):
     segments: int | None = None
 
 
+class RelayOrigin(msgspec.Struct, frozen=True, kw_only=True):
+    """Set by the bridge's own relay API on a send without an `Idempotency-Key`: who sent it and
+    where its receipts go, for the outbound stage to record (`relay_sends`) as it records the
+    request. A PBX publishing requests itself leaves it out; one set by anyone but the bridge is
+    ignored (its `client_message_id` is not an id the bridge signed: `relay_ids.py`)."""
+
+    access_key: str
+    dlr_callback: str | None = None
+    accepted_at: Annotated[datetime, msgspec.Meta(tz=True)]
+
+
 class OutboundRequest(msgspec.Struct, frozen=True, kw_only=True, tag="outbound_request", tag_field="kind"):
     """A text a PBX extension wants sent (PBX → bridge), published to the requests exchange with
     routing key `outbound.<tenant>`. `client_message_id` is the PBX's id and the idempotency key."""
@@ -156,6 +167,7 @@ class OutboundRequest(msgspec.Struct, frozen=True, kw_only=True, tag="outbound_r
     media_urls: tuple[str, ...] = ()
     config_id: str | None = None
     requested_at: datetime | None = None
+    relay: RelayOrigin | None = None  # an outbound worker from before this field ignores it
 
 
 class DispatchRequest(Event, frozen=True, kw_only=True, tag="dispatch"):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from collections.abc import Awaitable
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -33,15 +33,15 @@ from smsbridge.broker import names
 from smsbridge.broker.publisher import now_ms
 from smsbridge.config import RelayClient, Settings
 from smsbridge.errors import BrokerUnavailable, LedgerUnavailable
-from smsbridge.events import OutboundRequest, encoder, new_event_id, utcnow
+from smsbridge.events import OutboundRequest, RelayOrigin, encoder, utcnow
 from smsbridge.flowroute.payloads import timestamp
 from smsbridge.ledger import MessageRow, RelaySend, Retaken, StatusRow
+from smsbridge.relay_ids import SHAPE, issued, new_id
 from smsbridge.relay_request import RelayError, authenticate, error_doc, idempotency_key, parse_send, to_outbound
 
 log = structlog.get_logger("smsbridge.relay")
 CONTENT_TYPE = "application/vnd.api+json"
 LEDGER_ERRORS = (LedgerUnavailable, SQLAlchemyError, RuntimeError, OSError)
-BRIDGE_ID = re.compile(r"mdr2-[0-9a-f]{32}")
 # Flowroute's MDR `status` wording for each of our states.
 MDR_STATUS = {"queued": "queued", "accepted": "accepted", "sent": "smsc submit", "buffered": "message buffered",
               "delivered": "delivered", "failed": "delivery failed"}
@@ -53,11 +53,6 @@ def _answer(doc: dict[str, Any], status: int) -> web.Response:
 
 def _refusal(exc: RelayError) -> web.Response:
     return _answer(error_doc(exc.status, exc.detail), exc.status)
-
-
-def bridge_id() -> str:
-    """Our id for a relayed send, shaped like Flowroute's (clients may check the prefix)."""
-    return f"mdr2-{new_event_id()}"
 
 
 def message_link(settings: Settings, message_id: str) -> str:
@@ -83,7 +78,12 @@ async def send(request: web.Request) -> web.Response:
         raw = await _read(request)
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         attributes = parse_send(raw, settings.relay.max_body_chars)
-        outbound = to_outbound(attributes, client, settings, bridge_id())
+        message_id = new_id(settings.relay.id_key, client.tenant)
+        if key is None and settings.relay.id_key is not None:  # its row comes with the outbound stage's
+            origin = RelayOrigin(access_key=client.access_key, dlr_callback=attributes.dlr_callback,
+                                 accepted_at=utcnow())
+            return await _publish_only(request, client, to_outbound(attributes, client, settings, message_id, origin))
+        outbound = to_outbound(attributes, client, settings, message_id)
     except RelayError as exc:
         log.warning("relay send refused", status=exc.status, detail=exc.detail, source_ip=request.remote)
         return _refusal(exc)
@@ -95,6 +95,20 @@ async def send(request: web.Request) -> web.Response:
                     state="queued" if key is None else "pending", dlr_callback=attributes.dlr_callback,
                     created_at=utcnow())
     return await _record_and_publish(request, client, row, outbound)
+
+
+async def _publish_only(request: web.Request, client: RelayClient, outbound: OutboundRequest) -> web.Response:
+    """A send without a key whose id is signed: answered as a webhook is, once RabbitMQ has it.
+    The outbound stage writes its row (`OutboundRequest.relay`); until then a lookup of its id
+    answers `queued` (`lookup`)."""
+    where = {"tenant": client.tenant, "client": client.access_key, "id": outbound.client_message_id}
+    try:
+        await _publish(request, outbound)
+    except BrokerUnavailable as exc:
+        log.error("relay send not accepted: broker unavailable", **where, error=str(exc))
+        return _answer(error_doc(503, "could not store the message; please retry"), 503)
+    log.info("relay send accepted", **where, outcome="published", idempotency_key=False)
+    return _answer(accepted_doc(request.app[SETTINGS], outbound.client_message_id), 202)
 
 
 async def _record_and_publish(request: web.Request, client: RelayClient, row: RelaySend,
@@ -218,38 +232,45 @@ async def lookup(request: web.Request) -> web.Response:
     except RelayError as exc:
         return _refusal(exc)
     message_id = request.match_info["message_id"]
-    if not BRIDGE_ID.fullmatch(message_id):
+    if not SHAPE.fullmatch(message_id):
         return _answer(error_doc(404, "Could not find that resource on your account."), 404)
     try:
         found = await ledger.relay_send(client.tenant, message_id)
-        row = await ledger.outbound(client.tenant, message_id) if found else None
+        # Signed for this tenant but not recorded yet: a send without a key, its row still to
+        # come from the outbound stage (or recorded by one from before `OutboundRequest.relay`).
+        known = found is not None or issued(settings.relay.id_key, client.tenant, message_id)
+        row = await ledger.outbound(client.tenant, message_id) if known else None
         history = await ledger.history(row.id) if row else []
     except LEDGER_ERRORS as exc:
         log.error("relay lookup failed: ledger unavailable", error=repr(exc))
         return _answer(error_doc(503, "message history is unavailable; please retry"), 503)
-    if found is None:
+    if not known:
         return _answer(error_doc(404, "Could not find that resource on your account."), 404)
-    return _answer({"data": mdr_doc(settings, found, row, history)}, 200)
+    created_at = found.created_at if found is not None else row.created_at if row is not None else None
+    return _answer({"data": mdr_doc(settings, message_id, created_at, row, history)}, 200)
 
 
 def _digits(number: str) -> str:
     return number.removeprefix("+")
 
 
-def mdr_doc(settings: Settings, send_row: RelaySend, row: MessageRow | None,
+def mdr_doc(settings: Settings, message_id: str, created_at: datetime | None, row: MessageRow | None,
             history: list[StatusRow]) -> dict[str, Any]:
-    """The message as Flowroute's `GET /v2.2/messages/{id}` shows an MDR, with our current state."""
-    attributes: dict[str, Any] = {"direction": "outbound", "message_type": "longcode",
-                                  "timestamp": timestamp(send_row.created_at), "status": "queued",
+    """The message as Flowroute's `GET /v2.2/messages/{id}` shows an MDR, with our current state.
+    Before the outbound stage has recorded it, only what its id says: `queued`, no numbers or
+    body, and no `timestamp` when no row at all holds it yet."""
+    attributes: dict[str, Any] = {"direction": "outbound", "message_type": "longcode", "status": "queued",
                                   "delivery_receipts": []}
+    if created_at is not None:
+        attributes["timestamp"] = timestamp(created_at)
     if row is not None:
         attributes.update(
             to=_digits(row.to_number), body=row.body, is_mms=row.is_mms,
             message_encoding=0 if row.body.isascii() else 8, status=MDR_STATUS.get(row.state, row.state),
             delivery_receipts=[_receipt(h) for h in reversed(history) if h.dlr_level is not None],
             **{"from": _digits(row.from_number)})
-    return {"id": send_row.bridge_id, "type": "message", "attributes": attributes,
-            "links": {"self": message_link(settings, send_row.bridge_id)}}
+    return {"id": message_id, "type": "message", "attributes": attributes,
+            "links": {"self": message_link(settings, message_id)}}
 
 
 def _receipt(h: StatusRow) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import msgspec
 from smsbridge.config import RelayClient, Settings
 from smsbridge.destinations import DestinationRefused, check_url, networks
 from smsbridge.errors import InvalidNumber
-from smsbridge.events import OutboundRequest
+from smsbridge.events import OutboundRequest, RelayOrigin
 from smsbridge.numbers import to_e164
 from smsbridge.outbound_rules import Refused, decide
 from smsbridge.secret import Secret
@@ -140,9 +140,10 @@ def _check_callback(url: str, client: RelayClient) -> None:
 
 
 def to_outbound(attributes: SendAttributes, client: RelayClient, settings: Settings,
-                bridge_id: str) -> OutboundRequest:
+                bridge_id: str, relay: RelayOrigin | None = None) -> OutboundRequest:
     """The outbound request this send becomes, checked now against DID ownership and the
-    outbound rules (the outbound worker checks again), so a refusal is answered at once."""
+    outbound rules (the outbound worker checks again), so a refusal is answered at once.
+    `relay`: what the outbound stage records for it, when the receiver does not."""
     sender = _number(attributes.from_, "from")
     to = _number(attributes.to, "to")
     owned = {did for config in settings.configs_of(client.tenant) for did in config.dids}
@@ -152,7 +153,7 @@ def to_outbound(attributes: SendAttributes, client: RelayClient, settings: Setti
         _check_callback(attributes.dlr_callback, client)
     request = OutboundRequest(
         tenant=client.tenant, client_message_id=bridge_id, from_extension=client.extension, to=to,
-        body=attributes.body or "", from_did=sender, media_urls=tuple(attributes.media_urls),
+        body=attributes.body or "", from_did=sender, media_urls=tuple(attributes.media_urls), relay=relay,
     )
     try:
         decide(request, settings)

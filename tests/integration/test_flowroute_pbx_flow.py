@@ -5,6 +5,7 @@ sends → bridge → simulator → DLRs → bridge → the PBX's `dlr_callback`,
 from __future__ import annotations
 
 import aiohttp
+import pytest
 
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.sandbox.flowroute_pbx import FlowroutePbx, send_flat, send_jsonapi
@@ -36,11 +37,13 @@ async def test_inbound_text_and_mms_reach_the_pbxs_flowroute_webhook_once(
     assert flowroute_pbx.posts == 2  # the rule names extensions 101 and 102: the PBX still gets each text once
 
 
+@pytest.mark.parametrize("signed_ids", [True, False], ids=["row-by-outbound-stage", "row-by-receiver"])
 async def test_freepbx_send_comes_back_as_flowroute_dlrs_with_the_bridges_id(
     relay_queue: str, start_bridge: StartBridge, flowroute: FlowrouteSimulator, flowroute_pbx: FlowroutePbx,
-    http: aiohttp.ClientSession, prefix: str,
+    http: aiohttp.ClientSession, prefix: str, signed_ids: bool,
 ) -> None:
-    bridge = await start_bridge(relay_settings(prefix, api_base=flowroute.url, pbx_hook=flowroute_pbx.webhook_url))
+    bridge = await start_bridge(relay_settings(prefix, api_base=flowroute.url, pbx_hook=flowroute_pbx.webhook_url,
+                                               signed_ids=signed_ids))
     api = f"{bridge.receiver_url}/flowroute"
     status, doc = await send_jsonapi(http, api, FREEPBX, to=MOBILE, from_=DID_MAIN, body="Your table is ready",
                                      dlr_callback=flowroute_pbx.dlr_url)

@@ -166,14 +166,17 @@ async def test_a_media_link_while_the_ledger_is_down_is_503_then_serves(
         await ledger.close()
 
 
+@pytest.mark.parametrize("signed_ids", [True, False], ids=["row-by-outbound-stage", "row-by-receiver"])
 async def test_relay_sends_and_lookups_while_the_ledger_is_down_are_never_a_500(
     proxied_pg: tuple[TcpProxy, LedgerSettings], start_bridge: StartBridge, relay_queue: str,
-    http: aiohttp.ClientSession, prefix: str,
+    http: aiohttp.ClientSession, prefix: str, signed_ids: bool,
 ) -> None:
-    """A keyed send needs its row first: 503, retry. A send without a key is queued beside its row
-    and answered 202 even when the row could not be written (a 503 would have it sent twice)."""
+    """A keyed send needs its row first: 503, retry. A send without a key never waits on the
+    ledger: its row is the outbound stage's (signed ids), or is written beside the publish and
+    the send answered 202 even when the row could not be (a 503 would have it sent twice)."""
     proxy, location = proxied_pg
-    bridge = await start_bridge(msgspec.structs.replace(relay_settings(prefix), ledger=location), ["receiver"])
+    settings = msgspec.structs.replace(relay_settings(prefix, signed_ids=signed_ids), ledger=location)
+    bridge = await start_bridge(settings, ["receiver"])
     api = f"{bridge.receiver_url}/flowroute"
     await proxy.cut()
     status, doc = await send_jsonapi(http, api, FREEPBX, to="2065550199", from_=DID_MAIN, body="hi",

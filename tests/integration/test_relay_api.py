@@ -174,8 +174,10 @@ async def test_broker_down_is_503_and_the_retry_with_the_same_key_goes_through(
     await proxy.cut()
 
 
-async def test_lookup_is_per_tenant(receiver_only: Start, http: aiohttp.ClientSession, prefix: str) -> None:
-    bridge = await receiver_only(relay_settings(prefix))
+@pytest.mark.parametrize("signed_ids", [True, False], ids=["row-by-outbound-stage", "row-by-receiver"])
+async def test_lookup_is_per_tenant(receiver_only: Start, http: aiohttp.ClientSession, prefix: str,
+                                    signed_ids: bool) -> None:
+    bridge = await receiver_only(relay_settings(prefix, signed_ids=signed_ids))
     _, doc = await send_flat(http, api(bridge), FUSION, to=MOBILE, from_="12065550100", body="hi")
     message_id = doc["data"]["id"]
     async with http.get(f"{api(bridge)}/v2.2/messages/{message_id}", headers=authorization(FREEPBX)) as r:

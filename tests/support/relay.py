@@ -9,7 +9,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 
 from smsbridge.broker import names
-from smsbridge.config import FlowrouteTarget, HttpTarget, OutboundRule, RelayClient, Settings
+from smsbridge.config import FlowrouteTarget, HttpTarget, OutboundRule, RelayClient, RelaySettings, Settings
 from smsbridge.sandbox.flowroute_pbx import FlowroutePbx
 from smsbridge.secret import Secret
 from smsbridge.workers.relay_dlr import STAGE
@@ -20,6 +20,7 @@ FUSION = ("acme-fusion", "fusion-secret-0123456789abcdef")
 FREEPBX = ("acme-freepbx", "freepbx-secret-0123456789abcdef")
 GLOBEX = ("globex-pbx", "globex-secret-0123456789abcdef")
 LOOPBACK = ["127.0.0.0/8"]
+RELAY_ID_KEY = "relay-id-key-for-tests-0123456789abcdef"
 
 
 def client(credentials: tuple[str, str], tenant: str, extension: str, callbacks: list[str] | None = None
@@ -29,7 +30,9 @@ def client(credentials: tuple[str, str], tenant: str, extension: str, callbacks:
 
 
 def relay_settings(prefix: str, *, api_base: str = "http://127.0.0.1:9", pbx_hook: str = "http://127.0.0.1:9/hook",
-                   forward_dlrs: bool = False) -> Settings:
+                   forward_dlrs: bool = False, signed_ids: bool = True) -> Settings:
+    """`signed_ids`: `[relay] id_key` set (sends without a key recorded by the outbound stage);
+    False: unset, the receiver records them."""
     rules = [OutboundRule(config="main", extensions=["fusion", "freepbx"], dids=[DID_MAIN]),
              OutboundRule(config="gx", extensions=["relay"])]
     base = with_flowroute(settings(prefix=prefix), api_base, rules=rules)
@@ -37,6 +40,7 @@ def relay_settings(prefix: str, *, api_base: str = "http://127.0.0.1:9", pbx_hoo
                         account=ACCOUNT)
     return msgspec.structs.replace(
         base, sms_configs=[*base.sms_configs, globex],
+        relay=RelaySettings(id_key=Secret(RELAY_ID_KEY) if signed_ids else None),
         pbx_targets=[FlowrouteTarget(tenant="acme", url=pbx_hook, timeout_s=2.0, forward_dlrs=forward_dlrs),
                      HttpTarget(tenant="globex", url="http://127.0.0.1:9/unused")],
         # acme's PBXs take their receipts on loopback, as a PBX beside the bridge would on its LAN;

@@ -13,7 +13,9 @@ A keyed `pending` row older than the stale time was abandoned by a process that 
 the broker's confirm and `queued`; it is retaken like an `unconfirmed` one, never replaced by a
 new id. Retaking is one conditional UPDATE that restarts the row's clock (`created_at`), so of
 two concurrent retries one republishes and the other finds it `pending` again (409). A send
-without a key cannot be repeated: its row is removed when its publish fails (`forget`).
+without a key cannot be repeated: its row is removed when its publish fails (`forget`). With
+`[relay] id_key` set, the receiver writes no row for a send without a key: the outbound stage
+writes it, `queued`, in the transaction that records the request (`record`).
 An `Idempotency-Key` used by the tenant within the window never gets a second id.
 """
 
@@ -25,7 +27,8 @@ from typing import Literal
 import msgspec
 import sqlalchemy as sa
 
-from smsbridge.ledger.ops import insert_or_skip, utc
+from smsbridge.events import DispatchRequest
+from smsbridge.ledger.ops import insert_or_skip, record_request, utc
 from smsbridge.ledger.prepared import execute as run
 from smsbridge.ledger.runner import unhurried
 from smsbridge.ledger.schema import relay_sends
@@ -127,6 +130,20 @@ def _retake(c: sa.Connection, existing: RelaySend, now: datetime, stale_before: 
     if run(c, _RETAKE, {"id": existing.bridge_id, "now": now, "stale_before": stale_before}).rowcount == 1:
         return Retaken(msgspec.structs.replace(existing, state="pending", created_at=now))
     return msgspec.structs.replace(existing, state="pending")  # a concurrent retry retook it first
+
+
+def record(c: sa.Connection, send: RelaySend) -> None:
+    """Record the row of a send without a key, as the outbound stage takes its request: once,
+    whether the request comes again (a redelivery, the dispatcher's repeat) or the receiver of
+    an earlier version wrote it already."""
+    run(c, _INSERT[c.dialect.name], msgspec.structs.asdict(send))
+
+
+def record_with_request(c: sa.Connection, send: RelaySend, request: DispatchRequest, now: datetime) -> bool:
+    """`record` and `ops.record_request` in one transaction: the send's row is there as soon as
+    its request is, for the statuses that follow (`workers/relay_dlr.py`) and lookups."""
+    record(c, send)
+    return record_request(c, request, now)
 
 
 def queued(c: sa.Connection, bridge_id: str) -> None:

@@ -200,9 +200,12 @@ class Ledger:
         return await self._db.write(order.release, key, now - older_than, now)
 
     # ----- outbound -----------------------------------------------------------------------------
-    async def record_request(self, request: DispatchRequest) -> bool:
-        """Remember an allowed outbound request; False when (tenant, client id) is already known."""
-        return await self._db.write(ops.record_request, request, self._now())
+    async def record_request(self, request: DispatchRequest, relay: RelaySend | None = None) -> bool:
+        """Remember an allowed outbound request; False when (tenant, client id) is already known.
+        `relay`: the relay API's row of the same send, recorded in the same transaction if new."""
+        if relay is None:
+            return await self._db.write(ops.record_request, request, self._now())
+        return await self._db.write(relay_ops.record_with_request, relay, request, self._now())
 
     async def outbound(self, tenant: str, client_message_id: str) -> MessageRow | None:
         return await self._db.read(ops.outbound, tenant, client_message_id)
@@ -287,6 +290,10 @@ class Ledger:
         now = self._now()
         return self._db.start_write(relay_ops.claim, send, now - timedelta(seconds=window_s),
                                     now - timedelta(seconds=stale_s))
+
+    async def record_relay(self, send: RelaySend) -> None:
+        """The relay API's row of a send without a key, unless it is there already (`relay_ops.record`)."""
+        await self._db.write(relay_ops.record, send)
 
     async def relay_queued(self, bridge_id: str) -> None:
         await self._db.write(relay_ops.queued, bridge_id)

@@ -9,11 +9,12 @@ from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
-from smsbridge.ledger import Ledger
+from smsbridge.ledger import Ledger, RelaySend
 from smsbridge.limits import CLIENT_ID_CHARS, NAME_CHARS, check_request
 from smsbridge.media.outbound import OutboundMedia
 from smsbridge.outbound_rules import Refused, decide
 from smsbridge.redact import clip, quote
+from smsbridge.relay_origin import relay_row
 from smsbridge.workers.status import publish_status
 
 log = structlog.get_logger("smsbridge.outbound")
@@ -47,15 +48,24 @@ class OutboundHandler:
         stage = names.dispatch_stage(config.account_name)
         # A repeated client_message_id goes on too: the dispatcher answers it with the current
         # status instead of sending (its queue is FIFO, so it comes after the original).
-        new = await self._ledger.record_request(dispatch)
+        new = await self._ledger.record_request(dispatch, relay=self._relay_row(request))
         await self._publisher.to_stage(self._prefix, stage, encoder.encode(dispatch), message_id=dispatch.event_id)
         log.info("outbound request allowed", account=config.account_name, segments=dispatch.segments,
                  is_mms=dispatch.is_mms, to=dispatch.to, repeated=not new)
+
+    def _relay_row(self, request: OutboundRequest) -> RelaySend | None:
+        row = relay_row(request, self._settings)
+        if row is None and request.relay is not None:
+            log.warning("relay origin not set by this bridge: sent without a relay row", outcome="relay_ignored")
+        return row
 
     async def given_up(self, request: OutboundRequest, reason: str, code: str) -> None:
         tenant = request.tenant
         if code == "tenant_mismatch":
             return  # do not tell another tenant's status listeners about it; the dead letter says it all
+        relayed = self._relay_row(request)
+        if relayed is not None:  # its `failed` status then reaches the sender's dlr_callback
+            await self._ledger.record_relay(relayed)
         config_id = request.config_id if request.config_id and len(request.config_id) <= NAME_CHARS else ""
         status = StatusEvent(tenant=tenant, config_id=config_id, state="failed",
                              client_message_id=request.client_message_id, reason_code=code, reason=reason)
