@@ -12,7 +12,10 @@ request; 503 when it did not; 400/401/403/413/422 in Flowroute's `errors[]` shap
 a retry of a keyed send whose publish was never confirmed (503, or a process that died before
 marking it) publishes the same request again under the first id: the dispatcher's dedupe by
 `client_message_id` makes a copy the broker had stored after all no second text
-(`ledger/relay_ops.py` has the states).
+(`ledger/relay_ops.py` has the states). With `[relay] id_key` set, a send without a key is
+answered once RabbitMQ confirms it and nothing more: the outbound stage writes its row
+(`relay_origin.py`), and its id, signed for the tenant (`relay_ids.py`), is looked up as `queued`
+until then.
 """
 
 from __future__ import annotations
