@@ -36,6 +36,13 @@ secret_key = {{ env = "BENCH_RELAY_{n}" }}
 extension = "pbx{n}"
 """
 
+# Signed ids: a send without an Idempotency-Key (as FusionPBX and FreePBX send) is answered once
+# RabbitMQ has it, its row written by the outbound stage.
+RELAY_IDS = """
+[relay]
+id_key = { env = "BENCH_RELAY_ID_KEY" }
+"""
+
 
 def auth(n: int) -> str:
     return "Basic " + base64.b64encode(f"bench-pbx-{n}:{ENV[f'BENCH_RELAY_{n}']}".encode()).decode()
@@ -44,7 +51,7 @@ def auth(n: int) -> str:
 def relay_config(env: Env, name: str, **options: object) -> tuple[Path, int]:
     port = free_port()
     path = env.config(name, port=port, **options)  # type: ignore[arg-type]
-    path.write_text(path.read_text() + "".join(RELAY_CLIENT.format(n=n) for n in range(CLIENTS)))
+    path.write_text(path.read_text() + "".join(RELAY_CLIENT.format(n=n) for n in range(CLIENTS)) + RELAY_IDS)
     return path, port
 
 

@@ -33,7 +33,7 @@ ENV = secrets_env("BENCH", access_key="AK-bench", secret_key="SK-bench",
                   webhook_token="bench-token-0123456789abcdefghij")
 # the relay benchmark's three PBX clients
 ENV.update({f"BENCH_RELAY_{n}": f"bench-relay-secret-{n}-0123456789abcdef" for n in range(3)})
-
+ENV["BENCH_RELAY_ID_KEY"] = "bench-relay-id-key-0123456789abcdef"
 
 
 def percentile(values: list[float], q: float) -> float:
