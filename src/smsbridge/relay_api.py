@@ -82,7 +82,7 @@ async def send(request: web.Request) -> web.Response:
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         attributes = parse_send(raw, settings.relay.max_body_chars)
         message_id = new_id(settings.relay.id_key, client.tenant)
-        if key is None and settings.relay.id_key is not None:  # its row comes with the outbound stage's
+        if key is None and settings.relay.id_key is not None:  # the outbound stage writes its row
             origin = RelayOrigin(access_key=client.access_key, dlr_callback=attributes.dlr_callback,
                                  accepted_at=utcnow())
             return await _publish_only(request, client, to_outbound(attributes, client, settings, message_id, origin))
