@@ -374,6 +374,7 @@ def log_to_file(root: Path) -> IO[str]:
     bodies masked, as any smsbridge process logs; the terminal keeps the progress and the table."""
     stream = (root / "runner.log").open("a", encoding="utf-8")
     logs.configure(LoggingSettings(format="json"), stream=stream)
+    sys.excepthook = sys.__excepthook__  # the runner's own crash still prints on the terminal
     return stream
 
 

@@ -6,18 +6,22 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from faults.run import log_to_file
 
+from smsbridge import logs
+from smsbridge.config import LoggingSettings
 from smsbridge.sandbox.pbx import FakePbx
 
 
 async def test_the_runner_logs_to_its_file_with_numbers_and_bodies_masked(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     stream = log_to_file(tmp_path)
+    assert sys.excepthook is sys.__excepthook__  # a crash of the runner itself still reaches the terminal
     pbx = FakePbx()
     await pbx.start()
     try:
@@ -28,7 +32,8 @@ async def test_the_runner_logs_to_its_file_with_numbers_and_bodies_masked(
         logging.getLogger("aiormq.connection").warning("Unexpected connection close from %s", "amqp://x")
     finally:
         await pbx.stop()
-    stream.flush()
+    stream.close()
+    logs.configure(LoggingSettings(format="json"), stream=sys.stderr)  # not left writing to a closed file
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err == ""
     lines = [json.loads(text) for text in (tmp_path / "runner.log").read_text().splitlines()]
