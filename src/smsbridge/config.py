@@ -334,6 +334,12 @@ class RelaySettings(_Section, frozen=True, kw_only=True):
     # answered once RabbitMQ confirms it and the outbound stage writes its row; unset, the
     # receiver writes that row itself. The same key on every receiver and outbound worker.
     id_key: Secret | None = None
+    # Keys that signed ids before a rotation: they verify ids, never sign new ones.
+    previous_id_keys: list[Secret] = []
+
+    def id_keys(self) -> tuple[Secret, ...]:
+        """Every key an id may be signed with (`relay_ids.issued`): the current one first."""
+        return (*([self.id_key] if self.id_key is not None else []), *self.previous_id_keys)
 
 
 class SipPeer(_Section, frozen=True, kw_only=True):

@@ -272,7 +272,8 @@ def relay_problems(settings: Settings) -> list[Problem]:
             problems.append(Problem(where, "relay credentials must not be Flowroute's own keys: issue new ones"))
         problems += [Problem(at, what) for at, what in
                      network_problems(client.dlr_callback_networks, f"{where}.dlr_callback_networks")]
-    id_key = settings.relay.id_key
-    if id_key is not None and len(id_key.reveal()) < MIN_ID_KEY_LENGTH:
-        problems.append(Problem("relay.id_key", f"too short: use at least {MIN_ID_KEY_LENGTH} random characters"))
+    keys = [("relay.id_key", settings.relay.id_key)] + [
+        (f"relay.previous_id_keys[{n}]", key) for n, key in enumerate(settings.relay.previous_id_keys)]
+    problems += [Problem(where, f"too short: use at least {MIN_ID_KEY_LENGTH} random characters")
+                 for where, key in keys if key is not None and len(key.reveal()) < MIN_ID_KEY_LENGTH]
     return problems

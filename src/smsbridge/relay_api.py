@@ -15,7 +15,7 @@ marking it) publishes the same request again under the first id: the dispatcher'
 (`ledger/relay_ops.py` has the states). With `[relay] id_key` set, a send without a key is
 answered once RabbitMQ confirms it and nothing more: the outbound stage writes its row
 (`relay_origin.py`), and its id, signed for the tenant (`relay_ids.py`), is looked up as `queued`
-until then.
+until then, for as long as the outbound stage may still take it (`_may_still_come`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -39,12 +39,13 @@ from smsbridge.errors import BrokerUnavailable, LedgerUnavailable
 from smsbridge.events import OutboundRequest, RelayOrigin, encoder, utcnow
 from smsbridge.flowroute.payloads import timestamp
 from smsbridge.ledger import MessageRow, RelaySend, Retaken, StatusRow
-from smsbridge.relay_ids import SHAPE, issued, new_id
+from smsbridge.relay_ids import SHAPE, issued_at, new_id
 from smsbridge.relay_request import RelayError, authenticate, error_doc, idempotency_key, parse_send, to_outbound
 
 log = structlog.get_logger("smsbridge.relay")
 CONTENT_TYPE = "application/vnd.api+json"
 LEDGER_ERRORS = (LedgerUnavailable, SQLAlchemyError, RuntimeError, OSError)
+UNRECORDED_MARGIN_S = 3600.0  # an id's issue time is its hour: up to an hour early
 # Flowroute's MDR `status` wording for each of our states.
 MDR_STATUS = {"queued": "queued", "accepted": "accepted", "sent": "smsc submit", "buffered": "message buffered",
               "delivered": "delivered", "failed": "delivery failed"}
@@ -82,36 +83,25 @@ async def send(request: web.Request) -> web.Response:
         key = idempotency_key(request.headers.get("Idempotency-Key"))
         attributes = parse_send(raw, settings.relay.max_body_chars)
         message_id = new_id(settings.relay.id_key, client.tenant)
-        if key is None and settings.relay.id_key is not None:  # the outbound stage writes its row
-            origin = RelayOrigin(access_key=client.access_key, dlr_callback=attributes.dlr_callback,
-                                 accepted_at=utcnow())
-            return await _publish_only(request, client, to_outbound(attributes, client, settings, message_id, origin))
-        outbound = to_outbound(attributes, client, settings, message_id)
+        signed = key is None and settings.relay.id_key is not None  # the outbound stage writes its row
+        origin = (RelayOrigin(access_key=client.access_key, dlr_callback=attributes.dlr_callback,
+                              accepted_at=utcnow()) if signed else None)
+        outbound = to_outbound(attributes, client, settings, message_id, origin)
     except RelayError as exc:
         log.warning("relay send refused", status=exc.status, detail=exc.detail, source_ip=request.remote)
         return _refusal(exc)
-    # Without a key nothing can repeat this send: its row is written once, already "queued" (and
-    # removed if the publish fails). With a key, "pending" keeps a concurrent twin from a 202, and
-    # a failed publish leaves it "unconfirmed" for the retry to publish again under this id.
+    if signed:
+        where = {"tenant": client.tenant, "client": client.access_key, "id": message_id}
+        return await _record_beside_publish(request, None, outbound, where)
+    # Without a key (and `[relay] id_key` unset) nothing can repeat this send: its row is written
+    # once, already "queued" (and removed if the publish fails). With a key, "pending" keeps a
+    # concurrent twin from a 202, and a failed publish leaves it "unconfirmed" for the retry to
+    # publish again under this id.
     row = RelaySend(bridge_id=outbound.client_message_id, tenant=client.tenant, access_key=client.access_key,
                     idempotency_key=key, request_hash=hashlib.sha256(raw).hexdigest(),
                     state="queued" if key is None else "pending", dlr_callback=attributes.dlr_callback,
                     created_at=utcnow())
     return await _record_and_publish(request, client, row, outbound)
-
-
-async def _publish_only(request: web.Request, client: RelayClient, outbound: OutboundRequest) -> web.Response:
-    """A send without a key whose id is signed: answered as a webhook is, once RabbitMQ has it.
-    The outbound stage writes its row (`OutboundRequest.relay`); until then a lookup of its id
-    answers `queued` (`lookup`)."""
-    where = {"tenant": client.tenant, "client": client.access_key, "id": outbound.client_message_id}
-    try:
-        await _publish(request, outbound)
-    except BrokerUnavailable as exc:
-        log.error("relay send not accepted: broker unavailable", **where, error=str(exc))
-        return _answer(error_doc(503, "could not store the message; please retry"), 503)
-    log.info("relay send accepted", **where, outcome="published", idempotency_key=False)
-    return _answer(accepted_doc(request.app[SETTINGS], outbound.client_message_id), 202)
 
 
 async def _record_and_publish(request: web.Request, client: RelayClient, row: RelaySend,
@@ -164,34 +154,37 @@ async def _raise(exc: BaseException) -> RelaySend | Retaken | None:
     raise exc
 
 
-async def _record_beside_publish(request: web.Request, row: RelaySend, outbound: OutboundRequest,
+async def _record_beside_publish(request: web.Request, row: RelaySend | None, outbound: OutboundRequest,
                                  where: dict[str, Any]) -> web.Response:
     """Without a key nothing can repeat this send, so its row is written while the broker
     confirms: the client waits for the slower of the two, not for both in turn. The row is asked
-    for before the publish and awaited after it, in this task (a task per send cost more)."""
-    recording = _start_claim(request, row)
+    for before the publish and awaited after it, in this task (a task per send cost more).
+    `row` None: its id is signed and the outbound stage writes the row (`relay_origin.py`); until
+    then a lookup of the id answers `queued` (`lookup`)."""
+    recording = _start_claim(request, row) if row is not None else None
     published: BrokerUnavailable | None = None
     try:
         await _publish(request, outbound)
     except BrokerUnavailable as exc:
         published = exc
     except BaseException:
-        await asyncio.gather(recording, return_exceptions=True)  # never left unobserved
+        if recording is not None:
+            await asyncio.gather(recording, return_exceptions=True)  # never left unobserved
         raise
-    recorded: RelaySend | Retaken | None | BaseException
+    recorded: RelaySend | Retaken | None | BaseException = None
     try:
-        recorded = await recording
+        recorded = await recording if recording is not None else None
     except LEDGER_ERRORS as exc:
         recorded = exc
     if published is not None:
         log.error("relay send not accepted: broker unavailable", **where, error=str(published))
-        if not isinstance(recorded, BaseException):
+        if row is not None and not isinstance(recorded, BaseException):
             await _forget(request, row.bridge_id)
         return _answer(error_doc(503, "could not store the message; please retry"), 503)
     if isinstance(recorded, BaseException):  # queued all the same: a 503 would have it sent twice
         log.error("relay send queued without its ledger row: no DLRs or lookup for it", **where, error=repr(recorded))
     log.info("relay send accepted", **where, outcome="published", idempotency_key=False)
-    return _answer(accepted_doc(request.app[SETTINGS], row.bridge_id), 202)
+    return _answer(accepted_doc(request.app[SETTINGS], outbound.client_message_id), 202)
 
 
 def _repeat(settings: Settings, earlier: RelaySend, row: RelaySend, where: dict[str, Any]) -> web.Response:
@@ -239,18 +232,28 @@ async def lookup(request: web.Request) -> web.Response:
         return _answer(error_doc(404, "Could not find that resource on your account."), 404)
     try:
         found = await ledger.relay_send(client.tenant, message_id)
-        # Signed for this tenant but not recorded yet: a send without a key, its row still to
-        # come from the outbound stage (or recorded by one from before `OutboundRequest.relay`).
-        known = found is not None or issued(settings.relay.id_key, client.tenant, message_id)
-        row = await ledger.outbound(client.tenant, message_id) if known else None
+        # Signed for this tenant but no row of its own: a send without a key, its row still to
+        # come from the outbound stage (or only its request recorded, by a stage from before
+        # `OutboundRequest.relay`).
+        signed_at = issued_at(settings.relay.id_keys(), client.tenant, message_id) if found is None else None
+        row = await ledger.outbound(client.tenant, message_id) if found is not None or signed_at is not None else None
         history = await ledger.history(row.id) if row else []
     except LEDGER_ERRORS as exc:
         log.error("relay lookup failed: ledger unavailable", error=repr(exc))
         return _answer(error_doc(503, "message history is unavailable; please retry"), 503)
-    if not known:
+    if found is None and row is None and not _may_still_come(settings, signed_at):
         return _answer(error_doc(404, "Could not find that resource on your account."), 404)
     created_at = found.created_at if found is not None else row.created_at if row is not None else None
     return _answer({"data": mdr_doc(settings, message_id, created_at, row, history)}, 200)
+
+
+def _may_still_come(settings: Settings, signed_at: datetime | None) -> bool:
+    """Whether the row of a send signed at `signed_at` (its hour, rounded down) may still come:
+    the outbound stage retries its request for `[retry.outbound] max_age_s`, and the hour's
+    rounding is made up by the margin. Past that it was pruned or never recorded: 404."""
+    if signed_at is None:
+        return False
+    return utcnow() - signed_at < timedelta(seconds=settings.retry.outbound.max_age_s + UNRECORDED_MARGIN_S)
 
 
 def _digits(number: str) -> str:

@@ -16,21 +16,22 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from smsbridge.config import LedgerSettings
 from smsbridge.errors import LedgerUnavailable, RetryableError
-from smsbridge.events import DispatchRequest, OutboundRequest
+from smsbridge.events import DispatchRequest, OutboundRequest, RelayOrigin, utcnow
 from smsbridge.flowroute.simulator import FlowrouteSimulator
 from smsbridge.ledger import Ledger
 from smsbridge.ledger.media_ops import MediaRecord
 from smsbridge.ledger_pruner import prune_forever
 from smsbridge.media import links
 from smsbridge.media.store import LocalStore
-from smsbridge.pbx_client import publish_request, watch
+from smsbridge.pbx_client import publish_request, status_queue, watch
+from smsbridge.relay_ids import new_id
 from smsbridge.sandbox.flowroute_pbx import send_jsonapi
 from smsbridge.sandbox.pbx import FakePbx
 from tests.conftest import StartBridge
 from tests.support.held_texts import HeldTexts, proxied_schema
 from tests.support.media import LINK_KEY, start_receiver
 from tests.support.pg_starting import StartingPostgres
-from tests.support.relay import FREEPBX, relay_queue, relay_settings
+from tests.support.relay import FREEPBX, GLOBEX_DID, relay_queue, relay_settings
 from tests.support.settings import DID_MAIN, settings, with_flowroute
 from tests.support.tcpproxy import TcpProxy
 from tests.support.wait import eventually
@@ -209,3 +210,25 @@ async def test_the_pruner_outlives_an_outage(proxied_pg: tuple[TcpProxy, LedgerS
         await asyncio.gather(pruner, return_exceptions=True)
         await ledger.close()
 
+
+
+async def test_a_relayed_send_refused_while_the_ledger_is_down_still_gets_its_failed_status(
+    proxied_pg: tuple[TcpProxy, LedgerSettings], start_bridge: StartBridge, relay_queue: str,
+    channel: AbstractChannel, prefix: str,
+) -> None:
+    """The outbound stage refuses a signed send (its rules say no); its relay row cannot be
+    written, but the `failed` status goes out at once all the same: the PBX's status listeners
+    learn of it (the relay sender's `dlr_callback` may miss it, having no row to be found by)."""
+    proxy, location = proxied_pg
+    settings = msgspec.structs.replace(relay_settings(prefix), ledger=location)
+    await start_bridge(settings, ["outbound"])
+    request = OutboundRequest(tenant="acme", client_message_id=new_id(settings.relay.id_key, "acme"),
+                              from_extension="freepbx", to="+12065550199", body="hi", from_did=GLOBEX_DID,
+                              relay=RelayOrigin(access_key=FREEPBX[0], accepted_at=utcnow()))
+    await proxy.cut()
+    with structlog.testing.capture_logs() as logs:
+        async with status_queue(channel, prefix, "acme") as statuses:
+            await publish_request(channel, prefix, request)
+            (failed,) = await watch(statuses, request.client_message_id, timeout=8)
+    assert (failed.state, failed.reason_code) == ("failed", "from_did_not_allowed")
+    assert [e["outcome"] for e in logs if e.get("outcome") == "relay_row_lost"] == ["relay_row_lost"]

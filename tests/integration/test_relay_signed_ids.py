@@ -9,6 +9,7 @@ sender; and whatever a PBX puts in `relay` itself gets no row.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -26,7 +27,7 @@ from smsbridge.relay_ids import new_id
 from smsbridge.sandbox.flowroute_pbx import FlowroutePbx, send_flat, send_jsonapi
 from smsbridge.secret import Secret
 from tests.conftest import StartBridge
-from tests.support.broker import depth, take
+from tests.support.broker import depth, header, take
 from tests.support.relay import (
     FREEPBX,
     FUSION,
@@ -210,7 +211,8 @@ async def test_a_relay_origin_the_bridge_did_not_set_is_sent_without_a_row(
     for request in forged:
         for tenant in ("acme", "globex"):
             assert await ledger_of(bridge).relay_send(tenant, request.client_message_id) is None
-    assert [e["outcome"] for e in logs if e.get("outcome") == "relay_ignored"] == ["relay_ignored"] * len(forged)
+    ignored = [e["reason"] for e in logs if e.get("outcome") == "relay_ignored"]
+    assert sorted(ignored) == ["not_signed", "not_signed", "not_signed", "other_tenant"]
     assert await depth(channel, names.dead_queue(prefix)) == 0
 
 
@@ -232,3 +234,60 @@ async def test_a_send_the_outbound_stage_refuses_after_its_202_gets_a_failed_dlr
     assert receipt["data"]["attributes"]["status"] == "delivery failed"
     found = await ledger_of(bridge).relay_send("acme", request.client_message_id)
     assert found is not None and found.dlr_callback == flowroute_pbx.dlr_url
+
+
+async def test_a_signed_id_with_no_row_is_queued_only_while_its_request_may_still_come(
+    relay_queue: str, start_bridge: StartBridge, http: aiohttp.ClientSession, prefix: str,
+) -> None:
+    """The outbound stage retries a request for `[retry.outbound] max_age_s` (1 h here); an id
+    with no row after that (and an hour's margin for its rounded issue time) was pruned or never
+    recorded, and answers 404 as an unknown id does, no longer `queued` for ever."""
+    base = relay_settings(prefix)
+    retry = msgspec.structs.replace(base.retry, outbound=msgspec.structs.replace(base.retry.outbound,
+                                                                                 max_age_s=3600.0))
+    bridge = await start_bridge(msgspec.structs.replace(base, retry=retry), ["receiver"])
+    now = utcnow()
+    for age_h, expected in ((0, 200), (1, 200), (3, 404), (24 * 40, 404)):
+        message_id = new_id(KEY, "acme", now=now - timedelta(hours=age_h))
+        status, answer = await lookup(http, bridge, message_id, FUSION)
+        assert status == expected, (age_h, answer)
+        if expected == 404:
+            assert answer["errors"][0]["detail"] == NOT_FOUND
+
+
+async def test_after_a_key_rotation_ids_signed_with_the_previous_key_are_still_looked_up_and_recorded(
+    relay_queue: str, start_bridge: StartBridge, http: aiohttp.ClientSession, channel: AbstractChannel,
+    prefix: str,
+) -> None:
+    """Rotating `[relay] id_key`: the old key moves to `previous_id_keys`. A send a receiver
+    signed with it before it switched still gets its row from the outbound stage, and its id
+    is still looked up (as `queued` before that row, with the row after)."""
+    base = relay_settings(prefix)
+    rotated = msgspec.structs.replace(base, relay=msgspec.structs.replace(
+        base.relay, id_key=Secret("the-key-after-the-rotation-0123456789"), previous_id_keys=[KEY]))
+    bridge = await start_bridge(rotated, ["receiver"])
+    before = signed("acme", FREEPBX[0], dlr_callback="http://127.0.0.1:9/dlr")  # signed with the old key
+    status, mdr = await lookup(http, bridge, before.client_message_id, FUSION)
+    assert status == 200 and mdr["data"]["attributes"]["status"] == "queued", mdr
+    await start_bridge(rotated, ["outbound"])
+    await publish_request(channel, prefix, before)
+    found = await row_of(ledger_of(bridge), "acme", before.client_message_id)
+    assert (found.access_key, found.dlr_callback) == (FREEPBX[0], "http://127.0.0.1:9/dlr")
+
+
+async def test_a_request_whose_relay_field_does_not_decode_is_dead_lettered_naming_it(
+    relay_queue: str, start_bridge: StartBridge, channel: AbstractChannel, prefix: str,
+) -> None:
+    """A PBX's request with a malformed `relay` is invalid as a whole (the decode is strict, as for
+    any field): never sent, dead-lettered with the error naming the field."""
+    await start_bridge(relay_settings(prefix), ["outbound"])
+    body = msgspec.json.encode(signed("acme", None)).replace(b'"relay":null', b'"relay":{"access_key":7}')
+    assert b'"relay":{' in body
+    exchange = await channel.get_exchange(names.requests_exchange(prefix))
+    import aio_pika
+
+    await exchange.publish(aio_pika.Message(body), routing_key=names.request_routing_key("acme"))
+    (dead,) = await take(channel, names.dead_queue(prefix))
+    assert header(dead, names.H_REASON_CODE) == "undecodable"
+    assert "$.relay" in header(dead, names.H_REASON), header(dead, names.H_REASON)
+    assert await depth(channel, names.stage_queue(prefix, names.dispatch_stage(ACCOUNT))) == 0

@@ -59,3 +59,16 @@ def test_a_bad_target_url_is_reported(tmp_path: Path) -> None:
     text = FLOWROUTE_TARGET.replace("https://pbx.example", "pbx.example")
     _, problems = check_file(write(tmp_path, text), ENV)
     assert [p.where for p in problems] == ["pbx_targets[0].url"]
+
+
+def test_previous_id_keys_load_as_secrets_and_each_is_checked_for_length(tmp_path: Path) -> None:
+    """A rotation: the old key verifies ids still on their way; a short one is refused as the
+    current key would be."""
+    keys = {"IDK": "k" * 32, "OLD": "o" * 32, "WEAK": "w" * 31}
+    relay = '\n[relay]\nid_key = { env = "IDK" }\nprevious_id_keys = [{ env = "OLD" }, { env = "WEAK" }]\n'
+    settings = load_settings(write(tmp_path, GOOD + relay), {**ENV, **keys, "WEAK": "w" * 32})
+    assert [k.reveal() for k in settings.relay.id_keys()] == ["k" * 32, "o" * 32, "w" * 32]
+    _, problems = check_file(write(tmp_path, GOOD + relay), {**ENV, **keys})
+    found = [str(p) for p in problems]
+    assert [p for p in found if p.startswith("relay.")] == [
+        "relay.previous_id_keys[1]: too short: use at least 32 random characters"]

@@ -8,6 +8,7 @@ from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings
+from smsbridge.errors import LedgerUnavailable
 from smsbridge.events import OutboundRequest, StatusEvent, encoder
 from smsbridge.ledger import Ledger, RelaySend
 from smsbridge.limits import CLIENT_ID_CHARS, NAME_CHARS, check_request
@@ -55,8 +56,9 @@ class OutboundHandler:
 
     def _relay_row(self, request: OutboundRequest) -> RelaySend | None:
         row = relay_row(request, self._settings)
-        if row is None and request.relay is not None:
-            log.warning("relay origin not set by this bridge: sent without a relay row", outcome="relay_ignored")
+        if isinstance(row, str):
+            log.warning("relay origin ignored: sent without a relay row", reason=row, outcome="relay_ignored")
+            return None
         return row
 
     async def given_up(self, request: OutboundRequest, reason: str, code: str) -> None:
@@ -65,8 +67,18 @@ class OutboundHandler:
             return  # do not tell another tenant's status listeners about it; the dead letter says it all
         relayed = self._relay_row(request)
         if relayed is not None:  # its `failed` status then reaches the sender's dlr_callback
-            await self._ledger.record_relay(relayed)
+            await self._record_relay(relayed)
         config_id = request.config_id if request.config_id and len(request.config_id) <= NAME_CHARS else ""
         status = StatusEvent(tenant=tenant, config_id=config_id, state="failed",
                              client_message_id=request.client_message_id, reason_code=code, reason=reason)
         await publish_status(self._publisher, self._prefix, status)
+
+    async def _record_relay(self, row: RelaySend) -> None:
+        """The status goes out even when the row cannot be written: the PBX's AMQP status
+        listeners still learn of the failure; the relay sender's `dlr_callback` may then miss it
+        (no row to find it by), and a lookup of its id answers `queued` until that ages out."""
+        try:
+            await self._ledger.record_relay(row)
+        except LedgerUnavailable as exc:
+            log.error("relay row not recorded for a refused send: its DLR may be missed", error=repr(exc)[:300],
+                      outcome="relay_row_lost")
