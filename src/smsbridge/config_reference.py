@@ -166,11 +166,18 @@ MEANING: dict[str, str] = {
                                   "counts from that retry.",
     "relay.max_body_chars": "Relayed sends with a longer body are refused with 422 (the segment limit of "
                             "`[outbound]` applies too).",
-    "relay.id_key": "The HMAC key that signs the ids of relayed sends, as a secret reference; at least 32 "
-                    "characters, the same on every receiver and outbound worker. Set, a send without an "
-                    "`Idempotency-Key` is answered once RabbitMQ confirms it and the outbound stage records it "
-                    "(the faster path); unset, the receiver records it first. Changing it makes a lookup of a "
-                    "send not yet recorded answer 404.",
+    "relay.id_key": "The HMAC key that signs (and verifies) the ids of relayed sends, as a secret reference; "
+                    "at least 32 characters, the same on every receiver and outbound worker. Set, a send without "
+                    "an `Idempotency-Key` is answered once RabbitMQ confirms it and the outbound stage records it "
+                    "(the faster path); unset, the receiver records it first. Order: turning it on, set it on the "
+                    "outbound workers first, then the receivers; turning it off, unset it on the receivers first, "
+                    "let the outbound queue drain, then the workers; rotating, see `previous_id_keys`.",
+    "relay.previous_id_keys": "Keys that signed ids before a rotation, as secret references (each at least 32 "
+                              "characters): they verify ids, never sign. Rotating: on the outbound workers first, "
+                              "set the new key as `id_key` and add the old one here; then the same on the "
+                              "receivers. Keep the old key here for at least `[retry.outbound] max_age_s` plus the "
+                              "relay lookup window (that max age plus an hour): 49 h by default. An id signed with "
+                              "a key a worker does not have gets no relay row (no DLRs to its `dlr_callback`).",
     "relay_clients.tenant": "The tenant this PBX sends for; it may send from that tenant's DIDs only.",
     "relay_clients.access_key": "The Basic user name the PBX uses in place of Flowroute's Access Key (not a "
                                 "Flowroute key).",

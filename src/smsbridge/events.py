@@ -146,7 +146,11 @@ class RelayOrigin(msgspec.Struct, frozen=True, kw_only=True):
     """Set by the bridge's own relay API on a send without an `Idempotency-Key`: who sent it and
     where its receipts go, for the outbound stage to record (`relay_sends`) as it records the
     request. A PBX publishing requests itself leaves it out; one set by anyone but the bridge is
-    ignored (its `client_message_id` is not an id the bridge signed: `relay_ids.py`)."""
+    ignored (its `client_message_id` is not an id the bridge signed: `relay_ids.py`), and one
+    that does not decode makes the whole request invalid (dead-lettered, the error naming
+    `relay`). It travels in the request body: the relay client's access key (its user name, not
+    its secret) and its `dlr_callback` URL are in the broker's queues and dead letters, so a
+    callback URL with a token in its query is readable by whoever can read the dead-letter queue."""
 
     access_key: str
     dlr_callback: str | None = None
