@@ -119,3 +119,20 @@ async def test_a_claim_taken_later_than_its_lease_allows_never_starts_the_attemp
     with pytest.raises(LeaseEnded):
         await within_lease(attempt(), renew, LEASE_S, long_ago)
     assert not started.is_set()
+
+
+async def test_a_quick_attempt_runs_in_the_callers_task_and_starts_no_other() -> None:
+    """No task of its own and no heartbeat task before a renewal is due: each would cost a turn of
+    the event loop on every delivery's way to the PBX."""
+    seen: list[tuple[asyncio.Task[object] | None, int]] = []
+
+    async def attempt() -> str:
+        seen.append((asyncio.current_task(), len(asyncio.all_tasks())))
+        return "delivered"
+
+    async def renew() -> bool:
+        return True
+
+    tasks_before = len(asyncio.all_tasks())
+    assert await within_lease(attempt(), renew, LEASE_S, asyncio.get_running_loop().time()) == "delivered"
+    assert seen == [(asyncio.current_task(), tasks_before)]

@@ -11,6 +11,7 @@ of a long SIP text twice at once or interleaved.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -68,30 +69,52 @@ class HeldClaim:
 class _Stop:
     at: float
     lost: bool = False
+    timeout: asyncio.Timeout | None = None  # the attempt's, moved by each renewal
+
+    def move(self, at: float) -> None:
+        self.at = at
+        if self.timeout is not None:
+            self.timeout.reschedule(at)
 
 
 async def within_lease(attempt: Awaitable[T], renew: Renew, lease_s: float, held_from: float) -> T:
     """`attempt`'s result, the claim (taken at `held_from`, monotonic) renewed meanwhile; the
-    attempt cancelled and `LeaseEnded` raised once the claim cannot be kept."""
+    attempt cancelled and `LeaseEnded` raised once the claim cannot be kept.
+
+    The attempt runs in the caller's task under a timeout that each renewal moves, and the
+    heartbeat is a timer until its first renewal is due: most attempts end long before that, and
+    two tasks per delivery (the attempt's and the heartbeat's) cost a turn of the event loop each
+    before the PBX is even called (bench/README.md, "Webhook to PBX latency")."""
     loop = asyncio.get_running_loop()
     stop = _Stop(lease.stop_at(held_from, lease_s))
-    task = asyncio.ensure_future(attempt)
-    beat = asyncio.create_task(_heartbeat(stop, renew, lease_s, held_from))
+    if loop.time() >= stop.at:  # the claim's write took the lease: never start what cannot finish
+        if inspect.iscoroutine(attempt):
+            attempt.close()
+        raise LeaseEnded(f"delivery stopped before its claim's lease ended: no renewal within {lease_s:g} s")
+    beats: list[asyncio.Task[None]] = []
+    timer = loop.call_at(lease.next_renewal_at(held_from, lease_s), lambda: beats.append(
+        loop.create_task(_heartbeat(stop, renew, lease_s, held_from))))
+    deadline = asyncio.timeout_at(stop.at)
     try:
-        while not task.done() and loop.time() < stop.at:
-            waiting = {task} if beat.done() else {task, beat}
-            await asyncio.wait(waiting, timeout=stop.at - loop.time(), return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            return task.result()
-        await _cancel(task)
-        why = "another worker holds it" if stop.lost else f"no renewal within {lease_s:g} s"
-        raise LeaseEnded(f"delivery stopped before its claim's lease ended: {why}")
+        async with deadline:
+            stop.timeout = deadline
+            result = await attempt
+        if not deadline.expired():
+            return result
+    except TimeoutError:
+        if not deadline.expired():  # the attempt's own timeout, not the lease's
+            raise
     finally:
-        await _cancel(beat)
-        await _cancel(task)
+        stop.timeout = None
+        timer.cancel()
+        for beat in beats:
+            await _cancel(beat)
+    why = "another worker holds it" if stop.lost else f"no renewal within {lease_s:g} s"
+    raise LeaseEnded(f"delivery stopped before its claim's lease ended: {why}")
 
 
 async def _heartbeat(stop: _Stop, renew: Renew, lease_s: float, held_from: float) -> None:
+    """Started when the first renewal is due (`within_lease`)."""
     loop = asyncio.get_running_loop()
     started = held_from
     while True:
@@ -103,10 +126,11 @@ async def _heartbeat(stop: _Stop, renew: Renew, lease_s: float, held_from: float
             log.warning("delivery claim not renewed", error=repr(exc)[:200])
             continue
         if not ours:
-            stop.at, stop.lost = loop.time(), True
+            stop.lost = True
+            stop.move(loop.time())
             log.error("delivery claim taken over while its attempt ran: stopping it", outcome="claim_lost")
             return
-        stop.at = lease.stop_at(started, lease_s)
+        stop.move(lease.stop_at(started, lease_s))
 
 
 async def _cancel(task: asyncio.Future[T]) -> None:
