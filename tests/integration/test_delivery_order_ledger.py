@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from smsbridge.events import InboundDelivery, delivery_stage_decoder
-from smsbridge.ledger import DeliveryKey, Ledger
+from smsbridge.events import InboundDelivery, InboundMessage, delivery_stage_decoder
+from smsbridge.ledger import DeliveryKey, Ledger, Scope
 from smsbridge.ledger.order import Turn
 from tests.support.ledger import BACKENDS, open_ledger
 
@@ -60,6 +60,23 @@ async def test_only_the_earliest_text_is_due_and_each_delivery_makes_the_next_on
     assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.GO, [])
     assert bodies(await store.delivered_in_turn(key(texts[0]))) == ["text 1"]
     assert await store.claim_turn(key(texts[0]), LEASE_S) == (Turn.DONE, [])  # a late copy
+
+
+async def test_a_text_the_inbound_stage_already_handled_is_not_enqueued_again(ledger: tuple[Ledger, Clock]) -> None:
+    """The resend check and the enqueue in one transaction (`enqueue_unseen`): a resend of a text
+    already recorded gets None and writes nothing; a text only enqueued (its inbound step redone
+    before it was recorded) is due again."""
+    store, _ = ledger
+    scope, first, second = Scope("acme", "main"), text(0), text(1)
+    assert bodies(await store.enqueue_unseen(scope, first.mdr_id, [first]) or []) == ["text 0"]
+    assert bodies(await store.enqueue_unseen(scope, first.mdr_id, [first]) or []) == ["text 0"]  # redone
+    await store.record_inbound(InboundMessage(tenant="acme", config_id="main", mdr_id=first.mdr_id,
+                                              from_=first.from_, to=first.to, body=first.body))
+    assert await store.enqueue_unseen(scope, first.mdr_id, [first]) is None
+    assert await store.enqueue_unseen(Scope("beta", "beta-main"), first.mdr_id, []) == []  # another's id
+    assert bodies(await store.enqueue_unseen(scope, second.mdr_id, [second])) == []  # waits behind text 0
+    assert await store.claim_turn(key(first), LEASE_S) == (Turn.GO, [])
+    assert bodies(await store.delivered_in_turn(key(first))) == ["text 1"]
 
 
 async def test_conversations_and_extensions_do_not_wait_for_each_other(ledger: tuple[Ledger, Clock]) -> None:

@@ -123,6 +123,16 @@ def enqueue(c: sa.Connection, entries: Iterable[Entry], now: datetime) -> list[b
             for body in _promote(c, conversation, now, own)]
 
 
+def enqueue_unseen(c: sa.Connection, scope: ops.Scope, mdr_id: str, entries: Iterable[Entry],
+                   now: datetime) -> list[bytes] | None:
+    """`enqueue`, or None (nothing written) when the inbound stage already handled this text
+    (`ops.inbound_seen`: a Flowroute resend). The check and the write share one transaction:
+    one trip to the database on the way to the PBX instead of two."""
+    if ops.inbound_seen(c, scope, mdr_id):
+        return None
+    return enqueue(c, entries, now)
+
+
 def claim(c: sa.Connection, key: DeliveryKey, now: datetime, lease: datetime) -> tuple[Turn, list[bytes]]:
     """Its turn? Then the delivery claim too (`claims.claim_delivery`). Also returns texts that
     became due (publish them): none, unless the claim finds the text already delivered."""

@@ -169,6 +169,13 @@ class Ledger:
                    for d in deliveries]
         return await self._db.write(order.enqueue, entries, self._now())
 
+    async def enqueue_unseen(self, scope: Scope, mdr_id: str,
+                             deliveries: Sequence[InboundDelivery]) -> list[bytes] | None:
+        """`enqueue_deliveries` unless `inbound_seen`: None then, and nothing recorded."""
+        entries = [order.Entry(DeliveryKey.of(d), d.conversation, d.received_at, encoder.encode(d))
+                   for d in deliveries]
+        return await self._db.write(order.enqueue_unseen, scope, mdr_id, entries, self._now())
+
     async def claim_turn(self, key: DeliveryKey, lease_s: float) -> tuple[order.Turn, list[bytes]]:
         return await self.claim_turn_until(key, self.lease_until(lease_s))
 

@@ -121,8 +121,11 @@ class InboundHandler:
         config = self._settings.sms_config(message.config_id)
         if config is None:
             raise PermanentError(f"unknown SMS configuration '{message.config_id}'", code="unknown_config")
-        if await self._ledger.inbound_seen(Scope(message.tenant, message.config_id), message.mdr_id):
-            log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
+        scope = Scope(message.tenant, message.config_id)
+        # A text with attachments is looked up first, before anything is downloaded or counted
+        # for it; a plain text is looked up in the transaction that records its deliveries.
+        if (message.media or message.media_problems) and await self._ledger.inbound_seen(scope, message.mdr_id):
+            self._resend()
             return
         message = await self._keep_media(message)
         chosen = route(message, self._settings.rules_for(config.id), config.fallback_extensions)
@@ -130,7 +133,11 @@ class InboundHandler:
                                     copies=tuple(targets.copies(self._settings, message.tenant)))
         # Recorded in the ledger in arrival order; only texts whose turn it is go to RabbitMQ now
         # (ledger/order.py). A failure after this is redone safely: the same texts are found.
-        await self._turns.publish(await self._ledger.enqueue_deliveries(deliveries))
+        due = await self._ledger.enqueue_unseen(scope, message.mdr_id, deliveries)
+        if due is None:
+            self._resend()
+            return
+        await self._turns.publish(due)
         if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),
@@ -141,6 +148,10 @@ class InboundHandler:
         log.info("text routed", rule=chosen.rule, extensions=list(chosen.extensions),
                  keyword=deliveries[0].keyword, media=len(message.media),
                  media_missing=len(message.media_problems))
+
+    @staticmethod
+    def _resend() -> None:
+        log.info("text is a Flowroute resend of one already handled: not delivered again", outcome="duplicate")
 
     async def _keep_media(self, message: InboundMessage) -> InboundMessage:
         """The attachments as the PBX will get them, before any delivery is published: downloaded
