@@ -165,16 +165,12 @@ class Ledger:
 
     # ----- order of deliveries (see ledger/order.py): each returns the texts now due -------------
     async def enqueue_deliveries(self, deliveries: Sequence[InboundDelivery]) -> list[bytes]:
-        entries = [order.Entry(DeliveryKey.of(d), d.conversation, d.received_at, encoder.encode(d))
-                   for d in deliveries]
-        return await self._db.write(order.enqueue, entries, self._now())
+        return await self._db.write(order.enqueue, _entries(deliveries), self._now())
 
     async def enqueue_unseen(self, scope: Scope, mdr_id: str,
                              deliveries: Sequence[InboundDelivery]) -> list[bytes] | None:
         """`enqueue_deliveries` unless `inbound_seen`: None then, and nothing recorded."""
-        entries = [order.Entry(DeliveryKey.of(d), d.conversation, d.received_at, encoder.encode(d))
-                   for d in deliveries]
-        return await self._db.write(order.enqueue_unseen, scope, mdr_id, entries, self._now())
+        return await self._db.write(order.enqueue_unseen, scope, mdr_id, _entries(deliveries), self._now())
 
     async def claim_turn(self, key: DeliveryKey, lease_s: float) -> tuple[order.Turn, list[bytes]]:
         return await self.claim_turn_until(key, self.lease_until(lease_s))
@@ -384,3 +380,8 @@ def open_from_settings(settings: LedgerSettings) -> Ledger:
     password = settings.password.reveal() if settings.password else None
     return Ledger.open(settings.url, password=password, schema_name=settings.schema, timeout_s=settings.timeout_s,
                        connect_timeout_s=settings.connect_timeout_s)
+
+
+def _entries(deliveries: Sequence[InboundDelivery]) -> list[order.Entry]:
+    """Each delivery as the order table records it (`ledger/order.py`)."""
+    return [order.Entry(DeliveryKey.of(d), d.conversation, d.received_at, encoder.encode(d)) for d in deliveries]
