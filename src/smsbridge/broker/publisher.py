@@ -14,7 +14,9 @@ copy by message id (the receiver's Flowroute id, the ledger's claims), as it doe
 broker's own redeliveries. aiormq raises a nack as an error, so it too is tried on the other
 route: while a dead node's queue leaders are re-elected the broker nacks what goes to them, so
 when every route failed the publisher tries them all again, a little later each time, until
-the timeout. An unroutable return is an answer and is not retried.
+the timeout. Meanwhile newer publishes to the same destination wait behind the refused one, in
+their order (`broker/lines.py`): without that, one could go through in the pause and be stored
+first. An unroutable return is an answer and is not retried.
 
 A route can also go quiet without failing: a node cut off from its peers still confirms what
 needs no queue (the liveness probe) but not what its quorum queues must commit, and a silent
@@ -61,6 +63,7 @@ from aio_pika.abc import AbstractChannel
 
 from smsbridge.broker import names
 from smsbridge.broker.flows import Flows
+from smsbridge.broker.lines import Lines, Place
 from smsbridge.broker.routes import LAG_S, STALE_AFTER_S, Message, Route, Waiting, watch
 from smsbridge.broker.warmup import Warmup
 from smsbridge.errors import BrokerUnavailable
@@ -95,6 +98,7 @@ class Publisher:
         self.gate: Callable[[], bool] | None = None  # False: the broker is not answering now
         self.flows = Flows()  # the destinations readiness watches (broker/flows.py)
         self.warmup = Warmup(self.routes, self._warm)  # hedged destinations on every route (broker/warmup.py)
+        self.lines = Lines()  # refused publishes keep their place ahead of newer ones (broker/lines.py)
 
     def add_route(self, channel: AbstractChannel, *, connected: Callable[[], bool], name: str) -> None:
         """A second way to the broker (a connection to another node), used when the first fails."""
@@ -157,26 +161,37 @@ class Publisher:
             flow.ended(token, confirmed=confirmed)
 
     async def _send(self, message: Message, budget: float, deadline: float, hedge: bool) -> Route:
-        """Through the first route that takes it, trying them all again until the deadline; the
-        route it went on."""
+        """Through the first route that takes it, trying them all again until the deadline, behind
+        any older refused publish to the same destination (`broker/lines.py`); the route it went on."""
         if len(self.routes) == 1:
             await self._attempt(self.routes[0], message, budget, deadline, hedge=False)
             return self.routes[0]
-        for rounds in itertools.count():
-            outcome = await self._each_route(message, deadline, hedge)
-            if isinstance(outcome, Route):
-                return outcome
-            failure = outcome
-            # Every route failed: a node dying takes its queues' leaders with it, and until their
-            # elections end (well under a second) the broker nacks what is routed to them.
-            pause = min(RETRY_PAUSE_S * 2 ** rounds, MAX_RETRY_PAUSE_S)
-            if time.monotonic() + pause >= deadline:
-                raise failure
-            await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+        place = self.lines.place((message[0], message[1]))
+        refused = 0
+        try:
+            while True:
+                if not await place.turn(deadline):
+                    raise RouteDown(f"publish to {message[0]}/{message[1]} not attempted in time: "
+                                    "an older publish there is still refused")
+                outcome = await self._each_route(message, deadline, hedge, place)
+                if isinstance(outcome, Route):
+                    return outcome
+                if not place.refused():
+                    continue  # an older refused publish went ahead: wait for it, not for a pause
+                # Every route failed: a node dying takes its queues' leaders with it, and until their
+                # elections end (well under a second) the broker nacks what is routed to them.
+                pause = min(RETRY_PAUSE_S * 2 ** refused, MAX_RETRY_PAUSE_S)
+                refused += 1
+                if time.monotonic() + pause >= deadline:
+                    raise outcome
+                await place.pause(pause)
+        finally:
+            place.leave()
 
-    async def _each_route(self, message: Message, deadline: float, hedge: bool) -> Route | RouteDown:
-        """Try the routes in turn; the route once one confirmed, else the last route's failure."""
+    async def _each_route(self, message: Message, deadline: float, hedge: bool, place: Place) -> Route | RouteDown:
+        """Try the routes in turn; the route once one confirmed, else the last route's failure. A
+        publish the broker refused (or lost) takes its place in line: it tries the next route only
+        while no older refused publish to the same destination waits."""
         failure: RouteDown | None = None
         for route in self._in_order():
             left = max(deadline - time.monotonic(), MIN_RETRY_S)
@@ -195,6 +210,8 @@ class Publisher:
                 return route
             except RouteDown as exc:  # the node went away under this publish: the other route may work
                 failure = exc
+                if not place.refused():
+                    break
         assert failure is not None  # there is always a route
         return failure
 
