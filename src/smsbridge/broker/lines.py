@@ -3,10 +3,11 @@
 While a dead node's queue leaders are re-elected the broker nacks what goes to them, and the
 publisher sends a refused publish again a little later (`broker/publisher.py`). A newer publish
 to the same queue could go through in that pause and be stored first: in `make faults` two
-webhooks of one conversation reached the inbound queue in the wrong order that way. So once a
-publish has been refused on every route, its destination gets a *line*: that publish and every
-later one to the same destination wait in it, in the order they were first published, and only
-the head is sent. When the head is confirmed (or finally fails, or its caller gives up), the
+webhooks of one conversation reached the inbound queue in the wrong order that way. So once the
+broker has refused a publish (or lost it: a nack, a dropped connection, no confirm in time) on any
+route, its destination gets a *line*: that publish and every later one to the same destination
+wait in it, in the order they were first published, and only the head is sent (on its next route
+at once, or after a pause once every route refused it). When the head is confirmed (or finally fails, or its caller gives up), the
 next goes at once. A publish joining the line wakes the head from its pause: traffic is arriving,
 so the broker is worth asking again now, as the newer publish itself would have.
 
