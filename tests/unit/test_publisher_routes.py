@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import aiormq
 import pytest
+import structlog.testing
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.header import ContentHeader
@@ -265,6 +266,17 @@ async def test_a_newer_publish_behind_one_refused_until_its_deadline_fails_witho
     assert not pub.lines.holding(("x.work", "x.inbound"))  # the line is gone with its last publish
     await pub.publish("x.work", "x.inbound", b"text 3")
     assert stored == [b"text 3"]
+
+
+async def test_a_line_is_logged_when_it_forms_and_when_its_last_publish_went() -> None:
+    stored: list[bytes] = []
+    pub, _, _ = refusing({b"text 1": 2}, stored)
+    with structlog.testing.capture_logs() as logs:
+        await pub.publish("x.work", "x.inbound", b"text 1")
+    events = [(e["event"], e.get("routing_key"), e.get("publishes")) for e in logs if "routing_key" in e]
+    assert events == [("broker refused a publish: later ones to its queue wait behind it", "x.inbound", None),
+                      ("refused publishes done, in their order", "x.inbound", 1)]
+    assert stored == [b"text 1"]
 
 
 async def test_a_refused_publish_holds_back_only_its_own_destination() -> None:

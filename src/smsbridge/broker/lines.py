@@ -7,9 +7,11 @@ webhooks of one conversation reached the inbound queue in the wrong order that w
 broker has refused a publish (or lost it: a nack, a dropped connection, no confirm in time) on any
 route, its destination gets a *line*: that publish and every later one to the same destination
 wait in it, in the order they were first published, and only the head is sent (on its next route
-at once, or after a pause once every route refused it). When the head is confirmed (or finally fails, or its caller gives up), the
-next goes at once. A publish joining the line wakes the head from its pause: traffic is arriving,
-so the broker is worth asking again now, as the newer publish itself would have.
+at once, or after a pause once every route refused it). When the head is confirmed (or finally
+fails, or its caller gives up), the next goes at once. A publish joining the line wakes the head
+from its pause: traffic is arriving, so the broker is worth asking again now, as the newer
+publish itself would have. A line's start and end are logged (queue name, how many publishes it
+held, how long): what an operator sees of a leader's election besides the nacks.
 
 Publishes already on their way when the line forms are not held back: AMQP keeps order only on
 one channel, and a publish in flight cannot be recalled. A publish that waits in the line past its
@@ -23,6 +25,9 @@ import bisect
 import itertools
 import time
 
+import structlog
+
+log = structlog.get_logger("smsbridge.broker")
 Destination = tuple[str, str]  # exchange, routing key
 
 
@@ -42,11 +47,13 @@ class Ticket:
 class Line:
     """The refused publishes to one destination and those behind them, oldest first."""
 
-    __slots__ = ("tickets", "wake")
+    __slots__ = ("tickets", "wake", "since", "held")
 
     def __init__(self) -> None:
         self.tickets: list[Ticket] = []
         self.wake = asyncio.Event()  # a newer publish joined: the head need not finish its pause
+        self.since = time.monotonic()
+        self.held = 0  # publishes that were in it, for the log line when it ends
 
     def head(self) -> Ticket | None:
         return self.tickets[0] if self.tickets else None
@@ -74,6 +81,8 @@ class Lines:
         line = self._lines.get(destination)
         if line is None:
             line = self._lines[destination] = Line()
+            log.info("broker refused a publish: later ones to its queue wait behind it",
+                     exchange=destination[0], routing_key=destination[1])
         return line
 
     def remove(self, destination: Destination, ticket: Ticket) -> None:
@@ -84,6 +93,9 @@ class Lines:
         head = line.head()
         if head is None:
             del self._lines[destination]
+            log.info("refused publishes done, in their order", exchange=destination[0],
+                     routing_key=destination[1], publishes=line.held,
+                     waited_s=round(time.monotonic() - line.since, 3))
         else:
             head.turn.set()
 
@@ -104,6 +116,7 @@ class Place:
         line = self.lines.line(self.destination)
         if self.ticket is None:
             self.ticket = Ticket(self.seq)
+            line.held += 1
             bisect.insort(line.tickets, self.ticket)
             if line.tickets[0] is not self.ticket:
                 line.wake.set()
