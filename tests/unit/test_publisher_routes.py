@@ -207,22 +207,40 @@ async def test_a_refused_second_copy_is_sent_again_before_anything_newer_goes_th
 
 class Refusing:
     """A confirm channel that nacks each body as many times as `refusals` says, then stores it:
-    a queue whose leader is being re-elected. `stored` is the queue's order."""
+    a queue whose leader is being re-elected. `stored` is the queue's order (taken as the frame
+    is written); a body in `held` is answered only once its event is set; each confirm takes
+    `confirm_s`, and `most_in_flight` is the largest number of publishes awaiting theirs at once."""
 
-    def __init__(self, refusals: dict[bytes, int], stored: list[bytes]) -> None:
+    def __init__(self, refusals: dict[bytes, int], stored: list[bytes], *,
+                 held: dict[bytes, asyncio.Event] | None = None, confirm_s: float = 0.0) -> None:
         self.refusals, self.stored = refusals, stored
+        self.held = {} if held is None else held
+        self.confirm_s = confirm_s
         self.is_closed = False
         self.nacked: list[bytes] = []
+        self.in_flight = self.most_in_flight = 0
 
     async def get_underlay_channel(self) -> Refusing:
         return self
 
     async def basic_publish(self, body: bytes, **_: Any) -> object:
-        if self.refusals.get(body, 0) > 0:
+        refuse = self.refusals.get(body, 0) > 0
+        if refuse:
             self.refusals[body] -= 1
+        else:
+            self.stored.append(body)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if body in self.held:
+                await self.held[body].wait()
+            if self.confirm_s:
+                await asyncio.sleep(self.confirm_s)
+        finally:
+            self.in_flight -= 1
+        if refuse:
             self.nacked.append(body)
             raise aiormq.exceptions.DeliveryError(None, Basic.Nack())
-        self.stored.append(body)
         return Basic.Ack()
 
 
@@ -255,17 +273,76 @@ async def test_a_publish_refused_on_every_route_stays_ahead_of_a_newer_one_to_th
 
 async def test_a_newer_publish_behind_one_refused_until_its_deadline_fails_without_going_ahead() -> None:
     stored: list[bytes] = []
-    pub, _, _ = refusing({b"text 1": 1000}, stored, timeout=0.6)
+    pub, _, _ = refusing({b"text 1": 1000}, stored, timeout=5.0)
     first = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 1"))
     await eventually(lambda: pub.lines.holding(("x.work", "x.inbound")), what="text 1 refused on every route")
-    with pytest.raises(BrokerUnavailable):
+    with pytest.raises(BrokerUnavailable, match="waited behind an older unconfirmed publish"):
         await pub.publish("x.work", "x.inbound", b"text 2", timeout=0.3)
-    with pytest.raises(BrokerUnavailable):
+    assert stored == []  # text 2 never went ahead of text 1, which is still refused
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
         await first
-    assert stored == []
     assert not pub.lines.holding(("x.work", "x.inbound"))  # the line is gone with its last publish
     await pub.publish("x.work", "x.inbound", b"text 3")
     assert stored == [b"text 3"]
+
+
+async def test_once_the_head_is_confirmed_everyone_in_line_goes_at_once_in_order(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the first version: released one at a time, a line held a busy destination to
+    one publish per confirm long after the broker took publishes again."""
+    monkeypatch.setattr(publisher_module, "RETRY_PAUSE_S", 5.0)
+    stored: list[bytes] = []
+    gate = asyncio.Event()
+    primary, standby = (Refusing({b"head": 1}, stored, held={b"head": gate}, confirm_s=0.02),
+                        Refusing({b"head": 1}, stored, confirm_s=0.02))
+    pub = Publisher(cast(AbstractChannel, primary), timeout=10.0, connected=lambda: True)
+    pub.add_route(cast(AbstractChannel, standby), connected=lambda: True, name="standby")
+    head = asyncio.create_task(pub.publish("x.work", "x.inbound", b"head"))
+    await eventually(lambda: primary.in_flight == 1, what="the head on its way")
+    gate.set()  # refused on the primary, then on the standby: the head pauses
+    await eventually(lambda: len(primary.nacked + standby.nacked) == 2, what="the head refused twice")
+    bodies = [f"text {n}".encode() for n in range(30)]
+    rest = [asyncio.create_task(pub.publish("x.work", "x.inbound", body)) for body in bodies]
+    await asyncio.wait_for(asyncio.gather(head, *rest), timeout=5.0)  # a newcomer woke the head
+    assert stored[-31:] == [b"head", *bodies]
+    assert primary.most_in_flight + standby.most_in_flight > 2, "the line was let go one publish at a time"
+    assert not pub.lines.holding(("x.work", "x.inbound"))
+
+
+async def test_a_head_displaced_by_an_older_publish_refused_late_goes_as_soon_as_that_one_is_confirmed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: the displaced head slept out its pause after the older one was confirmed."""
+    monkeypatch.setattr(publisher_module, "RETRY_PAUSE_S", 5.0)
+    stored: list[bytes] = []
+    late = asyncio.Event()
+    primary = Refusing({b"older": 1, b"newer": 1}, stored, held={b"older": late})
+    standby = Refusing({b"newer": 1}, stored)
+    pub = Publisher(cast(AbstractChannel, primary), timeout=10.0, connected=lambda: True)
+    pub.add_route(cast(AbstractChannel, standby), connected=lambda: True, name="standby")
+    older = asyncio.create_task(pub.publish("x.work", "x.inbound", b"older"))
+    await eventually(lambda: primary.in_flight == 1, what="the older publish on its way")
+    newer = asyncio.create_task(pub.publish("x.work", "x.inbound", b"newer"))
+    await eventually(lambda: standby.nacked == [b"newer"], what="the newer one refused on both routes")
+    started = time.monotonic()
+    late.set()  # the older one is refused now, heads the line, and is taken by the standby
+    await asyncio.wait_for(asyncio.gather(older, newer), timeout=4.0)  # not the 5 s pause
+    assert stored == [b"older", b"newer"]
+    assert time.monotonic() - started < 4.0
+
+
+async def test_a_head_cancelled_lets_the_next_in_line_go() -> None:
+    stored: list[bytes] = []
+    pub, _, _ = refusing({b"text 1": 1000, b"text 2": 2}, stored, timeout=10.0)
+    first = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 1"))
+    await eventually(lambda: pub.lines.holding(("x.work", "x.inbound")), what="text 1 refused")
+    second = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 2"))
+    third = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 3"))
+    await eventually(lambda: pub.lines.waiting(("x.work", "x.inbound")) == 3, what="texts 2 and 3 in line")
+    assert stored == []  # both wait behind text 1
+    first.cancel()
+    await asyncio.wait_for(asyncio.gather(second, third), timeout=4.0)
+    assert stored == [b"text 2", b"text 3"]
 
 
 async def test_a_line_is_logged_when_it_forms_and_when_its_last_publish_went() -> None:
@@ -274,8 +351,8 @@ async def test_a_line_is_logged_when_it_forms_and_when_its_last_publish_went() -
     with structlog.testing.capture_logs() as logs:
         await pub.publish("x.work", "x.inbound", b"text 1")
     events = [(e["event"], e.get("routing_key"), e.get("publishes")) for e in logs if "routing_key" in e]
-    assert events == [("broker refused a publish: later ones to its queue wait behind it", "x.inbound", None),
-                      ("refused publishes done, in their order", "x.inbound", 1)]
+    assert events == [("publish not confirmed: later ones to its destination wait behind it", "x.inbound", None),
+                      ("line of unconfirmed publishes ended", "x.inbound", 1)]
     assert stored == [b"text 1"]
 
 

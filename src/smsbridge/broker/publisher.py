@@ -167,17 +167,19 @@ class Publisher:
             await self._attempt(self.routes[0], message, budget, deadline, hedge=False)
             return self.routes[0]
         place = self.lines.place((message[0], message[1]))
-        refused = 0
+        refused, confirmed = 0, False
         try:
             while True:
                 if not await place.turn(deadline):
                     raise RouteDown(f"publish to {message[0]}/{message[1]} not attempted in time: "
-                                    "an older publish there is still refused")
+                                    "it waited behind an older unconfirmed publish there")
                 outcome = await self._each_route(message, deadline, hedge, place)
                 if isinstance(outcome, Route):
+                    confirmed = True
                     return outcome
-                if not place.refused():
-                    continue  # an older refused publish went ahead: wait for it, not for a pause
+                place.join()
+                if not place.heads():
+                    continue  # an older unconfirmed publish went ahead: wait for it, not for a pause
                 # Every route failed: a node dying takes its queues' leaders with it, and until their
                 # elections end (well under a second) the broker nacks what is routed to them.
                 pause = min(RETRY_PAUSE_S * 2 ** refused, MAX_RETRY_PAUSE_S)
@@ -186,12 +188,12 @@ class Publisher:
                     raise outcome
                 await place.pause(pause)
         finally:
-            place.leave()
+            place.leave(confirmed=confirmed)
 
     async def _each_route(self, message: Message, deadline: float, hedge: bool, place: Place) -> Route | RouteDown:
         """Try the routes in turn; the route once one confirmed, else the last route's failure. A
-        publish the broker refused (or lost) takes its place in line: it tries the next route only
-        while no older refused publish to the same destination waits."""
+        publish not confirmed on a route takes its place in line: it tries the next route only
+        while no older unconfirmed publish to the same destination waits."""
         failure: RouteDown | None = None
         for route in self._in_order():
             left = max(deadline - time.monotonic(), MIN_RETRY_S)
@@ -210,7 +212,8 @@ class Publisher:
                 return route
             except RouteDown as exc:  # the node went away under this publish: the other route may work
                 failure = exc
-                if not place.refused():
+                place.join()
+                if not place.heads():
                     break
         assert failure is not None  # there is always a route
         return failure
