@@ -258,6 +258,7 @@ async def test_a_publish_refused_on_every_route_stays_ahead_of_a_newer_one_to_th
     re-elected) and paused before trying again; webhook n+1 of the same conversation arrived in
     that pause, went straight through, and was stored first."""
     monkeypatch.setattr(publisher_module, "RETRY_PAUSE_S", 5.0)  # a pause no test run outlasts by chance
+    monkeypatch.setattr(publisher_module, "MAX_RETRY_PAUSE_S", 5.0)
     stored: list[bytes] = []
     pub, primary, standby = refusing({b"text 1": 2}, stored)  # once on each route
     first = asyncio.create_task(pub.publish("x.work", "x.inbound", b"text 1", hedge=True))
@@ -292,6 +293,7 @@ async def test_once_the_head_is_confirmed_everyone_in_line_goes_at_once_in_order
     """Review of the first version: released one at a time, a line held a busy destination to
     one publish per confirm long after the broker took publishes again."""
     monkeypatch.setattr(publisher_module, "RETRY_PAUSE_S", 5.0)
+    monkeypatch.setattr(publisher_module, "MAX_RETRY_PAUSE_S", 5.0)
     stored: list[bytes] = []
     gate = asyncio.Event()
     primary, standby = (Refusing({b"head": 1}, stored, held={b"head": gate}, confirm_s=0.02),
@@ -314,6 +316,7 @@ async def test_a_head_displaced_by_an_older_publish_refused_late_goes_as_soon_as
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Review: the displaced head slept out its pause after the older one was confirmed."""
     monkeypatch.setattr(publisher_module, "RETRY_PAUSE_S", 5.0)
+    monkeypatch.setattr(publisher_module, "MAX_RETRY_PAUSE_S", 5.0)
     stored: list[bytes] = []
     late = asyncio.Event()
     primary = Refusing({b"older": 1, b"newer": 1}, stored, held={b"older": late})
