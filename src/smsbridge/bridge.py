@@ -26,6 +26,7 @@ from aiohttp import web
 from smsbridge.app_keys import LEDGER_USABLE
 from smsbridge.broker import flows, names, topology
 from smsbridge.broker.consumer import StageConsumer
+from smsbridge.broker.handback import HandBack
 from smsbridge.broker.liveness import BrokerLiveness
 from smsbridge.broker.publisher import Publisher
 from smsbridge.broker.renewal import Renewal
@@ -187,7 +188,7 @@ class Bridge:
         assert self.publisher is not None
         if "inbound" in self.roles:
             media = self._inbound_media(ledger)
-            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics, media)
+            inbound = InboundHandler(self.settings, self.publisher, ledger, self.metrics, media, self._hand_back())
             # Held in place while the ledger is away: a text sent round a delay queue would let the
             # later texts of its conversation be recorded, and delivered, before it.
             await self._consume("inbound", inbound_stage_decoder, inbound, order_key=_conversation,
@@ -260,6 +261,17 @@ class Bridge:
         )
         await consumer.start(channel)
         self._consumers.append(consumer)
+
+    def _hand_back(self) -> HandBack | None:
+        """With several nodes, the inbound stage's hold after its connection comes back."""
+        broker = self.settings.broker
+        if len(broker.urls) < 2 or broker.hand_back_hold_s <= 0:
+            return None
+        assert self.connection is not None
+        hand_back = HandBack(broker.hand_back_hold_s)
+        self.connection.close_callbacks.add(lambda _sender, exc=None, **_kw: hand_back.closed(exc))
+        self.connection.reconnect_callbacks.add(lambda *_args, **_kw: hand_back.reconnected())
+        return hand_back
 
     async def _start_dispatcher(self) -> None:
         """One consumer per account queue (single active consumer), each on its own channel."""

@@ -40,6 +40,9 @@ class BrokerSettings(_Section, frozen=True, kw_only=True):
     # and which node leads each ("balanced": the one leading fewest; "" leaves it to a policy).
     quorum_initial_group_size: Annotated[int, msgspec.Meta(ge=1, le=15)] = 3
     queue_leader_locator: Literal["balanced", "client-local", ""] = "balanced"
+    # With several nodes: how long, after its connection comes back, the inbound stage holds the
+    # texts it routes so that any the broker had sent the lost connection go first (broker/handback.py).
+    hand_back_hold_s: Annotated[float, msgspec.Meta(ge=0, le=600)] = 10.0
 
 
 class ReceiverSettings(_Section, frozen=True, kw_only=True):

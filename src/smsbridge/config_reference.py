@@ -35,6 +35,11 @@ MEANING: dict[str, str] = {
     "broker.queue_leader_locator": "Quorum queues' `x-queue-leader-locator` (RabbitMQ 3.10+): `balanced` spreads "
                                    "leaders over the nodes, `client-local` puts each on the declaring node, "
                                    "`\"\"` declares none (a policy's `queue-leader-locator` decides).",
+    "broker.hand_back_hold_s": "With several nodes: after its connection to RabbitMQ comes back (unless the node's "
+                               "process died), the inbound stage delivers the texts it routes this much later, so "
+                               "that any the broker had sent the lost connection, handed back when the cluster "
+                               "declares that node down, go first. At least half of the nodes' `net_ticktime` plus "
+                               "2 s (10 s covers 16 s); 0 turns it off. See operations: several hosts.",
     "receiver.host": "Address the receiver (webhooks, history API, probes, metrics) listens on.",
     "receiver.port": "Its port; 0 picks a free one.",
     "receiver.public_url": "The URL Flowroute reaches the receiver at; webhook and `dlr_callback` URLs start with it.",

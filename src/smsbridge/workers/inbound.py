@@ -8,6 +8,7 @@ import structlog
 from smsbridge import targets
 from smsbridge.broker import names
 from smsbridge.broker.consumer import MessageContext
+from smsbridge.broker.handback import HandBack
 from smsbridge.broker.publisher import Publisher
 from smsbridge.config import Settings, SmsConfig
 from smsbridge.errors import BrokerUnavailable, PermanentError
@@ -98,8 +99,9 @@ def help_reply(message: InboundMessage, config: SmsConfig) -> DispatchRequest:
 
 class InboundHandler:
     def __init__(self, settings: Settings, publisher: Publisher, ledger: Ledger, metrics: Metrics,
-                 media: InboundMedia | None = None) -> None:
+                 media: InboundMedia | None = None, hand_back: HandBack | None = None) -> None:
         self._settings = settings
+        self._hand_back = hand_back  # None: one broker node, nothing comes back late
         self._metrics = metrics
         self._media = media  # None: Flowroute's media URLs pass through ([media] store = "off")
         self._publisher = publisher
@@ -137,7 +139,7 @@ class InboundHandler:
         if due is None:
             self._resend()
             return
-        await self._turns.publish(due)
+        await self._turns.publish(due, after_s=self._hand_back.remaining() if self._hand_back else 0.0)
         if deliveries[0].keyword == "HELP" and config.help_reply and is_us_ca(message.from_):
             reply = help_reply(message, config)
             await self._publisher.to_stage(self._prefix, names.dispatch_stage(config.account_name),

@@ -30,15 +30,22 @@ class Turns:
         self._publisher = publisher
         self._prefix = prefix
 
-    async def publish(self, bodies: Iterable[bytes]) -> None:
+    async def publish(self, bodies: Iterable[bytes], *, after_s: float = 0.0) -> None:
         """To the delivery stage as a first attempt, aged from the text's arrival: `max_age_s`
-        counts from when the customer sent it, not from when its turn came."""
+        counts from when the customer sent it, not from when its turn came. With `after_s`, round
+        the delay queue first, arriving that much later (`broker/handback.py`)."""
+        queue = names.stage_queue(self._prefix, "delivery")
         for body in bodies:
             delivery = delivery_stage_decoder.decode(body)
             headers = {names.H_ATTEMPT: 0, names.H_FIRST_SEEN: int(delivery.received_at.timestamp() * 1000)}
-            await self._publisher.publish(names.work_exchange(self._prefix),
-                                          names.stage_queue(self._prefix, "delivery"), body,
-                                          headers=headers, message_id=delivery.event_id)
+            if after_s > 0:
+                # the stage queue's own key: the delay queue dead-letters into the work exchange
+                await self._publisher.publish(names.delay_exchange(self._prefix), queue, body,
+                                              headers={**headers, names.H_DELAY_TIER: str(names.delay_tier(after_s))},
+                                              message_id=delivery.event_id, expiration_s=after_s)
+            else:
+                await self._publisher.publish(names.work_exchange(self._prefix), queue, body,
+                                              headers=headers, message_id=delivery.event_id)
 
     async def publish_or_leave(self, bodies: Iterable[bytes]) -> None:
         """As `publish`, but a broker failure is left to the sweep (the text is `live` in the ledger)."""
